@@ -1,0 +1,498 @@
+//! The agent's configuration: the defaults compiled in from the repository's `config.ini`,
+//! overlaid by a `--config FILE`, overlaid by `MOTEY_<SECTION>_<KEY>` environment
+//! variables, then parsed into typed settings. A value that does not parse stops start-up
+//! with an error naming section, key and value.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The repository's `config.ini`: the defaults, and the list of known keys.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config.ini");
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid INI: {message}")]
+    Syntax { path: String, message: String },
+    #[error("configuration file {path}: unknown key [{section}] {key}")]
+    UnknownKey {
+        path: String,
+        section: String,
+        key: String,
+    },
+    #[error("configuration [{section}] {key} = {value:?}: {expected}")]
+    Invalid {
+        section: String,
+        key: String,
+        value: String,
+        expected: String,
+    },
+}
+
+/// Output format of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct General {
+    pub app_name: String,
+    pub node_id: Option<String>,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logger {
+    pub name: String,
+    pub level: String,
+    pub format: LogFormat,
+    /// Directory of the log file; `None` logs to standard error.
+    pub log_path: Option<PathBuf>,
+    pub file_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webserver {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `None`: a token is generated once and kept in the data directory.
+    pub token: Option<String>,
+    pub open_reads: bool,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    pub ip: String,
+    pub port: u16,
+    pub keepalive: u64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZeroMq {
+    pub peer_port: u16,
+    pub capability_events: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Val {
+    pub plugin: String,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    pub reconcile_interval_secs: u64,
+    pub stop_grace_secs: u32,
+}
+
+/// What a node allows blueprints to ask of its host.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub allow_privileged: bool,
+    pub allow_host_network: bool,
+    pub allow_host_pid: bool,
+    pub allowed_cap_add: Vec<String>,
+    pub bind_paths: Vec<PathBuf>,
+}
+
+/// The complete, typed configuration of an agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub general: General,
+    pub logger: Logger,
+    pub webserver: Webserver,
+    pub mqtt: Mqtt,
+    pub database: Database,
+    pub zeromq: ZeroMq,
+    pub val: Val,
+    pub orchestrator: Orchestrator,
+    pub security: Security,
+}
+
+/// Section and key → raw value, after all layers are applied.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    values: BTreeMap<(String, String), String>,
+}
+
+impl RawConfig {
+    /// The compiled-in defaults.
+    pub fn defaults() -> RawConfig {
+        let mut raw = RawConfig::default();
+        raw.overlay_str("<built-in config.ini>", DEFAULT_CONFIG, false)
+            .expect("the built-in config.ini is valid");
+        raw
+    }
+
+    /// Applies the keys of an INI file. Keys the defaults do not know are refused, so a
+    /// typo does not silently leave a default in force.
+    pub fn overlay_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.overlay_str(&path.display().to_string(), &text, true)
+    }
+
+    fn overlay_str(&mut self, origin: &str, text: &str, strict: bool) -> Result<(), ConfigError> {
+        let ini = ini::Ini::load_from_str(text).map_err(|error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: error.to_string(),
+        })?;
+        for (section, properties) in ini.iter() {
+            let Some(section) = section else { continue };
+            let section = section.trim().to_uppercase();
+            for (key, value) in properties.iter() {
+                let key = key.trim().to_lowercase();
+                let slot = (section.clone(), key.clone());
+                if strict && !self.values.contains_key(&slot) {
+                    return Err(ConfigError::UnknownKey {
+                        path: origin.to_owned(),
+                        section,
+                        key,
+                    });
+                }
+                self.values.insert(slot, value.trim().to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `MOTEY_<SECTION>_<KEY>` variables for every known key.
+    pub fn overlay_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        for ((section, key), value) in self.values.iter_mut() {
+            let name = format!("MOTEY_{section}_{}", key.to_uppercase());
+            if let Some(overridden) = env(&name) {
+                *value = overridden.trim().to_owned();
+            }
+        }
+    }
+
+    /// Sets one value (as a layer above everything else).
+    pub fn set(&mut self, section: &str, key: &str, value: impl Into<String>) {
+        self.values
+            .insert((section.to_uppercase(), key.to_lowercase()), value.into());
+    }
+
+    fn raw(&self, section: &str, key: &str) -> &str {
+        self.values
+            .get(&(section.to_owned(), key.to_owned()))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    fn invalid(&self, section: &str, key: &str, expected: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            section: section.to_owned(),
+            key: key.to_owned(),
+            value: self.raw(section, key).to_owned(),
+            expected: expected.into(),
+        }
+    }
+
+    fn string(&self, section: &str, key: &str) -> String {
+        self.raw(section, key).to_owned()
+    }
+
+    fn optional(&self, section: &str, key: &str) -> Option<String> {
+        Some(self.string(section, key)).filter(|value| !value.is_empty())
+    }
+
+    fn parse<T: FromStr>(
+        &self,
+        section: &str,
+        key: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        self.raw(section, key)
+            .parse()
+            .map_err(|_| self.invalid(section, key, expected))
+    }
+
+    fn port(&self, section: &str, key: &str) -> Result<u16, ConfigError> {
+        match self.raw(section, key).parse::<u16>() {
+            Ok(port) => Ok(port),
+            Err(_) => Err(self.invalid(section, key, "expected a port number (0-65535)")),
+        }
+    }
+
+    fn flag(&self, section: &str, key: &str) -> Result<bool, ConfigError> {
+        match self.raw(section, key).to_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(self.invalid(section, key, "expected true or false")),
+        }
+    }
+
+    fn list(&self, section: &str, key: &str) -> Vec<String> {
+        self.raw(section, key)
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Parses every section into typed settings.
+    pub fn parse_config(&self) -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(self.string("GENERAL", "data_dir"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(self.invalid("GENERAL", "data_dir", "expected a directory path"));
+        }
+        let general = General {
+            app_name: self.string("GENERAL", "app_name"),
+            node_id: self.optional("GENERAL", "node_id"),
+            node_name: self
+                .optional("GENERAL", "node_name")
+                .unwrap_or_else(host_name),
+            pid_file: self
+                .optional("GENERAL", "pid")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("motey.pid")),
+            data_dir: data_dir.clone(),
+        };
+        if let Some(node_id) = &general.node_id {
+            let valid = node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid {
+                return Err(self.invalid(
+                    "GENERAL",
+                    "node_id",
+                    "expected letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        let level = self.string("LOGGER", "level");
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() || level.is_empty() {
+            return Err(self.invalid(
+                "LOGGER",
+                "level",
+                "expected trace, debug, info, warn, error or a tracing filter",
+            ));
+        }
+        let logger = Logger {
+            name: self.string("LOGGER", "name"),
+            level,
+            format: self.parse("LOGGER", "format", "expected text or json")?,
+            log_path: self.optional("LOGGER", "log_path").map(PathBuf::from),
+            file_name: self.string("LOGGER", "file_name"),
+        };
+        let max_body_bytes: usize =
+            self.parse("WEBSERVER", "max_body_bytes", "expected a number of bytes")?;
+        if max_body_bytes == 0 {
+            return Err(self.invalid("WEBSERVER", "max_body_bytes", "expected more than 0"));
+        }
+        let webserver = Webserver {
+            ip: self.parse("WEBSERVER", "ip", "expected an IP address")?,
+            port: self.port("WEBSERVER", "port")?,
+            token: self.optional("WEBSERVER", "token"),
+            open_reads: self.flag("WEBSERVER", "open_reads")?,
+            max_body_bytes,
+        };
+        let mqtt = Mqtt {
+            ip: self.string("MQTT", "ip"),
+            port: self.port("MQTT", "port")?,
+            keepalive: self.parse("MQTT", "keepalive", "expected seconds")?,
+            username: self.optional("MQTT", "username"),
+            password: self.optional("MQTT", "password"),
+        };
+        let database = Database {
+            path: self
+                .optional("DATABASE", "path")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("db")),
+        };
+        let zeromq =
+            ZeroMq {
+                peer_port: self.port("ZEROMQ", "peer_port")?,
+                capability_events: self.optional("ZEROMQ", "capability_events").unwrap_or_else(
+                    || format!("ipc://{}", data_dir.join("capabilities.ipc").display()),
+                ),
+            };
+        let plugin = self.string("VAL", "plugin");
+        if !crate::val::PLUGINS.contains(&plugin.as_str()) {
+            return Err(self.invalid(
+                "VAL",
+                "plugin",
+                format!("expected one of: {}", crate::val::PLUGINS.join(", ")),
+            ));
+        }
+        let val = Val {
+            plugin,
+            endpoint: self.optional("VAL", "endpoint"),
+        };
+        let reconcile_interval_secs: u64 = self.parse(
+            "ORCHESTRATOR",
+            "reconcile_interval",
+            "expected seconds (1 or more)",
+        )?;
+        if reconcile_interval_secs == 0 {
+            return Err(self.invalid(
+                "ORCHESTRATOR",
+                "reconcile_interval",
+                "expected seconds (1 or more)",
+            ));
+        }
+        let orchestrator = Orchestrator {
+            reconcile_interval_secs,
+            stop_grace_secs: self.parse("ORCHESTRATOR", "stop_grace", "expected seconds")?,
+        };
+        let bind_paths = self.list("SECURITY", "bind_paths");
+        if bind_paths.iter().any(|path| !path.starts_with('/')) {
+            return Err(self.invalid("SECURITY", "bind_paths", "expected absolute paths"));
+        }
+        let security = Security {
+            allow_privileged: self.flag("SECURITY", "allow_privileged")?,
+            allow_host_network: self.flag("SECURITY", "allow_host_network")?,
+            allow_host_pid: self.flag("SECURITY", "allow_host_pid")?,
+            allowed_cap_add: self
+                .list("SECURITY", "allowed_cap_add")
+                .into_iter()
+                .map(|cap| cap.to_uppercase())
+                .collect(),
+            bind_paths: bind_paths.into_iter().map(PathBuf::from).collect(),
+        };
+        Ok(Config {
+            general,
+            logger,
+            webserver,
+            mqtt,
+            database,
+            zeromq,
+            val,
+            orchestrator,
+            security,
+        })
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::defaults();
+        if let Some(file) = file {
+            raw.overlay_file(file)?;
+        }
+        raw.overlay_env(|name| std::env::var(name).ok());
+        raw.parse_config()
+    }
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "motey".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_parse() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert_eq!(config.webserver.port, 5023);
+        assert_eq!(config.zeromq.peer_port, 5091);
+        assert_eq!(config.mqtt.port, 1883);
+        assert_eq!(config.database.path, PathBuf::from(".motey/db"));
+        assert_eq!(config.general.pid_file, PathBuf::from(".motey/motey.pid"));
+        assert_eq!(
+            config.zeromq.capability_events,
+            "ipc://.motey/capabilities.ipc"
+        );
+        assert!(!config.security.allow_privileged);
+        assert!(config.webserver.token.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| match name {
+            "MOTEY_WEBSERVER_PORT" => Some("8080".into()),
+            "MOTEY_SECURITY_BIND_PATHS" => Some("/srv/a, /srv/b".into()),
+            _ => None,
+        });
+        let config = raw.parse_config().unwrap();
+        assert_eq!(config.webserver.port, 8080);
+        assert_eq!(
+            config.security.bind_paths,
+            vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
+    }
+
+    #[test]
+    fn wrong_value_names_section_key_and_value() {
+        let mut raw = RawConfig::defaults();
+        raw.set("WEBSERVER", "port", "abc");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[WEBSERVER] port = \"abc\""), "{error}");
+        assert!(error.contains("port number"), "{error}");
+
+        let mut raw = RawConfig::defaults();
+        raw.set("SECURITY", "allow_privileged", "maybe");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(
+            error.contains("[SECURITY] allow_privileged = \"maybe\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn file_overlays_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("motey.ini");
+        std::fs::write(&file, "[webserver]\nport = 6000\n[GENERAL]\nnode_id = n1\n").unwrap();
+        let mut raw = RawConfig::defaults();
+        raw.overlay_file(&file).unwrap();
+        let config = raw.parse_config().unwrap();
+        assert_eq!(config.webserver.port, 6000);
+        assert_eq!(config.general.node_id.as_deref(), Some("n1"));
+
+        std::fs::write(&file, "[WEBSERVER]\nprot = 6000\n").unwrap();
+        let error = RawConfig::defaults().overlay_file(&file).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown key [WEBSERVER] prot"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_plugin_is_refused() {
+        let mut raw = RawConfig::defaults();
+        raw.set("VAL", "plugin", "xen");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[VAL] plugin = \"xen\""), "{error}");
+    }
+}

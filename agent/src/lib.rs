@@ -1,0 +1,13 @@
+//! Motey: a fog orchestration agent. One agent runs on every node; it takes YAML service
+//! blueprints over REST, places each image on a node whose capabilities fit and runs it
+//! through a virtualization engine plugin (Docker by default).
+//!
+//! The orchestrator is a reconcile loop: the desired state lives in the store (sled), the
+//! observed state comes from the engine (containers found by their labels), and each pass
+//! converges the two, so a restarted agent adopts what still runs.
+
+pub mod config;
+pub mod domain;
+pub mod orchestrator;
+pub mod store;
+pub mod val;

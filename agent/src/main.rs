@@ -1,0 +1,2 @@
+//! The `motey` command.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The orchestrator (skeleton).
+pub mod remote;

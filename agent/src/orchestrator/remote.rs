@@ -1,0 +1,94 @@
+//! How the orchestrator reaches other nodes. The orchestrator never talks to a peer
+//! directly; it goes through [`RemoteNodes`], implemented over the ZeroMQ peer protocol in
+//! a cluster and by [`NoPeers`] on a single node.
+
+use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The node is not known (never discovered, or removed).
+    #[error("node {0} is unknown")]
+    UnknownNode(NodeId),
+    /// The node did not answer in time or could not be reached.
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable { node: NodeId, reason: String },
+    /// The node answered with an error.
+    #[error("node {node} refused: {reason}")]
+    Refused { node: NodeId, reason: String },
+}
+
+/// The other nodes of the fog, as the orchestrator needs them: who is alive, what they
+/// offer, and running, observing and terminating images on them.
+#[async_trait::async_trait]
+pub trait RemoteNodes: Send + Sync + 'static {
+    /// Peers currently believed alive, excluding this node.
+    async fn alive_peers(&self) -> Vec<NodeInfo>;
+
+    /// The capabilities a peer offers.
+    async fn capabilities(&self, node: &NodeId) -> Result<Vec<Capability>, RemoteError>;
+
+    /// Asks a peer to run one image; returns its state right after the request.
+    async fn deploy_image(
+        &self,
+        node: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, RemoteError>;
+
+    /// The state of an image a peer runs on this node's behalf.
+    async fn image_status(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<ImageStatus, RemoteError>;
+
+    /// Asks a peer to stop and remove an image it runs on this node's behalf.
+    async fn terminate_image(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), RemoteError>;
+}
+
+/// A node alone: no peers, so every image runs here or nowhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPeers;
+
+#[async_trait::async_trait]
+impl RemoteNodes for NoPeers {
+    async fn alive_peers(&self) -> Vec<NodeInfo> {
+        Vec::new()
+    }
+
+    async fn capabilities(&self, node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
+
+    async fn deploy_image(
+        &self,
+        node: &NodeId,
+        _deployment: ImageDeployment,
+    ) -> Result<ImageStatus, RemoteError> {
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
+
+    async fn image_status(
+        &self,
+        node: &NodeId,
+        _service_id: &ServiceId,
+        _image_id: &str,
+    ) -> Result<ImageStatus, RemoteError> {
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
+
+    async fn terminate_image(
+        &self,
+        node: &NodeId,
+        _service_id: &ServiceId,
+        _image_id: &str,
+    ) -> Result<(), RemoteError> {
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
+}

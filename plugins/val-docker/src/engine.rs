@@ -1,0 +1,370 @@
+//! [`DockerEngine`]: the [`VirtualizationEngine`] implementation over the Docker Engine API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use motey_val::{
+    ContainerSpec, ContainerStatus, EngineEvent, PullProgress, ValError, VirtualizationEngine,
+};
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
+
+use crate::errors::{has_status, pull_error, to_val_error, Subject};
+use crate::{events, image, spec, state};
+
+/// Seconds a single request (not a stream) may take before the engine counts as unreachable.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// How many containers `list` inspects at once.
+const INSPECT_CONCURRENCY: usize = 8;
+
+/// The Docker plugin of the VAL. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct DockerEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    endpoint: String,
+    /// Set once the API version has been agreed with the daemon. Older daemons refuse
+    /// requests from a newer client, so nothing is sent before this.
+    negotiated: OnceCell<()>,
+}
+
+impl std::fmt::Debug for DockerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerEngine")
+            .field("endpoint", &self.inner.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerEngine {
+    /// Prepares a client for the Docker Engine at `endpoint`: `unix:///path/docker.sock`,
+    /// a bare socket path, or `tcp://host:port`. `None` uses `DOCKER_HOST`, else the default
+    /// Unix socket. Nothing is sent yet; the first operation negotiates the API version, so
+    /// an agent may start before its engine does.
+    pub fn connect(endpoint: Option<&str>) -> Result<DockerEngine, ValError> {
+        let connected = match endpoint {
+            None => Docker::connect_with_defaults(),
+            Some(path) if path.starts_with('/') => {
+                Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            Some(host) => Docker::connect_with_host(host),
+        };
+        let docker = connected.map_err(|error| to_val_error("connect", Subject::Engine, error))?;
+        let endpoint = endpoint
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        debug!(%endpoint, "Docker client prepared");
+        Ok(DockerEngine {
+            inner: Arc::new(Inner {
+                docker,
+                endpoint,
+                negotiated: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The endpoint this engine talks to, for logs.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The client, after agreeing on an API version (once; retried while that fails).
+    async fn client(&self) -> Result<&Docker, ValError> {
+        let inner = &self.inner;
+        inner
+            .negotiated
+            .get_or_try_init(|| async {
+                // Negotiation lowers the version shared by all clones of the client.
+                let docker = inner
+                    .docker
+                    .clone()
+                    .negotiate_version()
+                    .await
+                    .map_err(|error| to_val_error("negotiate API version", Subject::Engine, error))?;
+                info!(endpoint = %inner.endpoint, api_version = %docker.client_version(), "connected to Docker");
+                Ok::<(), ValError>(())
+            })
+            .await?;
+        Ok(&inner.docker)
+    }
+
+    async fn pull(
+        &self,
+        reference: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<(), ValError> {
+        let docker = self.client().await?;
+        let started = Instant::now();
+        info!(image = reference, "pulling image");
+        let mut messages = docker.create_image(Some(image::pull_options(reference)), None, None);
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|error| pull_error(reference, error))?;
+            if let Some(update) = image::progress(reference, &message) {
+                // Byte counts arrive many times a second; steps (a layer done, the
+                // digest) are few and tell an operator how far the pull got.
+                if update.total.is_some() {
+                    debug!(
+                        image = reference,
+                        status = %update.status,
+                        current = update.current,
+                        total = update.total,
+                        "pull progress"
+                    );
+                } else {
+                    info!(image = reference, status = %update.status, "pull progress");
+                }
+                progress(update);
+            }
+        }
+        info!(
+            image = reference,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pulled image"
+        );
+        Ok(())
+    }
+
+    async fn start(&self, docker: &Docker, id: &str, spec: &ContainerSpec) -> Result<(), ValError> {
+        let started = docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|error| to_val_error("start container", Subject::Container(id), error));
+        if let Err(error) = started {
+            // Do not leave a never-started container behind; the orchestrator decides
+            // whether to try again.
+            warn!(container = %spec.name, %error, "start failed; removing the created container");
+            if let Err(cleanup) = self.remove(id).await {
+                warn!(container = %spec.name, error = %cleanup, "could not remove the failed container");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl VirtualizationEngine for DockerEngine {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    async fn ping(&self) -> Result<String, ValError> {
+        let version = self
+            .client()
+            .await?
+            .version()
+            .await
+            .map_err(|error| to_val_error("ping", Subject::Engine, error))?;
+        Ok(version.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    async fn ensure_image(
+        &self,
+        reference: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<(), ValError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(_) => {
+                debug!(image = reference, "image present");
+                Ok(())
+            }
+            Err(error) if has_status(&error, 404) => self.pull(reference, progress).await,
+            Err(error) => Err(to_val_error(
+                "inspect image",
+                Subject::Image(reference),
+                error,
+            )),
+        }
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, ValError> {
+        let docker = self.client().await?;
+        let options = CreateContainerOptions {
+            // An empty name lets Docker choose one.
+            name: (!spec.name.is_empty()).then(|| spec.name.clone()),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(Some(options), spec::create_body(spec))
+            .await
+            .map_err(|error| match error {
+                // The only thing a create can miss is the image.
+                error if has_status(&error, 404) => {
+                    to_val_error("create container", Subject::Image(&spec.image), error)
+                }
+                error => to_val_error("create container", Subject::Container(&spec.name), error),
+            })?;
+        for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
+            warn!(container = %spec.name, %warning, "Docker warned on create");
+        }
+        self.start(docker, &created.id, spec).await?;
+        info!(container = %spec.name, id = %created.id, image = %spec.image, "container started");
+        Ok(created.id)
+    }
+
+    /// Stopping a stopped or missing container succeeds.
+    async fn stop(&self, container_id: &str, grace_secs: u32) -> Result<(), ValError> {
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(grace_secs).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        match self
+            .client()
+            .await?
+            .stop_container(container_id, Some(options))
+            .await
+        {
+            Ok(()) => {
+                info!(container = container_id, "container stopped");
+                Ok(())
+            }
+            // 304: already stopped; 404: already gone.
+            Err(error) if has_status(&error, 304) || has_status(&error, 404) => {
+                debug!(container = container_id, "container was not running");
+                Ok(())
+            }
+            Err(error) => Err(to_val_error(
+                "stop container",
+                Subject::Container(container_id),
+                error,
+            )),
+        }
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), ValError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self
+            .client()
+            .await?
+            .remove_container(container_id, Some(options))
+            .await
+        {
+            Ok(()) => {
+                info!(container = container_id, "container removed");
+                Ok(())
+            }
+            Err(error) if has_status(&error, 404) => {
+                debug!(container = container_id, "container already removed");
+                Ok(())
+            }
+            // Docker is already removing it (409 "removal ... already in progress").
+            Err(error)
+                if has_status(&error, 409) && error.to_string().contains("already in progress") =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(to_val_error(
+                "remove container",
+                Subject::Container(container_id),
+                error,
+            )),
+        }
+    }
+
+    async fn inspect(&self, container_id: &str) -> Result<ContainerStatus, ValError> {
+        let inspected = self
+            .client()
+            .await?
+            .inspect_container(container_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|error| {
+                to_val_error("inspect container", Subject::Container(container_id), error)
+            })?;
+        Ok(state::container_status(inspected))
+    }
+
+    /// Lists through Docker's label filter, then inspects each container: only an inspect
+    /// tells the exit code and whether the kernel killed it for memory.
+    async fn list(
+        &self,
+        label_filter: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerStatus>, ValError> {
+        let labels = label_filter
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..Default::default()
+        };
+        let summaries = self
+            .client()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|error| to_val_error("list containers", Subject::Engine, error))?;
+        let statuses: Vec<Result<ContainerStatus, ValError>> =
+            stream::iter(summaries.into_iter().filter_map(|s| s.id))
+                .map(|id| async move { self.inspect(&id).await })
+                .buffered(INSPECT_CONCURRENCY)
+                .collect()
+                .await;
+        statuses
+            .into_iter()
+            // A container removed between listing and inspecting is simply not there.
+            .filter(|status| !matches!(status, Err(ValError::NotFound(_))))
+            .collect()
+    }
+
+    async fn logs(&self, container_id: &str, tail: usize) -> Result<Vec<String>, ValError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let chunks: Vec<_> = self
+            .client()
+            .await?
+            .logs(container_id, Some(options))
+            .try_collect()
+            .await
+            .map_err(|error| to_val_error("read logs", Subject::Container(container_id), error))?;
+        // Chunks are not lines: join them, then split.
+        let output: Vec<u8> = chunks
+            .iter()
+            .flat_map(|chunk| chunk.as_ref().to_vec())
+            .collect();
+        Ok(String::from_utf8_lossy(&output)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<EngineEvent, ValError>> {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|now| format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
+            .unwrap_or_else(|_| "0".into());
+        let engine = self.clone();
+        stream::once(async move {
+            let docker = engine.client().await?.clone();
+            debug!(endpoint = %engine.endpoint(), "following Docker events");
+            Ok::<_, ValError>(
+                docker
+                    .events(Some(events::subscription(since)))
+                    .map_err(|error| to_val_error("follow events", Subject::Engine, error)),
+            )
+        })
+        .try_flatten()
+        .try_filter_map(|message| async move { Ok(events::engine_event(message)) })
+        .boxed()
+    }
+}

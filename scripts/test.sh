@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project, as CI does: installs missing dependencies,
+# builds the workload images, checks formatting and lints, runs all tests (unit,
+# integration, end-to-end against real Docker, mosquitto, ZeroMQ, TLS and Chromium) and
+# writes a coverage report to coverage/.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    skip coverage
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+scripts/setup-deps.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "workload images"
+scripts/build-images.sh all
+
+step "tests"
+export RUST_BACKTRACE=1
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --profile ci
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+if ! $quick; then
+  step "coverage (unit tests)"
+  scripts/coverage.sh
+fi
