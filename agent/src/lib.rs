@@ -6,8 +6,10 @@
 //! observed state comes from the engine (containers found by their labels), and each pass
 //! converges the two, so a restarted agent adopts what still runs.
 
+pub mod blueprint;
 pub mod config;
 pub mod domain;
 pub mod orchestrator;
 pub mod store;
 pub mod val;
+pub mod validation;

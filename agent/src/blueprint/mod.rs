@@ -148,7 +148,9 @@ pub(crate) struct ImageDraft {
 
 /// Gives every image an id unique within the service: its name, else the last path
 /// segment of its reference, with `-2`, `-3`... for repeats.
-pub(crate) fn unique_ids(candidates: &[(Option<String>, String)]) -> Result<Vec<String>, Vec<FieldError>> {
+pub(crate) fn unique_ids(
+    candidates: &[(Option<String>, String)],
+) -> Result<Vec<String>, Vec<FieldError>> {
     let mut ids: Vec<String> = Vec::new();
     let mut errors = Vec::new();
     for (index, (explicit, reference)) in candidates.iter().enumerate() {
@@ -167,7 +169,9 @@ pub(crate) fn unique_ids(candidates: &[(Option<String>, String)]) -> Result<Vec<
                 let mut id = base.clone();
                 let mut n = 2;
                 while ids.contains(&id)
-                    || candidates.iter().any(|(other, _)| other.as_deref() == Some(id.as_str()))
+                    || candidates
+                        .iter()
+                        .any(|(other, _)| other.as_deref() == Some(id.as_str()))
                 {
                     id = format!("{base}-{n}");
                     n += 1;
@@ -190,7 +194,13 @@ fn derived_id(reference: &str) -> String {
     let name = last.split(':').next().unwrap_or(last);
     let id: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if id.is_empty() {
         "image".into()

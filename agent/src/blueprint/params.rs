@@ -85,10 +85,16 @@ mod tests {
     #[test]
     fn ports_in_every_notation() {
         let p = parse_port("8080:80").unwrap();
-        assert_eq!((p.host_port, p.container_port, p.protocol), (Some(8080), 80, Protocol::Tcp));
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol),
+            (Some(8080), 80, Protocol::Tcp)
+        );
         let p = parse_port("127.0.0.1:9000:90/udp").unwrap();
         assert_eq!(p.host_ip.as_deref(), Some("127.0.0.1"));
-        assert_eq!((p.host_port, p.container_port, p.protocol), (Some(9000), 90, Protocol::Udp));
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol),
+            (Some(9000), 90, Protocol::Udp)
+        );
         let p = parse_port("80").unwrap();
         assert_eq!((p.host_port, p.container_port), (None, 80));
         for bad in ["80:abc", "0", "70000", "a:b:c:d", "80/sctp", "x.y:1:2", ""] {
@@ -99,7 +105,10 @@ mod tests {
     #[test]
     fn volumes_bind_or_name() {
         let v = parse_volume("/srv/data:/data:ro").unwrap();
-        assert_eq!((v.source.as_str(), v.target.as_str(), v.read_only), ("/srv/data", "/data", true));
+        assert_eq!(
+            (v.source.as_str(), v.target.as_str(), v.read_only),
+            ("/srv/data", "/data", true)
+        );
         assert!(!parse_volume("cache:/cache").unwrap().read_only);
         for bad in ["/srv", "/a:relative", ":/x", "/a:/b:rx"] {
             assert!(parse_volume(bad).is_none(), "{bad}");
@@ -111,7 +120,10 @@ mod tests {
         let d = parse_device("/dev/ttyUSB0").unwrap();
         assert_eq!(d.container_path, "/dev/ttyUSB0");
         let d = parse_device("/dev/ttyUSB0:/dev/probe:rw").unwrap();
-        assert_eq!((d.host_path.as_str(), d.container_path.as_str()), ("/dev/ttyUSB0", "/dev/probe"));
+        assert_eq!(
+            (d.host_path.as_str(), d.container_path.as_str()),
+            ("/dev/ttyUSB0", "/dev/probe")
+        );
         assert!(parse_device("ttyUSB0").is_none());
     }
 }
