@@ -6,9 +6,13 @@
 //! observed state comes from the engine (containers found by their labels), and each pass
 //! converges the two, so a restarted agent adopts what still runs.
 
+pub mod api;
+pub mod app;
 pub mod blueprint;
 pub mod config;
+pub mod daemon;
 pub mod domain;
+pub mod logging;
 pub mod orchestrator;
 pub mod store;
 pub mod val;

@@ -1,2 +1,170 @@
-//! The `motey` command.
-fn main() {}
+//! The `motey` command: start, stop, restart and inspect the agent of this node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use motey::config::{Config, LogFormat};
+use motey::{app, daemon, logging};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code of `status` when no agent runs (as LSB init scripts expect).
+const NOT_RUNNING: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "motey", version, about = "Fog service orchestration agent", long_about = None)]
+struct Cli {
+    /// Configuration file (INI); every key can also be set as MOTEY_<SECTION>_<KEY>.
+    #[arg(long, short, global = true, env = "MOTEY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format; overrides [LOGGER] format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the agent (in the foreground unless --daemon).
+    Start {
+        /// Detach from the terminal and write the pid file.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Stop the agent started with --daemon (its containers keep running).
+    Stop,
+    /// Stop, then start again.
+    Restart {
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Tell whether the agent runs (exit code 0) or not (3).
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("motey: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(format) = cli.log_format {
+        config.logger.format = format;
+    }
+    match cli.command {
+        Command::Start { daemon } => start(config, daemon),
+        Command::Stop => stop(&config),
+        Command::Restart { daemon } => match stop(&config) {
+            code if code == ExitCode::SUCCESS => start(config, daemon),
+            code => code,
+        },
+        Command::Status => status(&config),
+    }
+}
+
+fn start(config: Config, daemonize: bool) -> ExitCode {
+    let pid_path = config.general.pid_file.clone();
+    if let Some(pid) = daemon::running_pid(&pid_path) {
+        eprintln!(
+            "motey: already running with pid {pid} (pid file {})",
+            pid_path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    if daemonize {
+        // Before any thread exists: fork(2) keeps only the calling thread.
+        if let Err(error) = nix::unistd::daemon(true, false) {
+            eprintln!("motey: cannot daemonize: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(error) = logging::init(&config.logger, &config.general.data_dir, daemonize) {
+        eprintln!("motey: cannot open the log: {error}");
+        return ExitCode::FAILURE;
+    }
+    let _pid_file = match daemon::claim(&pid_path) {
+        Ok(claimed) => claimed,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("motey: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("motey: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let agent = app::Agent::bind(config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        agent.run(shutdown).await.map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "agent failed");
+            eprintln!("motey: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM both stop the agent gracefully.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals; stop the agent by killing it");
+        return;
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = name, "stopping");
+    shutdown.cancel();
+}
+
+fn stop(config: &Config) -> ExitCode {
+    match daemon::stop(&config.general.pid_file, Duration::from_secs(30)) {
+        Ok(Some(pid)) => {
+            println!("motey (pid {pid}) stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("motey is not running");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("motey: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(config: &Config) -> ExitCode {
+    match daemon::running_pid(&config.general.pid_file) {
+        Some(pid) => {
+            println!(
+                "motey is running (pid {pid}); REST API on {}:{}",
+                config.webserver.ip, config.webserver.port
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("motey is not running");
+            ExitCode::from(NOT_RUNNING)
+        }
+    }
+}

@@ -6,6 +6,8 @@
 //! ([`VirtualizationEngine`]). Docker is the default plugin (`motey-val-docker`); another
 //! engine is added by implementing the trait, without touching the agent.
 
+pub mod fake;
+
 use std::collections::BTreeMap;
 
 use futures::stream::BoxStream;

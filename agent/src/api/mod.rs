@@ -1,0 +1,111 @@
+//! The REST API (`/v1/...`): services from YAML blueprints, capabilities, known nodes and
+//! this node's status. Handlers translate HTTP to calls on the orchestrator and the store;
+//! no orchestration logic lives here.
+
+mod auth;
+mod capabilities;
+pub mod error;
+mod nodes;
+mod services;
+mod status;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Router};
+use tower_http::trace::TraceLayer;
+
+use crate::domain::NodeInfo;
+use crate::orchestrator::Orchestrator;
+use crate::store::Store;
+
+pub use nodes::{NodeDirectory, NodeView, StoredNodes};
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct ApiState {
+    pub orchestrator: Orchestrator,
+    pub store: Store,
+    pub nodes: Arc<dyn NodeDirectory>,
+    pub token: Arc<str>,
+    pub open_reads: bool,
+    pub max_body_bytes: usize,
+    pub this_node: Arc<NodeInfo>,
+    pub security: Arc<crate::config::Security>,
+    /// `None` where the platform gives no statistics.
+    system: Arc<Mutex<Option<sysinfo::System>>>,
+}
+
+impl ApiState {
+    pub fn new(
+        orchestrator: Orchestrator,
+        store: Store,
+        nodes: Arc<dyn NodeDirectory>,
+        this_node: NodeInfo,
+        config: &crate::config::Config,
+        token: String,
+    ) -> ApiState {
+        let webserver = &config.webserver;
+        ApiState {
+            orchestrator,
+            store,
+            nodes,
+            token: token.into(),
+            open_reads: webserver.open_reads,
+            max_body_bytes: webserver.max_body_bytes,
+            this_node: Arc::new(this_node),
+            security: Arc::new(config.security.clone()),
+            system: Arc::new(Mutex::new(sysinfo::System::new().ok())),
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/services", get(services::list).post(services::create))
+        .route(
+            "/services/{id}",
+            get(services::show).delete(services::terminate),
+        )
+        .route(
+            "/capabilities",
+            get(capabilities::list)
+                .put(capabilities::add)
+                .delete(capabilities::remove),
+        )
+        .route("/nodes", get(nodes::list))
+        .route("/nodestatus", get(status::node_status))
+        .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        // Bodies are limited by the handlers themselves so that the refusal is JSON.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/health", get(status::health))
+        .nest("/v1", v1)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Reads a request body up to the configured size, refusing larger ones with 413.
+pub(crate) async fn read_body(
+    state: &ApiState,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, error::ApiError> {
+    axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            error::ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body exceeds {} bytes ([WEBSERVER] max_body_bytes)",
+                    state.max_body_bytes
+                ),
+            )
+        })
+}

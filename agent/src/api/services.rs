@@ -1,0 +1,150 @@
+//! `/v1/services`: submit a YAML blueprint, list services, show one, terminate one.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{read_body, ApiState};
+use crate::blueprint;
+use crate::domain::{DesiredState, ImageState, NodeId, Service, ServiceId, ServiceState};
+
+/// Media types a blueprint may be sent as. JSON is YAML, so it is welcome too.
+const BLUEPRINT_TYPES: &[&str] = &[
+    "application/x-yaml",
+    "application/yaml",
+    "text/yaml",
+    "text/x-yaml",
+    "application/json",
+];
+
+/// A service as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    pub id: ServiceId,
+    pub name: String,
+    pub state: ServiceState,
+    pub desired: DesiredState,
+    pub reason: Option<String>,
+    pub owner: NodeId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub images: Vec<ImageView>,
+}
+
+/// One image of a service: where it runs and how it is.
+#[derive(Debug, Serialize)]
+pub struct ImageView {
+    pub name: String,
+    pub image: String,
+    pub node: Option<NodeId>,
+    pub state: ImageState,
+    pub reason: Option<String>,
+    pub container_id: Option<String>,
+    pub capabilities: Vec<String>,
+}
+
+impl From<Service> for ServiceView {
+    fn from(service: Service) -> ServiceView {
+        ServiceView {
+            images: service
+                .images
+                .into_iter()
+                .map(|image| ImageView {
+                    name: image.blueprint.id,
+                    image: image.blueprint.image,
+                    node: image.node,
+                    state: image.state,
+                    reason: image.reason,
+                    container_id: image.container_id,
+                    capabilities: image.blueprint.capabilities,
+                })
+                .collect(),
+            id: service.id,
+            name: service.name,
+            state: service.state,
+            desired: service.desired,
+            reason: service.reason,
+            owner: service.owner,
+            created_at: service.created_at,
+            updated_at: service.updated_at,
+        }
+    }
+}
+
+pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    let services = state.orchestrator.services()?;
+    Ok(Json(services.into_iter().map(ServiceView::from).collect()))
+}
+
+pub async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    Ok(Json(state.orchestrator.service(&ServiceId(id))?.into()))
+}
+
+/// `POST /v1/services` with a YAML blueprint: 201 and the new service (state INITIAL),
+/// which the orchestrator then brings to RUNNING or ERROR.
+pub async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !BLUEPRINT_TYPES.contains(&media_type.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a blueprint is sent as application/x-yaml, not {:?}",
+                if media_type.is_empty() {
+                    "(no Content-Type)"
+                } else {
+                    &media_type
+                }
+            ),
+        ));
+    }
+    let body = read_body(&state, body).await?;
+    let text = std::str::from_utf8(&body).map_err(|error| {
+        ApiError::invalid(
+            "invalid_yaml",
+            format!("the blueprint is not UTF-8: {error}"),
+            Vec::new(),
+        )
+    })?;
+    let parsed = blueprint::parse(text, &state.security)?;
+    let service = state.orchestrator.submit(parsed).await?;
+    let location = format!("/v1/services/{}", service.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(ServiceView::from(service)),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/services/{id}`: 202; the service goes STOPPING, then TERMINATED.
+pub async fn terminate(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
+    let service = state.orchestrator.terminate(&ServiceId(id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(service.into())))
+}

@@ -1,0 +1,119 @@
+//! How an image of a service becomes a container: its name, its labels (which let a
+//! restarted agent find what it runs) and a digest of its specification (which tells
+//! whether a running container still matches the blueprint).
+
+use std::collections::BTreeMap;
+
+use motey_val::{labels, ContainerSpec};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{ImageBlueprint, NodeId, Service};
+
+/// The engine-neutral specification of the container for `image` of `service` on `node`.
+pub fn spec(service: &Service, image: &ImageBlueprint, node: &NodeId) -> ContainerSpec {
+    let mut spec = ContainerSpec {
+        name: image
+            .container_name
+            .clone()
+            .unwrap_or_else(|| default_name(service, image)),
+        image: image.image.clone(),
+        command: image.command.clone(),
+        env: image.env.clone(),
+        ports: image.ports.clone(),
+        volumes: image.volumes.clone(),
+        devices: image.devices.clone(),
+        restart: image.restart,
+        labels: BTreeMap::new(),
+        privileges: image.privileges.clone(),
+    };
+    let digest = digest(&spec);
+    spec.labels = BTreeMap::from([
+        (labels::MANAGED.to_owned(), "true".to_owned()),
+        (labels::SERVICE_ID.to_owned(), service.id.to_string()),
+        (labels::SERVICE_NAME.to_owned(), service.name.clone()),
+        (labels::IMAGE_ID.to_owned(), image.id.clone()),
+        (labels::NODE_ID.to_owned(), node.to_string()),
+        (labels::SPEC_DIGEST.to_owned(), digest),
+    ]);
+    spec
+}
+
+/// Labels selecting every container this node runs for one image of a service.
+pub fn selector(node: &NodeId, service: &str, image_id: &str) -> BTreeMap<String, String> {
+    let mut selector = node_selector(node);
+    selector.insert(labels::SERVICE_ID.to_owned(), service.to_owned());
+    selector.insert(labels::IMAGE_ID.to_owned(), image_id.to_owned());
+    selector
+}
+
+/// Labels selecting every container this node manages.
+pub fn node_selector(node: &NodeId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::MANAGED.to_owned(), "true".to_owned()),
+        (labels::NODE_ID.to_owned(), node.to_string()),
+    ])
+}
+
+/// `motey-<service>-<image>-<8 chars of the service id>`: readable in `docker ps`, unique
+/// per service instance.
+fn default_name(service: &Service, image: &ImageBlueprint) -> String {
+    let short_id: String = service.id.as_str().chars().take(8).collect();
+    let raw = format!("motey-{}-{}-{short_id}", service.name, image.id);
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// A short, stable digest of everything that shapes the container (labels excluded).
+fn digest(spec: &ContainerSpec) -> String {
+    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    hex::encode(&Sha256::digest(&canonical)[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Blueprint, ServiceId};
+
+    fn service(image: &str) -> Service {
+        let blueprint: Blueprint = crate::blueprint::parse(
+            &format!("name: web_shop\nimages:\n  - name: front\n    image: {image}\n"),
+            &Default::default(),
+        )
+        .unwrap();
+        Service::new(
+            ServiceId("0123456789abcdef".into()),
+            blueprint,
+            NodeId("n1".into()),
+        )
+    }
+
+    #[test]
+    fn labels_identify_service_image_and_node() {
+        let service = service("nginx");
+        let spec = spec(&service, &service.images[0].blueprint, &NodeId("n1".into()));
+        assert_eq!(spec.name, "motey-web_shop-front-01234567");
+        assert_eq!(spec.labels[labels::SERVICE_ID], "0123456789abcdef");
+        assert_eq!(spec.labels[labels::IMAGE_ID], "front");
+        assert_eq!(spec.labels[labels::NODE_ID], "n1");
+        assert_eq!(spec.labels[labels::SPEC_DIGEST].len(), 16);
+    }
+
+    #[test]
+    fn digest_changes_with_the_blueprint_only() {
+        let a = service("nginx:1");
+        let b = service("nginx:2");
+        let node = NodeId("n1".into());
+        let digest = |s: &Service| {
+            spec(s, &s.images[0].blueprint, &node).labels[labels::SPEC_DIGEST].clone()
+        };
+        assert_eq!(digest(&a), digest(&a.clone()));
+        assert_ne!(digest(&a), digest(&b));
+    }
+}

@@ -1,0 +1,148 @@
+//! Images this node runs on behalf of peers. A peer's deploy request becomes a service
+//! record owned by that peer, holding only the images placed here; the reconcile loop
+//! treats it like any other service, so hosted images also survive an agent restart.
+
+use tracing::info;
+
+use super::Orchestrator;
+use crate::domain::{
+    Capability, DesiredState, ImageDeployment, ImageRecord, ImageStatus, Service, ServiceId,
+    ServiceState,
+};
+use crate::store::StoreError;
+
+/// Why a peer's request about a hosted image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HostedImageError {
+    #[error("image {image} of service {service} not found")]
+    NotFound { service: ServiceId, image: String },
+    #[error("this node lacks the capabilities {0}")]
+    MissingCapabilities(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Orchestrator {
+    /// What this node offers to images.
+    pub fn capabilities(&self) -> Result<Vec<Capability>, StoreError> {
+        self.inner.store.capabilities.list()
+    }
+
+    /// A peer asks this node to run one image of a service it owns.
+    pub async fn host_image(
+        &self,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, HostedImageError> {
+        let offered: Vec<String> = self
+            .capabilities()?
+            .into_iter()
+            .map(|c| c.capability)
+            .collect();
+        let missing: Vec<&str> = deployment
+            .image
+            .capabilities
+            .iter()
+            .filter(|needed| !offered.contains(needed))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(HostedImageError::MissingCapabilities(missing.join(", ")));
+        }
+        let me = self.inner.node.clone();
+        let status = {
+            let _guard = self.inner.records.lock().await;
+            let store = &self.inner.store.services;
+            let mut service = store
+                .get(deployment.service_id.as_str())?
+                .unwrap_or_else(|| {
+                    let mut service = Service::new(
+                        deployment.service_id.clone(),
+                        crate::domain::Blueprint {
+                            service_name: deployment.service_name.clone(),
+                            images: vec![],
+                        },
+                        deployment.owner.clone(),
+                    );
+                    service.state = ServiceState::Instantiating;
+                    service
+                });
+            service.desired = DesiredState::Running;
+            let image_id = deployment.image.id.clone();
+            match service.image_mut(&image_id) {
+                // A repeated request (the owner retried after a lost reply) changes nothing.
+                Some(existing) if existing.blueprint == deployment.image => {}
+                Some(existing) => *existing = hosted_record(deployment.image, &me),
+                None => service.images.push(hosted_record(deployment.image, &me)),
+            }
+            service.updated_at = chrono::Utc::now();
+            store.put(&service)?;
+            status_of(&service, &image_id, &me)
+        };
+        info!(service = %deployment.service_id, image = %status.image_id, owner = %deployment.owner, "hosting image for peer");
+        self.wake();
+        Ok(status)
+    }
+
+    /// The state of an image this node hosts.
+    pub fn hosted_image_status(
+        &self,
+        service: &ServiceId,
+        image: &str,
+    ) -> Result<ImageStatus, HostedImageError> {
+        let found = self.inner.store.services.get(service.as_str())?;
+        found
+            .filter(|s| s.image(image).is_some())
+            .map(|s| status_of(&s, image, &self.inner.node))
+            .ok_or_else(|| HostedImageError::NotFound {
+                service: service.clone(),
+                image: image.to_owned(),
+            })
+    }
+
+    /// The owner takes an image back: forget it; the loop removes its container.
+    pub async fn release_hosted_image(
+        &self,
+        service: &ServiceId,
+        image: &str,
+    ) -> Result<(), HostedImageError> {
+        {
+            let _guard = self.inner.records.lock().await;
+            let store = &self.inner.store.services;
+            let Some(mut record) = store.get(service.as_str())? else {
+                return Ok(()); // already gone: releasing twice is fine
+            };
+            record.images.retain(|candidate| candidate.id() != image);
+            if record.images.is_empty() && record.owner != self.inner.node {
+                store.remove(service.as_str())?;
+            } else {
+                store.put(&record)?;
+            }
+        }
+        info!(%service, %image, "hosted image released");
+        self.wake();
+        Ok(())
+    }
+}
+
+fn hosted_record(
+    image: crate::domain::ImageBlueprint,
+    node: &crate::domain::NodeId,
+) -> ImageRecord {
+    let mut record = ImageRecord::new(image);
+    record.node = Some(node.clone());
+    record
+}
+
+fn status_of(service: &Service, image: &str, node: &crate::domain::NodeId) -> ImageStatus {
+    let record = service.image(image);
+    ImageStatus {
+        service_id: service.id.clone(),
+        image_id: image.to_owned(),
+        node: node.clone(),
+        state: record
+            .map(|r| r.state)
+            .unwrap_or(motey_val::ImageState::Terminated),
+        reason: record.and_then(|r| r.reason.clone()),
+        container_id: record.and_then(|r| r.container_id.clone()),
+    }
+}

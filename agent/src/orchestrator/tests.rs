@@ -1,0 +1,387 @@
+//! The reconcile loop against the in-memory engine and scripted peers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use motey_val::fake::FakeEngine;
+use motey_val::{labels, ImageState};
+
+use super::remote::{NoPeers, RemoteError, RemoteNodes};
+use super::*;
+use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeInfo};
+
+fn settings() -> config::Orchestrator {
+    config::Orchestrator {
+        reconcile_interval_secs: 1,
+        stop_grace_secs: 0,
+    }
+}
+
+fn orchestrator(engine: &FakeEngine, store: &Store, remote: Arc<dyn RemoteNodes>) -> Orchestrator {
+    Orchestrator::new(
+        NodeId("here".into()),
+        store.clone(),
+        Arc::new(engine.clone()),
+        remote,
+        settings(),
+    )
+}
+
+fn blueprint(yaml: &str) -> Blueprint {
+    crate::blueprint::parse(yaml, &Default::default()).unwrap()
+}
+
+const TWO_IMAGES: &str =
+    "name: shop\nimages:\n  - {name: web, image: nginx}\n  - {name: db, image: busybox}\n";
+
+#[tokio::test]
+async fn submitted_service_runs_and_terminates() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    assert_eq!(service.state, ServiceState::Initial);
+
+    orchestrator.reconcile_all().await;
+    let running = orchestrator.service(&service.id).unwrap();
+    assert_eq!(running.state, ServiceState::Running, "{running:?}");
+    assert!(running
+        .images
+        .iter()
+        .all(|i| i.node == Some(NodeId("here".into())) && i.container_id.is_some()));
+    assert_eq!(engine.containers().len(), 2);
+    let labelled = &engine.containers()[0].labels;
+    assert_eq!(labelled[labels::SERVICE_ID], service.id.to_string());
+
+    // A second pass changes nothing.
+    orchestrator.reconcile_all().await;
+    assert_eq!(engine.created_count(), 2);
+
+    let stopping = orchestrator.terminate(&service.id).await.unwrap();
+    assert_eq!(stopping.state, ServiceState::Stopping);
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        orchestrator.service(&service.id).unwrap().state,
+        ServiceState::Terminated
+    );
+    assert!(engine.containers().is_empty());
+    // Terminating again is fine.
+    orchestrator.terminate(&service.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn restarted_agent_adopts_containers_instead_of_duplicating() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let first = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = first.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    first.reconcile_all().await;
+    let before = first.service(&service.id).unwrap();
+
+    let second = orchestrator(&engine, &store, Arc::new(NoPeers));
+    second.reconcile_all().await;
+    let after = second.service(&service.id).unwrap();
+    assert_eq!(engine.created_count(), 2);
+    assert_eq!(before.images, after.images);
+}
+
+#[tokio::test]
+async fn exited_image_makes_the_service_error_with_its_reason() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    orchestrator.reconcile_all().await;
+    let db = orchestrator
+        .service(&service.id)
+        .unwrap()
+        .image("db")
+        .unwrap()
+        .container_id
+        .clone()
+        .unwrap();
+    engine.set_state(&db, ImageState::Error, Some("exited with code 3"));
+    orchestrator.reconcile_all().await;
+    let failed = orchestrator.service(&service.id).unwrap();
+    assert_eq!(failed.state, ServiceState::Error);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("image db: exited with code 3")
+    );
+    // The failed container is not replaced behind the user's back.
+    assert_eq!(engine.created_count(), 2);
+}
+
+#[tokio::test]
+async fn vanished_container_is_recreated() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    orchestrator.reconcile_all().await;
+    let web = orchestrator
+        .service(&service.id)
+        .unwrap()
+        .image("web")
+        .unwrap()
+        .container_id
+        .clone()
+        .unwrap();
+    engine.forget(&web);
+    orchestrator.reconcile_all().await;
+    let healed = orchestrator.service(&service.id).unwrap();
+    assert_eq!(healed.state, ServiceState::Running);
+    assert_ne!(
+        healed.image("web").unwrap().container_id.as_deref(),
+        Some(web.as_str())
+    );
+    assert_eq!(engine.containers().len(), 2);
+}
+
+#[tokio::test]
+async fn unavailable_image_is_an_error_naming_it() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    engine.make_unavailable("busybox");
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    orchestrator.reconcile_all().await;
+    let failed = orchestrator.service(&service.id).unwrap();
+    assert_eq!(failed.state, ServiceState::Error);
+    assert!(
+        failed.reason.as_deref().unwrap().contains("busybox"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_capability_is_named_and_placement_resumes_when_it_appears() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator
+        .submit(blueprint(
+            "name: meter\nimages:\n  - image: reader\n    capabilities: [optical-probe]\n",
+        ))
+        .await
+        .unwrap();
+    orchestrator.reconcile_all().await;
+    let waiting = orchestrator.service(&service.id).unwrap();
+    assert_eq!(waiting.state, ServiceState::Error);
+    assert_eq!(
+        waiting.reason.as_deref(),
+        Some("image reader: no node offers the capabilities optical-probe")
+    );
+    assert!(engine.containers().is_empty());
+
+    store
+        .capabilities
+        .put(&Capability {
+            capability: "optical-probe".into(),
+            capability_type: "hardware".into(),
+        })
+        .unwrap();
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        orchestrator.service(&service.id).unwrap().state,
+        ServiceState::Running
+    );
+}
+
+#[tokio::test]
+async fn containers_no_service_wants_are_removed() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let service = orchestrator.submit(blueprint(TWO_IMAGES)).await.unwrap();
+    orchestrator.reconcile_all().await;
+    // The service disappears while the agent is down (e.g. the store was restored).
+    store.services.remove(service.id.as_str()).unwrap();
+    orchestrator.reconcile_all().await;
+    assert!(engine.containers().is_empty());
+}
+
+/// A peer that offers `optical-probe` and records what it was asked.
+#[derive(Default)]
+struct ScriptedPeer {
+    alive: Mutex<bool>,
+    deployed: Mutex<Vec<ImageDeployment>>,
+    terminated: Mutex<Vec<String>>,
+}
+
+fn peer_info() -> NodeInfo {
+    NodeInfo {
+        id: NodeId("probe-node".into()),
+        name: "probe".into(),
+        addresses: vec!["127.0.0.1".into()],
+        rest_port: 1,
+        peer_port: 2,
+        last_seen: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl RemoteNodes for ScriptedPeer {
+    async fn alive_peers(&self) -> Vec<NodeInfo> {
+        if *self.alive.lock().unwrap() {
+            vec![peer_info()]
+        } else {
+            vec![]
+        }
+    }
+    async fn capabilities(&self, _node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
+        Ok(vec![Capability {
+            capability: "optical-probe".into(),
+            capability_type: "hardware".into(),
+        }])
+    }
+    async fn deploy_image(
+        &self,
+        node: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, RemoteError> {
+        self.deployed.lock().unwrap().push(deployment.clone());
+        Ok(ImageStatus {
+            service_id: deployment.service_id,
+            image_id: deployment.image.id,
+            node: node.clone(),
+            state: ImageState::Instantiating,
+            reason: None,
+            container_id: None,
+        })
+    }
+    async fn image_status(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<ImageStatus, RemoteError> {
+        if !*self.alive.lock().unwrap() {
+            return Err(RemoteError::Unreachable {
+                node: node.clone(),
+                reason: "timeout".into(),
+            });
+        }
+        Ok(ImageStatus {
+            service_id: service_id.clone(),
+            image_id: image_id.into(),
+            node: node.clone(),
+            state: ImageState::Running,
+            reason: None,
+            container_id: Some("remote1".into()),
+        })
+    }
+    async fn terminate_image(
+        &self,
+        _node: &NodeId,
+        _service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), RemoteError> {
+        self.terminated.lock().unwrap().push(image_id.into());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_is_gone() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let peer = Arc::new(ScriptedPeer::default());
+    *peer.alive.lock().unwrap() = true;
+    let orchestrator = orchestrator(&engine, &store, peer.clone());
+    let service = orchestrator
+        .submit(blueprint("name: meter\nimages:\n  - {name: reader, image: r, capabilities: [optical-probe]}\n  - {name: local, image: l}\n"))
+        .await
+        .unwrap();
+    orchestrator.reconcile_all().await;
+    orchestrator.reconcile_all().await;
+    let placed = orchestrator.service(&service.id).unwrap();
+    assert_eq!(
+        placed.image("reader").unwrap().node,
+        Some(NodeId("probe-node".into()))
+    );
+    assert_eq!(
+        placed.image("local").unwrap().node,
+        Some(NodeId("here".into()))
+    );
+    assert_eq!(placed.state, ServiceState::Running, "{placed:?}");
+    assert_eq!(
+        peer.deployed.lock().unwrap()[0].owner,
+        NodeId("here".into())
+    );
+    assert_eq!(
+        engine.containers().len(),
+        1,
+        "only the local image runs here"
+    );
+
+    // The peer vanishes: the image is placed again; with no capable node it waits in ERROR.
+    *peer.alive.lock().unwrap() = false;
+    orchestrator.reconcile_all().await;
+    orchestrator.reconcile_all().await;
+    let lost = orchestrator.service(&service.id).unwrap();
+    assert_eq!(lost.image("reader").unwrap().node, None);
+    assert_eq!(lost.state, ServiceState::Error);
+
+    *peer.alive.lock().unwrap() = true;
+    orchestrator.reconcile_all().await;
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        orchestrator.service(&service.id).unwrap().state,
+        ServiceState::Running
+    );
+
+    orchestrator.terminate(&service.id).await.unwrap();
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        orchestrator.service(&service.id).unwrap().state,
+        ServiceState::Terminated
+    );
+    assert_eq!(*peer.terminated.lock().unwrap(), vec!["reader".to_string()]);
+}
+
+#[tokio::test]
+async fn hosted_images_run_for_their_owner_until_released() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let image = blueprint(
+        "name: x\nimages:\n  - {name: reader, image: r, capabilities: [optical-probe]}\n",
+    )
+    .images
+    .remove(0);
+    let deployment = ImageDeployment {
+        service_id: ServiceId("svc1".into()),
+        service_name: "meter".into(),
+        owner: NodeId("owner".into()),
+        image,
+    };
+    let refused = orchestrator
+        .host_image(deployment.clone())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("optical-probe"), "{refused}");
+
+    store
+        .capabilities
+        .put(&Capability {
+            capability: "optical-probe".into(),
+            capability_type: "hardware".into(),
+        })
+        .unwrap();
+    orchestrator.host_image(deployment.clone()).await.unwrap();
+    orchestrator.host_image(deployment.clone()).await.unwrap(); // a retried request
+    orchestrator.reconcile_all().await;
+    let status = orchestrator
+        .hosted_image_status(&deployment.service_id, "reader")
+        .unwrap();
+    assert_eq!(status.state, ImageState::Running);
+    assert_eq!(engine.containers().len(), 1);
+    let not_owner = orchestrator
+        .terminate(&deployment.service_id)
+        .await
+        .unwrap_err();
+    assert!(matches!(not_owner, OrchestratorError::NotOwner { .. }));
+
+    orchestrator
+        .release_hosted_image(&deployment.service_id, "reader")
+        .await
+        .unwrap();
+    orchestrator.reconcile_all().await;
+    assert!(engine.containers().is_empty());
+    assert!(orchestrator
+        .hosted_image_status(&deployment.service_id, "reader")
+        .is_err());
+    let _ = BTreeMap::<String, String>::new();
+}
