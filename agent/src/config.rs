@@ -294,7 +294,11 @@ impl RawConfig {
             }
         }
         let level = self.string("LOGGER", "level");
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() || level.is_empty() {
+        // A bare word is a level; a tracing filter would read `loud` as a target name.
+        let is_level = ["trace", "debug", "info", "warn", "error", "off"]
+            .contains(&level.to_ascii_lowercase().as_str());
+        let is_filter = level.contains('=') || level.contains(',');
+        if !(is_level || is_filter) || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(self.invalid(
                 "LOGGER",
                 "level",

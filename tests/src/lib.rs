@@ -1,3 +1,39 @@
 //! Cross-crate integration and end-to-end tests of the Motey agent and the metering
 //! workloads, plus `testbox`, the tiny workload the Docker tests run as their container
 //! image (no image can be pulled from outside, so tests build their own).
+//!
+//! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
+//! free ports, polling with a deadline and a local image registry.
+
+pub mod docker;
+pub mod registry;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it gives a value, panicking with `what` after `limit`. The limit
+/// is generous: CI machines are small and busy, and this is not a timing assertion.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if started.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

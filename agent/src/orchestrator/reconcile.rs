@@ -231,12 +231,15 @@ impl Orchestrator {
             record.reason = found.reason;
             return record;
         }
-        // No container. Create one unless the image already ended (exited, failed to
-        // start): recreating those would loop; the user terminates or updates them.
-        let should_exist = matches!(
-            record.state,
-            ImageState::Initial | ImageState::Instantiating | ImageState::Running
-        );
+        // No container. Create one if none was made yet, or if the one we made was
+        // removed behind our back (whatever state it was last seen in). An image whose
+        // creation failed (no such image, name taken) is not retried in a loop: the user
+        // terminates or updates it.
+        let should_exist = record.container_id.is_some()
+            || matches!(
+                record.state,
+                ImageState::Initial | ImageState::Instantiating | ImageState::Running
+            );
         if !should_exist {
             return record;
         }

@@ -1,0 +1,117 @@
+//! The `motey` command line: exit codes, daemon mode, configuration errors.
+
+use std::process::Command;
+use std::time::Duration;
+
+use system_tests::{free_port, wait_for};
+
+fn motey(data_dir: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_motey"));
+    command
+        .env("MOTEY_GENERAL_DATA_DIR", data_dir)
+        .env("MOTEY_WEBSERVER_IP", "127.0.0.1")
+        .env("MOTEY_WEBSERVER_PORT", port.to_string())
+        .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string());
+    command
+}
+
+#[test]
+fn version_and_help() {
+    let output = Command::new(env!("CARGO_BIN_EXE_motey"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let output = Command::new(env!("CARGO_BIN_EXE_motey"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["start", "stop", "restart", "status"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_motey"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn wrong_configuration_names_section_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = motey(dir.path(), free_port())
+        .env("MOTEY_WEBSERVER_PORT", "eighty")
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[WEBSERVER] port = \"eighty\""), "{stderr}");
+
+    let file = dir.path().join("motey.ini");
+    std::fs::write(&file, "[LOGGER]\nlevel = loud\n").unwrap();
+    let output = motey(dir.path(), free_port())
+        .args(["--config"])
+        .arg(&file)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[LOGGER] level"));
+}
+
+#[test]
+fn unusable_database_path_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let output = motey(dir.path(), free_port())
+        .env("MOTEY_DATABASE_PATH", blocker.join("db"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("database at") && stderr.contains("cannot create the directory"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn daemon_starts_reports_status_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let status = motey(dir.path(), port).arg("status").output().unwrap();
+    assert_eq!(status.status.code(), Some(3));
+
+    let started = motey(dir.path(), port)
+        .args(["start", "--daemon"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    wait_for("the daemon's API", Duration::from_secs(60), || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .ok()
+    })
+    .await;
+    let status = motey(dir.path(), port).arg("status").output().unwrap();
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("is running"));
+    // A second start is refused while the first runs.
+    let again = motey(dir.path(), port).args(["start"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    let stopped = motey(dir.path(), port).arg("stop").output().unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let status = motey(dir.path(), port).arg("status").output().unwrap();
+    assert_eq!(status.status.code(), Some(3));
+    assert!(!dir.path().join("motey.pid").exists());
+    // The daemon logged to its data directory, as JSON or text.
+    let log = std::fs::read_to_string(dir.path().join("application.log")).unwrap();
+    assert!(log.contains("agent started"), "{log}");
+}

@@ -1,0 +1,198 @@
+//! Agents as real processes (the `motey` binary) with their own data directory, ports and
+//! node id, and an HTTP client for their REST API.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use motey_val::labels;
+use serde_json::Value;
+use system_tests::{docker, free_port, wait_for};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// One `motey start` process; killed (and its containers removed) when dropped.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub node_id: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    extra_env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl AgentProcess {
+    /// Starts an agent in a fresh data directory.
+    pub async fn start(test: &str) -> AgentProcess {
+        AgentProcess::start_with(test, &[]).await
+    }
+
+    pub async fn start_with(test: &str, env: &[(&str, &str)]) -> AgentProcess {
+        docker::ensure_testbox();
+        let dir = tempfile::tempdir().unwrap();
+        let node_id = format!(
+            "agent-{test}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let mut agent = AgentProcess {
+            child: None,
+            node_id,
+            port: free_port(),
+            data_dir: dir.path().to_path_buf(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _dir: Some(dir),
+        };
+        agent.spawn().await;
+        agent
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("agent.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_motey"))
+            .arg("start")
+            .env("MOTEY_GENERAL_DATA_DIR", &self.data_dir)
+            .env("MOTEY_GENERAL_NODE_ID", &self.node_id)
+            .env("MOTEY_WEBSERVER_IP", "127.0.0.1")
+            .env("MOTEY_WEBSERVER_PORT", self.port.to_string())
+            .env("MOTEY_WEBSERVER_TOKEN", TOKEN)
+            .env("MOTEY_ORCHESTRATOR_RECONCILE_INTERVAL", "2")
+            .env("MOTEY_ORCHESTRATOR_STOP_GRACE", "2")
+            .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string())
+            .env("MOTEY_LOGGER_LEVEL", "motey=debug,info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the motey binary");
+        self.child = Some(child);
+        let url = self.url("/health");
+        wait_for("the agent's REST API", Duration::from_secs(60), || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `kill -9`: no chance to clean up, as in a power cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data directory, port and node id.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Containers this agent's node manages, as Docker sees them.
+    pub fn containers(&self) -> Vec<String> {
+        docker::containers_with_label(labels::NODE_ID, &self.node_id)
+    }
+
+    pub async fn post_blueprint(&self, yaml: &str) -> (u16, Value) {
+        let response = client()
+            .post(self.url("/v1/services"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/x-yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = client()
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = client()
+            .delete(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Waits until the service reaches `state`; returns the service.
+    pub async fn wait_for_state(&self, id: &str, state: &str) -> Value {
+        let path = format!("/v1/services/{id}");
+        let mut last = Value::Null;
+        let found = tokio::time::timeout(Duration::from_secs(90), async {
+            loop {
+                let (_, service) = self.get(&path).await;
+                if service["state"] == state {
+                    return service;
+                }
+                last = service;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "service {id} did not reach {state}; last seen {last:#}\nagent log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+        docker::remove_containers_with_label(labels::NODE_ID, &self.node_id);
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
