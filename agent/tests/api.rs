@@ -251,3 +251,90 @@ async fn nodes_and_node_status_describe_this_node() {
     assert!(node_status["cpu_count"].as_u64().unwrap() > 0);
     assert_eq!(node_status["engine"], "fake");
 }
+
+#[tokio::test]
+async fn every_mutating_endpoint_refuses_a_missing_or_wrong_token() {
+    let agent = agent(&[]).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", agent.base);
+    for token in [None, Some("wrong-token")] {
+        let requests = [
+            client
+                .post(url("/v1/services"))
+                .header("content-type", "application/x-yaml")
+                .body("name: a\nimages: [{image: x}]"),
+            client.delete(url("/v1/services/some-id")),
+            client.put(url("/v1/capabilities")).json(&json!([])),
+            client.delete(url("/v1/capabilities")).json(&json!([])),
+            client
+                .post(url("/v1/service"))
+                .header("content-type", "application/x-yaml")
+                .body("service_name: a\nimages: [{name: x}]"),
+            client.delete(url("/v1/service")).body("service_name: a"),
+        ];
+        for request in requests {
+            let request = match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            };
+            let built = request.build().unwrap();
+            let description = format!("{} {}", built.method(), built.url().path());
+            let response = client.execute(built).await.unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                401,
+                "{description} with {token:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn motey_paths_heartbeat_openapi_and_links() {
+    let agent = agent(&[]).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/v1/heartbeat", agent.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, openapi) = send(client.get(format!("{}/v1/openapi.json", agent.base))).await;
+    assert_eq!(status, 200);
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert!(openapi["paths"]["/v1/services"]["post"].is_object());
+
+    let motey = "service_name: first_service\nimages:\n- name: alpine\n  engine: docker\n";
+    let (status, created) = send(
+        client
+            .post(format!("{}/v1/service", agent.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/x-yaml")
+            .body(motey),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["links"]["self"], format!("/v1/services/{id}"));
+    assert_eq!(created["links"]["nodes"], "/v1/nodes");
+    let (_, listed) = send(client.get(format!("{}/v1/service", agent.base))).await;
+    assert_eq!(listed[0]["id"], id);
+
+    let (status, stopped) = send(
+        client
+            .delete(format!("{}/v1/service", agent.base))
+            .bearer_auth(TOKEN)
+            .body(motey),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(stopped[0]["desired"], "TERMINATED");
+    let (status, _) = send(
+        client
+            .delete(format!("{}/v1/service", agent.base))
+            .bearer_auth(TOKEN)
+            .body(motey),
+    )
+    .await;
+    assert_eq!(status, 404, "nothing left running under that name");
+}

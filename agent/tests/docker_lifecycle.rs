@@ -220,3 +220,52 @@ async fn image_nobody_has_is_an_error_naming_it() {
         "{failed:#}"
     );
 }
+
+#[tokio::test]
+async fn two_image_blueprint_runs_both_with_labels_env_and_ports() {
+    let agent = AgentProcess::start("two-images").await;
+    let (web_port, api_port) = (free_port(), free_port());
+    let (status, created) = agent
+        .post_blueprint(&format!(
+            "name: pair
+images:
+  - name: web
+    image: nginx
+    env: {{TESTBOX_LISTEN: 80, GREETING: hello}}
+    ports: [\"127.0.0.1:{web_port}:80\"]
+  - name: api
+    image: busybox
+    env: {{TESTBOX_LISTEN: 9000}}
+    ports: [\"127.0.0.1:{api_port}:9000\"]
+"
+        ))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let running = agent.wait_for_state(&id, "RUNNING").await;
+    let containers = containers_with_label(labels::SERVICE_ID, &id);
+    assert_eq!(containers.len(), 2);
+    for image in running["images"].as_array().unwrap() {
+        let container = image["container_id"].as_str().unwrap();
+        let name = image["name"].as_str().unwrap();
+        let labels_seen = docker(&["inspect", "-f", "{{json .Config.Labels}}", container]).unwrap();
+        let labels_seen: serde_json::Value = serde_json::from_str(&labels_seen).unwrap();
+        assert_eq!(labels_seen[labels::IMAGE_ID], name);
+        assert_eq!(labels_seen[labels::NODE_ID], agent.node_id.as_str());
+        assert_eq!(labels_seen[labels::MANAGED], "true");
+    }
+    let web = running["images"][0]["container_id"].as_str().unwrap();
+    let env = docker(&["inspect", "-f", "{{json .Config.Env}}", web]).unwrap();
+    assert!(env.contains("GREETING=hello"), "{env}");
+    for port in [web_port, api_port] {
+        wait_for(
+            "the mapped port to answer",
+            Duration::from_secs(60),
+            || async move { reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok() },
+        )
+        .await;
+    }
+    agent.delete(&format!("/v1/services/{id}")).await;
+    agent.wait_for_state(&id, "TERMINATED").await;
+    assert!(containers_with_label(labels::SERVICE_ID, &id).is_empty());
+}

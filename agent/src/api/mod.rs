@@ -75,8 +75,17 @@ pub fn router(state: ApiState) -> Router {
                 .put(capabilities::add)
                 .delete(capabilities::remove),
         )
+        // Motey's paths, so its clients keep working.
+        .route(
+            "/service",
+            get(services::list)
+                .post(services::create)
+                .delete(services::terminate_by_blueprint),
+        )
         .route("/nodes", get(nodes::list))
         .route("/nodestatus", get(status::node_status))
+        .route("/heartbeat", get(status::heartbeat))
+        .route("/openapi.json", get(status::openapi))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

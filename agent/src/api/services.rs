@@ -34,6 +34,16 @@ pub struct ServiceView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub images: Vec<ImageView>,
+    pub links: ServiceLinks,
+}
+
+/// Where related resources are.
+#[derive(Debug, Serialize)]
+pub struct ServiceLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+    pub services: &'static str,
+    pub nodes: &'static str,
 }
 
 /// One image of a service: where it runs and how it is.
@@ -51,6 +61,11 @@ pub struct ImageView {
 impl From<Service> for ServiceView {
     fn from(service: Service) -> ServiceView {
         ServiceView {
+            links: ServiceLinks {
+                this: format!("/v1/services/{}", service.id),
+                services: "/v1/services",
+                nodes: "/v1/nodes",
+            },
             images: service
                 .images
                 .into_iter()
@@ -147,4 +162,59 @@ pub async fn terminate(
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = state.orchestrator.terminate(&ServiceId(id)).await?;
     Ok((StatusCode::ACCEPTED, Json(service.into())))
+}
+
+/// `DELETE /v1/service` (Motey's alias) with the blueprint as body: terminates the
+/// services of this node carrying the blueprint's `id`, or else its service name.
+pub async fn terminate_by_blueprint(
+    State(state): State<ApiState>,
+    body: Body,
+) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    let body = read_body(&state, body).await?;
+    let document: serde_json::Value = serde_yaml::from_slice::<serde_yaml::Value>(&body)
+        .ok()
+        .and_then(|yaml| serde_json::to_value(yaml).ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_yaml",
+                "the body is not a YAML or JSON blueprint",
+                Vec::new(),
+            )
+        })?;
+    let id = document["id"].as_str();
+    let name = document["service_name"]
+        .as_str()
+        .or(document["name"].as_str());
+    if id.is_none() && name.is_none() {
+        return Err(ApiError::invalid(
+            "invalid_blueprint",
+            "service_name: is required to find the service",
+            vec![crate::validation::FieldError::new(
+                "service_name",
+                "is required",
+            )],
+        ));
+    }
+    let me = state.orchestrator.node().clone();
+    let targets: Vec<ServiceId> = state
+        .orchestrator
+        .services()?
+        .into_iter()
+        .filter(|service| service.owner == me && service.desired == DesiredState::Running)
+        .filter(|service| match id {
+            Some(id) => service.id.as_str() == id,
+            None => Some(service.name.as_str()) == name,
+        })
+        .map(|service| service.id)
+        .collect();
+    if targets.is_empty() {
+        return Err(ApiError::not_found(
+            "no running service matches the blueprint",
+        ));
+    }
+    let mut terminated = Vec::new();
+    for id in targets {
+        terminated.push(state.orchestrator.terminate(&id).await?.into());
+    }
+    Ok(Json(terminated))
 }

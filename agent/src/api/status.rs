@@ -96,3 +96,17 @@ pub async fn health(State(state): State<ApiState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
     })
 }
+
+/// `GET /v1/heartbeat`: 204 while the agent serves and its store answers.
+pub async fn heartbeat(State(state): State<ApiState>) -> Result<axum::http::StatusCode, ApiError> {
+    state.store.services.list()?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
+    )
+}

@@ -17,14 +17,14 @@ use crate::domain::{DesiredState, ImageDeployment, ImageRecord, NodeId, Service,
 
 impl Orchestrator {
     pub(super) async fn reconcile_service(&self, snapshot: Service) {
-        let mut observed = Vec::with_capacity(snapshot.images.len());
-        for image in &snapshot.images {
-            let record = match snapshot.desired {
+        // The images of a service are independent of each other: converge them together.
+        let observed = futures::future::join_all(snapshot.images.iter().map(|image| async {
+            match snapshot.desired {
                 DesiredState::Running => self.converge_image(&snapshot, image.clone()).await,
                 DesiredState::Terminated => self.retire_image(&snapshot, image.clone()).await,
-            };
-            observed.push(record);
-        }
+            }
+        }))
+        .await;
         self.record_observation(&snapshot, observed).await;
     }
 
