@@ -5,6 +5,7 @@
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
 //! free ports, polling with a deadline and a local image registry.
 
+pub mod bench;
 pub mod docker;
 pub mod registry;
 
