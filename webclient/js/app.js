@@ -18,6 +18,7 @@ const HOME = '/services';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
+const signOutButton = document.getElementById('sign-out');
 const nodeName = document.getElementById('node-name');
 const announcer = document.getElementById('announcer');
 const dialog = document.getElementById('confirm');
@@ -75,6 +76,7 @@ function render() {
   main.replaceChildren();
   if (!session.token()) {
     nav.hidden = true;
+    signOutButton.hidden = true;
     nodeName.textContent = '';
     document.title = 'Sign in · motey';
     unmount = signin.mount(main, {
@@ -96,6 +98,7 @@ function render() {
     return;
   }
   nav.hidden = false;
+  signOutButton.hidden = false;
   for (const link of nav.querySelectorAll('a[data-route]')) {
     if (link.dataset.route === path) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
@@ -111,7 +114,7 @@ function signOut(notice = '') {
   render();
 }
 
-document.getElementById('sign-out').addEventListener('click', () => {
+signOutButton.addEventListener('click', () => {
   signOut();
   announce('Signed out');
 });

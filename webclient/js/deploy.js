@@ -24,7 +24,7 @@ export function mount(main, { announce }) {
   const text = h('textarea', {
     id: 'blueprint',
     name: 'blueprint',
-    rows: '16',
+    rows: '12',
     spellcheck: 'false',
     autocapitalize: 'off',
     autocomplete: 'off',

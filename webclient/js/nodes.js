@@ -90,7 +90,7 @@ function nodeRow(node, ownCapabilities) {
     h(
       'td',
       { dataset: { label: 'Node' } },
-      h('strong', { class: 'node-name' }, node.name || node.id),
+      h('strong', { class: 'peer-name' }, node.name || node.id),
       node.this_node ? h('span', { class: 'tag' }, 'this node') : null,
       h('br'),
       h('code', { class: 'node-id' }, node.id),

@@ -175,10 +175,7 @@ mod tests {
 
     #[test]
     fn scripts_and_styles_get_their_content_types() {
-        assert_eq!(
-            content_type("js/app.js"),
-            "text/javascript; charset=utf-8"
-        );
+        assert_eq!(content_type("js/app.js"), "text/javascript; charset=utf-8");
         assert_eq!(content_type("style.css"), "text/css; charset=utf-8");
         assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
         assert_eq!(content_type("favicon.svg"), "image/svg+xml");
