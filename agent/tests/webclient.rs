@@ -437,15 +437,42 @@ async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
         browser
             .assert_clean_console(&[&refused("/v1/services", 403)])
             .await;
+
+        // A token the agent no longer accepts signs the user out with a notice.
+        browser
+            .execute(
+                "sessionStorage.setItem('motey.api-token', 'a-stale-token'); location.reload()",
+                json!([]),
+            )
+            .await;
+        let notice = browser.wait_for_text(".notice", "no longer accepts").await;
+        assert!(notice.contains("Sign in again"), "{notice}");
+        browser.wait_for("#token").await;
+        let stored = browser
+            .execute("return sessionStorage.length", json!([]))
+            .await;
+        assert_eq!(stored, 0);
+        browser.assert_clean_console(&[&refused("", 401)]).await;
     }
 }
 
-/// Peers as a cluster's discovery would report them, in each liveness state.
-struct ScriptedPeers(Vec<NodeView>);
+/// Peers as a cluster's discovery would report them, in each liveness state; last heard
+/// of a fixed time before each request, as a discovery layer that keeps hearing them.
+struct ScriptedPeers(Vec<(NodeInfo, &'static str, i64)>);
 
 impl NodeDirectory for ScriptedPeers {
     fn peers(&self) -> Vec<NodeView> {
-        self.0.clone()
+        self.0
+            .iter()
+            .map(|(info, state, seconds_ago)| NodeView {
+                info: NodeInfo {
+                    last_seen: Some(Utc::now() - chrono::Duration::seconds(*seconds_ago)),
+                    ..info.clone()
+                },
+                state: (*state).into(),
+                this_node: false,
+            })
+            .collect()
     }
 }
 
@@ -465,17 +492,13 @@ async fn suspect_and_gone_peers_are_shown_as_such() {
         Arc::new(NoPeers),
         config.orchestrator.clone(),
     );
-    let view = |id: &str, state: &str, seconds_ago: i64| NodeView {
-        info: peer(id, &format!("{id}-name"), "192.0.2.1", seconds_ago),
-        state: state.into(),
-        this_node: false,
-    };
-    let mut with_capabilities = view("peer-alive", "alive", 2);
-    with_capabilities.info.addresses.push("192.0.2.2".into());
+    let node = |id: &str| peer(id, &format!("{id}-name"), "192.0.2.1", 0);
+    let mut with_two_addresses = node("peer-alive");
+    with_two_addresses.addresses.push("192.0.2.2".into());
     let directory = ScriptedPeers(vec![
-        with_capabilities,
-        view("peer-suspect", "suspect", 25),
-        view("peer-gone", "gone", 600),
+        (with_two_addresses, "alive", 2),
+        (node("peer-suspect"), "suspect", 25),
+        (node("peer-gone"), "gone", 600),
     ]);
     let this_node = NodeInfo {
         id: me,
