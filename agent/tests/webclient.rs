@@ -396,16 +396,10 @@ async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
 
         // Services: the metering service runs now that its capability is offered.
         browser.click("a[data-route='/services']").await;
-        let card = browser.wait_for_text("li.service", "metering").await;
-        assert!(card.contains("reader"), "{card}");
-        browser
-            .wait_until("metering to run", || async {
-                browser
-                    .find("li.service[data-state='RUNNING']")
-                    .await
-                    .map(|_| ())
-            })
+        let card = browser
+            .wait_for_text("li.service[data-state='RUNNING']", "metering")
             .await;
+        assert!(card.contains("reader"), "{card}");
         assert_fits_the_screen(&browser, "Services").await;
         browser.screenshot(&format!("services-{name}")).await;
 
@@ -426,6 +420,22 @@ async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
             .await;
         assert_fits_the_screen(&browser, "Deploy").await;
         browser.screenshot(&format!("deploy-refused-{name}")).await;
+
+        // A service no node can run is followed to ERROR, with the reason.
+        browser
+            .type_into(
+                "#blueprint",
+                "name: lonely\nimages:\n  - name: dish\n    image: motey/testbox:latest\n    capabilities: [satellite-dish]\n",
+            )
+            .await;
+        browser.click("#deploy").await;
+        browser
+            .wait_for("#deploy-progress[data-state='ERROR']")
+            .await;
+        let outcome = browser.wait_for_text("#deploy-outcome", "ERROR").await;
+        assert!(outcome.contains("satellite-dish"), "{outcome}");
+        browser.wait_gone("#blueprint-errors").await;
+        browser.screenshot(&format!("deploy-error-{name}")).await;
 
         // Signing out forgets the token.
         browser.click("#sign-out").await;

@@ -28,6 +28,8 @@ export function mount(main, { announce, confirm }) {
   });
   const cards = new Map();
   let latest = [];
+  // Services this node runs for a peer can only be terminated through their owner.
+  let thisNode = null;
 
   const render = () => {
     const shown = latest
@@ -43,7 +45,7 @@ export function mount(main, { announce, confirm }) {
     shown.forEach((service, index) => {
       let card = cards.get(service.id);
       if (!card) {
-        card = serviceCard(service, terminate);
+        card = serviceCard(service, terminate, () => thisNode);
         cards.set(service.id, card);
       }
       card.update(service);
@@ -57,6 +59,10 @@ export function mount(main, { announce, confirm }) {
 
   const poll = every(REFRESH_MS, async (signal) => {
     try {
+      if (thisNode === null) {
+        const nodes = await api.nodes(signal);
+        thisNode = nodes.find((node) => node.this_node)?.id ?? null;
+      }
       latest = await api.services(signal);
       showMessage(error, '');
       updated.replaceChildren('Updated ', dateTime(new Date()));
@@ -112,7 +118,7 @@ export function mount(main, { announce, confirm }) {
 }
 
 /** One service's card; `update` changes only what the new data changes. */
-function serviceCard(service, onTerminate) {
+function serviceCard(service, onTerminate, thisNode) {
   const titleId = `service-${service.id}-name`;
   const state = h('span', { class: 'state-slot' });
   const reason = h('p', { class: 'reason', hidden: true });
@@ -123,6 +129,7 @@ function serviceCard(service, onTerminate) {
     { type: 'button', class: 'danger', dataset: { action: 'terminate' } },
     'Terminate',
   );
+  const foreign = h('p', { class: 'hint', hidden: true });
   let current = service;
   terminateButton.addEventListener('click', () => onTerminate(current));
   const element = h(
@@ -155,14 +162,15 @@ function serviceCard(service, onTerminate) {
       ),
       images,
     ),
-    h('div', { class: 'actions' }, terminateButton),
+    h('div', { class: 'actions' }, terminateButton, foreign),
   );
   let rendered = '';
   return {
     element,
     update(next) {
       current = next;
-      const snapshot = JSON.stringify([next.state, next.reason, next.images, next.desired]);
+      const me = thisNode();
+      const snapshot = JSON.stringify([next.state, next.reason, next.images, next.desired, me]);
       fill(changed, ago(next.updated_at));
       if (snapshot === rendered) return;
       rendered = snapshot;
@@ -176,7 +184,10 @@ function serviceCard(service, onTerminate) {
       const terminating = next.desired === 'TERMINATED';
       terminateButton.disabled = terminating;
       terminateButton.textContent = terminating ? 'Terminating…' : 'Terminate';
-      if (next.state === 'TERMINATED') terminateButton.hidden = true;
+      const ownedHere = !me || next.owner === me;
+      terminateButton.hidden = next.state === 'TERMINATED' || !ownedHere;
+      foreign.hidden = ownedHere || next.state === 'TERMINATED';
+      foreign.textContent = ownedHere ? '' : `Runs here for node ${next.owner}; terminate it there.`;
     },
   };
 }

@@ -173,6 +173,35 @@ mod tests {
         assert_eq!(embedded, on_disk, "webclient/ and ASSETS differ");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a browser sends as If-None-Match, the answer is the asset or a 304,
+        /// and a 304 only when one of the tags is the asset's.
+        #[test]
+        fn any_if_none_match_gets_the_asset_or_not_modified(
+            tags in proptest::collection::vec("[ -~]{0,40}", 0..4),
+            with_current in proptest::bool::ANY,
+        ) {
+            let current = etags()[1].to_str().unwrap().to_owned();
+            let mut tags = tags;
+            if with_current {
+                tags.push(current.clone());
+            }
+            let value = tags.join(",");
+            let mut request = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                request.insert(header::IF_NONE_MATCH, value);
+            }
+            let fresh = request.contains_key(header::IF_NONE_MATCH)
+                && value.split(',').any(|tag| tag.trim() == current || tag.trim() == "*");
+            let response = serve(1, &request);
+            let expected = if fresh { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+            proptest::prop_assert_eq!(response.status(), expected);
+            proptest::prop_assert_eq!(&response.headers()[header::ETAG], &etags()[1]);
+        }
+    }
+
     #[test]
     fn scripts_and_styles_get_their_content_types() {
         assert_eq!(content_type("js/app.js"), "text/javascript; charset=utf-8");
