@@ -7,5 +7,7 @@
 //! binary `meter-sim` emits real SML transmissions for tests and demos.
 
 pub mod decode_cmd;
+pub mod meter;
 pub mod obis;
+pub mod sim;
 pub mod sml;
