@@ -70,21 +70,22 @@ impl ListEntry {
         Obis::from_bytes(&self.obj_name)
     }
 
+    /// The raw numeric value, if the value is a number.
+    pub fn raw_number(&self) -> Option<f64> {
+        match self.value {
+            SmlValue::Int(v) => Some(v as f64),
+            SmlValue::UInt(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
     /// The numeric value with the scaler applied, if the value is a number.
+    /// 123456 with scaler -1 gives exactly the double nearest to 12345.6.
     pub fn scaled(&self) -> Option<f64> {
-        let raw = match self.value {
-            SmlValue::Int(v) => v as f64,
-            SmlValue::UInt(v) => v as f64,
-            _ => return None,
-        };
-        let scaler = i32::from(self.scaler.unwrap_or(0));
-        // Dividing by an exact power of ten rounds once, so 123456 with scaler -1 gives
-        // exactly the double nearest to 12345.6.
-        Some(if scaler < 0 {
-            raw / 10f64.powi(-scaler)
-        } else {
-            raw * 10f64.powi(scaler)
-        })
+        Some(super::scale(
+            self.raw_number()?,
+            i32::from(self.scaler.unwrap_or(0)),
+        ))
     }
 }
 

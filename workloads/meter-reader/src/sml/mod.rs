@@ -47,9 +47,19 @@ pub struct Reading {
     pub value: f64,
     /// DLMS unit code, if the meter sent one.
     pub unit: Option<u8>,
+    /// The integer the meter sent (exact as a double for all real counters).
+    pub raw: f64,
+    /// The decimal scaler the meter sent.
+    pub scaler: i8,
 }
 
 impl Reading {
+    /// The value in a unit `10^exponent` times larger (3: Wh to kWh), rounded once,
+    /// so `224624136` with scaler -1 becomes exactly `22462.4136` kWh.
+    pub fn in_unit_of(&self, exponent: i32) -> f64 {
+        scale(self.raw, i32::from(self.scaler) - exponent)
+    }
+
     /// The unit's symbol (`Wh`, `W`, ...), if known.
     pub fn unit_symbol(&self) -> Option<&'static str> {
         self.unit.and_then(units::unit_symbol)
@@ -105,6 +115,8 @@ impl Transmission {
                     Reading {
                         value: e.scaled()?,
                         unit: e.unit,
+                        raw: e.raw_number()?,
+                        scaler: e.scaler.unwrap_or(0),
                     },
                 ))
             })
@@ -132,6 +144,16 @@ impl Transmission {
             "server_id": self.server_id().map(hex::encode),
             "values": values,
         })
+    }
+}
+
+/// `raw * 10^exponent`, dividing by an exact power of ten for negative exponents so
+/// that the result is the double nearest to the decimal value.
+pub fn scale(raw: f64, exponent: i32) -> f64 {
+    if exponent < 0 {
+        raw / 10f64.powi(-exponent)
+    } else {
+        raw * 10f64.powi(exponent)
     }
 }
 
