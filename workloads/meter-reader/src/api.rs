@@ -40,12 +40,12 @@ impl ApiError {
     /// The consent state an answer implies (403 consent_revoked / consent_not_granted).
     pub fn consent(&self) -> Option<ConsentState> {
         match self {
-            ApiError::Rejected { status: 403, code, .. } if code == "consent_revoked" => {
-                Some(ConsentState::Revoked)
-            }
-            ApiError::Rejected { status: 403, code, .. } if code == "consent_not_granted" => {
-                Some(ConsentState::NotGranted)
-            }
+            ApiError::Rejected {
+                status: 403, code, ..
+            } if code == "consent_revoked" => Some(ConsentState::Revoked),
+            ApiError::Rejected {
+                status: 403, code, ..
+            } if code == "consent_not_granted" => Some(ConsentState::NotGranted),
             _ => None,
         }
     }

@@ -194,7 +194,10 @@ pub fn parse_meter(spec: &str, key: &str) -> Result<MeterConfig, ConfigError> {
         }
     };
     if pin.is_some() && model.is_none() {
-        return Err(invalid(key, format!("{meter}: a PIN needs the meter model")));
+        return Err(invalid(
+            key,
+            format!("{meter}: a PIN needs the meter model"),
+        ));
     }
     Ok(MeterConfig {
         meter,

@@ -83,7 +83,10 @@ mod tests {
             assert_eq!(c.current(), ConsentState::NotGranted);
             c.update(ConsentState::Granted).unwrap();
             c.update(ConsentState::Revoked).unwrap();
-            assert_eq!(c.update(ConsentState::Granted).unwrap(), ConsentState::Revoked);
+            assert_eq!(
+                c.update(ConsentState::Granted).unwrap(),
+                ConsentState::Revoked
+            );
         }
         let c = Consent::load(Store::open(dir.path()).unwrap()).unwrap();
         assert_eq!(c.current(), ConsentState::Revoked);

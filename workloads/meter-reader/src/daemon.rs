@@ -102,7 +102,9 @@ impl Daemon {
         let now = Instant::now();
         for (meter, probe) in self.probes().iter() {
             let latest = lock(&probe.status).latest.clone();
-            let Some(reading) = latest.filter(|r| now.duration_since(r.received) <= self.config.reading_max_age) else {
+            let Some(reading) =
+                latest.filter(|r| now.duration_since(r.received) <= self.config.reading_max_age)
+            else {
                 tracing::warn!(meter = %meter.meter, "no recent reading: no measurement this cycle");
                 continue;
             };
@@ -120,7 +122,9 @@ impl Daemon {
                 data,
             };
             match self.store.append(&m) {
-                Ok(_) => tracing::info!(meter = %m.meter, uuid = %m.uuid, measured_at = %m.measured_at, pending = self.store.pending(), "measurement stored"),
+                Ok(_) => {
+                    tracing::info!(meter = %m.meter, uuid = %m.uuid, measured_at = %m.measured_at, pending = self.store.pending(), "measurement stored")
+                }
                 Err(e) => tracing::error!(meter = %m.meter, error = %e, "measurement not stored"),
             }
         }
@@ -130,7 +134,10 @@ impl Daemon {
     async fn report(&self) -> Result<usize, ApiError> {
         let mut sent = 0;
         loop {
-            let batch = match self.store.oldest(self.config.batch_size.clamp(1, MAX_BATCH)) {
+            let batch = match self
+                .store
+                .oldest(self.config.batch_size.clamp(1, MAX_BATCH))
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the store");
@@ -184,7 +191,8 @@ impl Daemon {
         });
         let path = self.config.data_dir.join("status.json");
         let tmp = self.config.data_dir.join("status.json.tmp");
-        let written = std::fs::write(&tmp, status.to_string()).and_then(|_| std::fs::rename(&tmp, &path));
+        let written =
+            std::fs::write(&tmp, status.to_string()).and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(error = %e, path = %path.display(), "status file not written");
         }

@@ -6,14 +6,14 @@
 //! The binary `meter-reader` runs the daemon and decodes captures for debugging; the
 //! binary `meter-sim` emits real SML transmissions for tests and demos.
 
+pub mod api;
+pub mod config;
+pub mod consent;
+pub mod daemon;
 pub mod decode_cmd;
 pub mod meter;
 pub mod obis;
+pub mod probe;
 pub mod sim;
 pub mod sml;
-pub mod config;
-pub mod consent;
 pub mod store;
-pub mod api;
-pub mod probe;
-pub mod daemon;

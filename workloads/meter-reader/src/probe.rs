@@ -207,7 +207,12 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
     }
 }
 
-fn probe_loop(meter: &MeterConfig, options: ProbeOptions, status: &SharedStatus, stop: &AtomicBool) {
+fn probe_loop(
+    meter: &MeterConfig,
+    options: ProbeOptions,
+    status: &SharedStatus,
+    stop: &AtomicBool,
+) {
     let id = meter.meter;
     let mut backoff = Duration::from_millis(500);
     // Since when the expected codes have been missing, and when the PIN was last tried.
@@ -236,7 +241,9 @@ fn probe_loop(meter: &MeterConfig, options: ProbeOptions, status: &SharedStatus,
                     tracing::warn!(meter = %id, "probe closed the connection");
                     break;
                 }
-                Ok(n) => decoder.push(&buf[..n], |r| on_transmission(meter, status, &mut missing_since, r)),
+                Ok(n) => decoder.push(&buf[..n], |r| {
+                    on_transmission(meter, status, &mut missing_since, r)
+                }),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -261,7 +268,10 @@ fn probe_loop(meter: &MeterConfig, options: ProbeOptions, status: &SharedStatus,
                         ProbeAddr::Serial { settings, .. } => settings.baud,
                         ProbeAddr::Tcp(_) => 9600,
                     };
-                    let mut tx = LineTransmitter { conn: &mut conn, baud };
+                    let mut tx = LineTransmitter {
+                        conn: &mut conn,
+                        baud,
+                    };
                     match iface.enable_detailed_readout(&mut tx, pin) {
                         Ok(()) => tracing::info!(meter = %id, "PIN entered"),
                         Err(e) => {

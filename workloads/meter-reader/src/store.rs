@@ -141,7 +141,10 @@ mod tests {
                 s.append(x).unwrap();
             }
             let first = s.oldest(2).unwrap();
-            assert_eq!(first.iter().map(|(_, x)| x.clone()).collect::<Vec<_>>(), all[..2]);
+            assert_eq!(
+                first.iter().map(|(_, x)| x.clone()).collect::<Vec<_>>(),
+                all[..2]
+            );
             s.remove(&first.iter().map(|(k, _)| *k).collect::<Vec<_>>())
                 .unwrap();
             s.set_state("consent", &"GRANTED").unwrap();
@@ -151,7 +154,13 @@ mod tests {
         let rest: Vec<_> = s.oldest(10).unwrap().into_iter().map(|(_, x)| x).collect();
         assert_eq!(rest, all[2..]);
         s.append(&m(9)).unwrap();
-        assert_eq!(s.oldest(10).unwrap().last().unwrap().1.measured_at, "2026-11-23T10:15:09Z");
-        assert_eq!(s.get_state::<String>("consent").unwrap().unwrap(), "GRANTED");
+        assert_eq!(
+            s.oldest(10).unwrap().last().unwrap().1.measured_at,
+            "2026-11-23T10:15:09Z"
+        );
+        assert_eq!(
+            s.get_state::<String>("consent").unwrap().unwrap(),
+            "GRANTED"
+        );
     }
 }
