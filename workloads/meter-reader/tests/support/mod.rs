@@ -157,11 +157,12 @@ async fn upload(
         let mut duplicates = 0;
         for m in list {
             let id = m["uuid"].as_str().unwrap().to_string();
-            if st.measurements.contains_key(&id) {
-                duplicates += 1;
-            } else {
-                st.measurements.insert(id, m.clone());
-                accepted += 1;
+            match st.measurements.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(m.clone());
+                    accepted += 1;
+                }
             }
         }
         st.duplicates += duplicates;
