@@ -164,3 +164,40 @@ impl ApiClient {
         Ok(Self::check(resp).await?.json().await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_answers_name_the_consent() {
+        let e = |status, code: &str| ApiError::Rejected {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            e(403, "consent_revoked").consent(),
+            Some(ConsentState::Revoked)
+        );
+        assert_eq!(
+            e(403, "consent_not_granted").consent(),
+            Some(ConsentState::NotGranted)
+        );
+        assert_eq!(e(403, "foreign_meter").consent(), None);
+        assert_eq!(e(500, "consent_revoked").consent(), None);
+    }
+
+    #[test]
+    fn missing_certificate_files_are_named() {
+        let err = ApiClient::new(
+            "https://localhost:8443",
+            Path::new("/nonexistent/ca.pem"),
+            Path::new("/nonexistent/device.pem"),
+            Path::new("/nonexistent/device-key.pem"),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

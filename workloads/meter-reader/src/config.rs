@@ -277,3 +277,77 @@ pub struct Config {
     /// Factor on PIN entry timing (1 for real meters).
     pub timing_scale: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "6f1c8a52-7a2e-4c7b-9a51-0d3f2b9e4c11";
+
+    #[test]
+    fn serial_and_tcp_probes() {
+        let m = parse_meter(
+            &format!("{ID}=serial:///dev/ttyUSB0?baud=2400&parity=even&data_bits=7&model=mt681&pin=0420&expect=0100100700ff+1-0:1.7.0*255"),
+            "K",
+        )
+        .unwrap();
+        assert_eq!(
+            m.probe,
+            ProbeAddr::Serial {
+                path: "/dev/ttyUSB0".into(),
+                settings: SerialSettings {
+                    baud: 2400,
+                    data_bits: 7,
+                    parity: Parity::Even,
+                    stop_bits: 1
+                }
+            }
+        );
+        assert_eq!(m.model, Some(MeterModel::Mt681));
+        assert_eq!(m.pin, Some("0420".parse().unwrap()));
+        assert_eq!(m.expect.len(), 2);
+        let ms = parse_meters(&format!("{ID}=/dev/ttyAMA0, {ID}=tcp://probe:5000"), "K").unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[1].probe, ProbeAddr::Tcp("probe:5000".into()));
+        assert_eq!(ms[0].expect, vec![crate::obis::SUM_POWER]);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        for bad in [
+            "nouuid=/dev/ttyUSB0",
+            &format!("{ID}"),
+            &format!("{ID}=ttyUSB0"),
+            &format!("{ID}=/dev/ttyUSB0?baud=fast"),
+            &format!("{ID}=/dev/ttyUSB0?pin=1234"),
+            &format!("{ID}=/dev/ttyUSB0?model=X"),
+            &format!("{ID}=/dev/ttyUSB0?color=red"),
+            &format!("{ID}=tcp://"),
+        ] {
+            let e = parse_meter(bad, "METER_READER_METERS").unwrap_err();
+            assert!(
+                e.to_string().starts_with("METER_READER_METERS"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse_meters(" , ", "K").is_err());
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_obis_list("", "K").unwrap(), SURVEY_CODES.to_vec());
+        assert!(parse_obis_list("0100", "K").is_err());
+    }
+
+    #[test]
+    fn pin_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pin");
+        std::fs::write(&f, "9876\n").unwrap();
+        let m = parse_meter(
+            &format!("{ID}=/dev/x?model=EHZ&pin_file={}", f.display()),
+            "K",
+        )
+        .unwrap();
+        assert_eq!(m.pin, Some("9876".parse().unwrap()));
+    }
+}

@@ -318,3 +318,62 @@ pub async fn run(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::obis;
+    use crate::sml::Reading;
+
+    fn reading(raw: f64, scaler: i8, unit: Option<u8>) -> Reading {
+        Reading {
+            value: crate::sml::scale(raw, i32::from(scaler)),
+            unit,
+            raw,
+            scaler,
+        }
+    }
+
+    #[test]
+    fn energy_in_kwh_power_in_kw_exactly() {
+        let latest = LatestReading {
+            received_at: chrono::Utc::now(),
+            received: Instant::now(),
+            server_id: vec![],
+            readings: BTreeMap::from([
+                (
+                    obis::IMPORT_ENERGY,
+                    reading(224_624_136.0, -1, Some(units::WATT_HOUR)),
+                ),
+                (
+                    obis::EXPORT_ENERGY,
+                    reading(29_416_461_614.0, -4, Some(units::WATT_HOUR)),
+                ),
+                (obis::SUM_POWER, reading(-1055.0, -1, Some(units::WATT))),
+                (
+                    Obis([1, 0, 32, 7, 0, 255]),
+                    reading(2325.0, -1, Some(units::VOLT)),
+                ),
+            ]),
+        };
+        let codes = [
+            obis::IMPORT_ENERGY,
+            obis::EXPORT_ENERGY,
+            obis::IMPORT_POWER,
+            obis::SUM_POWER,
+            Obis([1, 0, 32, 7, 0, 255]),
+        ];
+        let data = measurement_data(&latest, &codes);
+        let flat: Vec<(String, f64)> = data.into_iter().flat_map(|m| m.into_iter()).collect();
+        assert_eq!(
+            flat,
+            vec![
+                ("0100010800ff".to_string(), 22_462.413_6),
+                ("0100020800ff".to_string(), 2_941.646_161_4),
+                ("0100100700ff".to_string(), -0.105_5),
+                ("0100200700ff".to_string(), 232.5),
+            ]
+        );
+        assert!(measurement_data(&latest, &[obis::IMPORT_POWER]).is_empty());
+    }
+}

@@ -329,3 +329,37 @@ async fn locked_meter_is_unlocked_by_pin() {
     .await;
     assert!(status(&rig.data_dir)["meters"][0]["unlock_attempts"].as_u64() >= Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_survey_pki_is_trusted() {
+    let rig = rig();
+    let other = Pki::create(&rig.data_dir.with_file_name("other-pki"));
+    let api = TestApi::start(&rig.pki, "GRANTED").await;
+    let (_sim, pty) = start_sim(&["--interval-ms", "250"]);
+    let cases = [
+        // a device certificate from another CA: the Data API refuses the handshake
+        vec![
+            ("METER_READER_CLIENT_CERT", other.path("device.pem")),
+            ("METER_READER_CLIENT_KEY", other.path("device-key.pem")),
+        ],
+        // a Data API certificate the device's CA did not sign: the reader refuses it
+        vec![("METER_READER_CA_CERT", other.path("ca.pem"))],
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let extra = case
+            .into_iter()
+            .map(|(k, p)| (k, p.display().to_string()))
+            .collect();
+        let mut setup = rig.setup(&api, format!("{METER}=serial://{pty}"), extra);
+        setup.data_dir = rig.data_dir.join(format!("case{i}"));
+        let _reader = start_reader(&setup);
+        wait_for(60, "failed consent checks", || {
+            log_events(&rig.log, "consent not fetched, using the last known state").len()
+                >= 3 * (i + 1)
+        })
+        .await;
+        assert_eq!(api.with(|s| s.consent_requests), 0);
+        assert!(api.measurements().is_empty());
+        assert_eq!(status(&setup.data_dir)["consent"], "NOT_GRANTED");
+    }
+}
