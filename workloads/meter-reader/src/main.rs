@@ -110,16 +110,10 @@ enum Command {
 }
 
 fn decode(hex: bool, file: Option<String>) -> anyhow::Result<ExitCode> {
-    let input = meter_reader::decode_cmd::read_input(file.as_deref())?;
-    let bytes = if hex {
-        let text = String::from_utf8_lossy(&input);
-        meter_reader::decode_cmd::parse_hex(&text)?
-    } else {
-        input
-    };
+    let input = meter_reader::decode_cmd::open_input(file.as_deref())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let summary = meter_reader::decode_cmd::decode_to(&bytes, &mut out)?;
+    let summary = meter_reader::decode_cmd::decode_stream(input, hex, &mut out)?;
     out.flush()?;
     Ok(if summary.decoded > 0 {
         ExitCode::SUCCESS

@@ -324,7 +324,13 @@ fn on_transmission(
                 s.bad_frames += 1;
                 s.bad_frames
             };
-            tracing::warn!(meter = %meter.meter, bad_frames = bad, error = %e, "bad SML transmission skipped");
+            // A poor optical contact damages many transmissions: warn on the first and
+            // then every hundredth, the rest at debug level.
+            if bad == 1 || bad % 100 == 0 {
+                tracing::warn!(meter = %meter.meter, bad_frames = bad, error = %e, "bad SML transmission skipped");
+            } else {
+                tracing::debug!(meter = %meter.meter, bad_frames = bad, error = %e, "bad SML transmission skipped");
+            }
         }
     }
 }

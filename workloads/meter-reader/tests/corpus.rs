@@ -311,3 +311,26 @@ fn decode_command_fails_without_transmissions() {
         "a transmission without end is not reported"
     );
 }
+
+#[test]
+fn decode_command_prints_live_probe_data_as_it_arrives() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meter-reader"))
+        .arg("decode")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let capture = data("ISKRA_MT175_eHZ.bin");
+    stdin.write_all(&capture[..capture.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    // The input stays open, like a probe's: the line must come anyway.
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["crc_ok"], true);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
