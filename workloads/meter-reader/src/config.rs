@@ -316,7 +316,7 @@ mod tests {
     fn errors_name_the_setting() {
         for bad in [
             "nouuid=/dev/ttyUSB0",
-            &format!("{ID}"),
+            ID,
             &format!("{ID}=ttyUSB0"),
             &format!("{ID}=/dev/ttyUSB0?baud=fast"),
             &format!("{ID}=/dev/ttyUSB0?pin=1234"),
