@@ -5,7 +5,6 @@
 //! `cargo bench -p meter-reader --bench decode [-- SECONDS]`
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};
