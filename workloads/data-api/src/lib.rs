@@ -7,6 +7,7 @@
 pub mod anonymize;
 pub mod api;
 pub mod auth;
+pub mod consent;
 pub mod export;
 pub mod model;
 pub mod nuts;

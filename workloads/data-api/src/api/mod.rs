@@ -198,6 +198,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::consent::TransitionError> for ApiError {
+    fn from(e: crate::consent::TransitionError) -> ApiError {
+        use crate::consent::TransitionError as T;
+        match e {
+            T::Consent(c) => ApiError::conflict(c.code(), c.to_string()),
+            T::UnknownHousehold(_) => ApiError::not_found("unknown_household", e.to_string()),
+            T::Contended => ApiError::conflict(
+                "concurrent_update",
+                "the household kept changing; try again",
+            ),
+            T::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.status.as_u16() {

@@ -10,12 +10,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
-use crate::anonymize::{anonymize_household, AnonymizationReport};
 use crate::auth::Participant;
-use crate::model::{
-    Consent, ConsentError, Household, Measurement, MeasurementData, ObisCode, Scope,
-};
-use crate::store::{IngestOutcome, SeriesCursor, SeriesQuery, StoreError};
+use crate::consent;
+use crate::model::{Consent, Measurement, MeasurementData, ObisCode, Scope};
+use crate::store::{IngestOutcome, SeriesCursor, SeriesQuery};
 
 pub async fn account(p: Participant) -> Result<Json<Value>, ApiError> {
     p.require(Scope::Account)?;
@@ -54,12 +52,10 @@ pub async fn grant_consent(
     p: Participant,
 ) -> Result<Json<Consent>, ApiError> {
     p.require(Scope::Consent)?;
-    let household = transition(&state, p.household, |h, now| {
-        h.consent.grant(now)?;
-        h.updated_at = now;
-        Ok(None)
-    })
-    .await?;
+    let id = p.household.id;
+    let household = state
+        .blocking(move |store| consent::grant(store, id).map_err(ApiError::from))
+        .await?;
     tracing::info!(household = %household.id, "consent granted");
     Ok(Json(household.consent))
 }
@@ -70,68 +66,14 @@ pub async fn revoke_consent(
     p: Participant,
 ) -> Result<Json<Consent>, ApiError> {
     p.require(Scope::Consent)?;
+    let id = p.household.id;
     let nuts = state.nuts.clone();
-    let household = transition(&state, p.household, move |h, now| {
-        h.consent.revoke(now)?;
-        let found = nuts.bounds_for(h.location);
-        anonymize_household(h, found.bounds, &mut rand::thread_rng(), now);
-        Ok(Some(AnonymizationReport {
-            bounds: found.bounds,
-            district: found.district.map(|d| d.code.clone()),
-        }))
-    })
-    .await?;
-    tracing::info!(household = %household.id, "consent revoked, household anonymized");
-    Ok(Json(household.consent))
-}
-
-/// Applies a consent transition with optimistic concurrency: re-reads and retries when
-/// the household changed in between, so two racing requests cannot both succeed.
-async fn transition<F>(
-    state: &AppState,
-    household: Household,
-    change: F,
-) -> Result<Household, ApiError>
-where
-    F: Fn(&mut Household, DateTime<Utc>) -> Result<Option<AnonymizationReport>, ConsentError>
-        + Send
-        + 'static,
-{
-    let id = household.id;
-    state
+    let (household, _) = state
         .blocking(move |store| {
-            let mut current = household;
-            for _ in 0..16 {
-                let mut next = current.clone();
-                let report = change(&mut next, Utc::now())
-                    .map_err(|e| ApiError::conflict(e.code(), e.to_string()))?;
-                match store.replace_household(&current, &next) {
-                    Ok(()) => {
-                        if let Some(report) = report {
-                            tracing::info!(
-                                household = %id,
-                                district = report.district.as_deref().unwrap_or("none"),
-                                d_min = report.bounds.d_min,
-                                d_max = report.bounds.d_max,
-                                "location displaced"
-                            );
-                        }
-                        return Ok(next);
-                    }
-                    Err(StoreError::HouseholdChanged(_)) => {
-                        current = store
-                            .household(id)?
-                            .ok_or_else(|| ApiError::from(StoreError::UnknownHousehold(id)))?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(ApiError::conflict(
-                "concurrent_update",
-                "the household kept changing; try again",
-            ))
+            consent::revoke(store, &nuts, id, &mut rand::thread_rng()).map_err(ApiError::from)
         })
-        .await
+        .await?;
+    Ok(Json(household.consent))
 }
 
 #[derive(Serialize)]
@@ -401,4 +343,89 @@ fn parse_measurement(i: usize, item: Value) -> Result<Measurement, ApiError> {
         measured_at,
         data: MeasurementData(data),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)),
+            "[0-9a-fA-F:.TZ-]{0,40}".prop_map(Value::from),
+            Just(Value::from("0100010800ff")),
+            Just(Value::from(Uuid::new_v4().to_string())),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("measurements".to_owned()),
+                        Just("uuid".to_owned()),
+                        Just("meter".to_owned()),
+                        Just("measured_at".to_owned()),
+                        Just("data".to_owned()),
+                        "[a-f0-9]{0,12}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn batch_parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_batch(&bytes);
+        }
+
+        #[test]
+        fn batch_parser_names_a_field_or_accepts(value in arbitrary_json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            match parse_batch(&bytes) {
+                Ok(batch) => {
+                    prop_assert!(!batch.is_empty() && batch.len() <= MAX_BATCH);
+                    prop_assert!(batch.iter().all(|m| !m.data.0.is_empty()));
+                }
+                Err(e) => prop_assert!(e.status.is_client_error() && e.field.is_some(), "{:?}", e),
+            }
+        }
+
+        #[test]
+        fn component_versions_parser_never_panics(s in "\\PC{0,80}") {
+            let _ = crate::auth::parse_component_versions(&s);
+        }
+
+        #[test]
+        fn obis_parser_accepts_exactly_lowercase_hex(s in "[0-9a-fA-Fx ]{0,14}") {
+            let ok = s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            prop_assert_eq!(s.parse::<ObisCode>().is_ok(), ok);
+        }
+    }
+
+    #[test]
+    fn valid_batch_round_trips() {
+        let meter = Uuid::new_v4();
+        let body = serde_json::json!({"measurements": [{
+            "uuid": Uuid::new_v4(), "meter": meter, "measured_at": "2026-11-23T10:15:00+01:00",
+            "data": [{"0100010800ff": 12345.6}, {"0100100700ff": -230}]
+        }]});
+        let batch = parse_batch(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(batch[0].meter, meter);
+        assert_eq!(
+            batch[0].measured_at.to_rfc3339(),
+            "2026-11-23T09:15:00+00:00"
+        );
+        assert_eq!(batch[0].data.0[1].1, -230.0);
+    }
 }
