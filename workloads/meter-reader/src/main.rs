@@ -153,11 +153,9 @@ async fn shutdown_signal() {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_format);
     let config = args.config()?;
-    // Two worker threads are plenty for two timers and a few HTTP requests, and keep
-    // the memory small on the measurement device.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(512 * 1024)
+    // One thread is plenty for two timers and an HTTP request now and then (the probes
+    // have their own threads), and keeps the memory small on the measurement device.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(meter_reader::daemon::run(config, shutdown_signal()))?;
