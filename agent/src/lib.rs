@@ -6,8 +6,11 @@
 //! observed state comes from the engine (containers found by their labels), and each pass
 //! converges the two, so a restarted agent adopts what still runs.
 
+pub mod capabilities;
 pub mod config;
+pub mod discovery;
 pub mod domain;
 pub mod orchestrator;
+pub mod peer;
 pub mod store;
 pub mod val;
