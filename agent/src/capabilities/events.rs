@@ -351,6 +351,12 @@ pub async fn publish_capability_event(
     action: CapabilityAction,
 ) -> Result<(), EventError> {
     let event = CapabilityEvent::new(capability, capability_type, action)?;
+    publish_messages(endpoint, &[event.to_message().into_bytes()]).await
+}
+
+/// Publishes raw messages, in order, over one connection to the agent listening on
+/// `endpoint` (for publishers that build their own events).
+pub async fn publish_messages(endpoint: &str, messages: &[Vec<u8>]) -> Result<(), EventError> {
     let no_listener = |reason: String| EventError::NoListener {
         endpoint: endpoint.to_owned(),
         reason,
@@ -381,14 +387,16 @@ pub async fn publish_capability_event(
         Ok(Err(error)) => return Err(no_listener(error.to_string())),
         Err(_) => return Err(no_listener("it did not subscribe in time".into())),
     }
-    socket
-        .send(ZmqMessage::from(event.to_message()))
-        .await
-        .map_err(|error| EventError::Send {
-            endpoint: endpoint.to_owned(),
-            reason: error.to_string(),
-        })?;
-    // Sending only queues the message; closing at once could lose it.
+    for message in messages {
+        socket
+            .send(ZmqMessage::from(message.clone()))
+            .await
+            .map_err(|error| EventError::Send {
+                endpoint: endpoint.to_owned(),
+                reason: error.to_string(),
+            })?;
+    }
+    // Sending only queues the messages; closing at once could lose them.
     let _ = tokio::time::timeout(Duration::from_secs(2), socket.close()).await;
     Ok(())
 }
