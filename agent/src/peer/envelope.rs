@@ -459,6 +459,32 @@ mod tests {
         assert_eq!(guard.seen.lock().unwrap().keys.len(), 1);
     }
 
+    /// The example of PROTOCOL.md, computed independently (Python's hmac and json).
+    #[test]
+    fn known_answer_of_the_protocol_document() {
+        let key = ClusterKey::from_secret("example cluster key, 32 chars ok");
+        let mut request = Envelope {
+            v: 1,
+            kind: "capability_request".into(),
+            id: "6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a".into(),
+            sender: "node-a".into(),
+            ts: 1_700_000_000_000,
+            nonce: "9b2f4c1d7e8a6b5c4d3e2f1a0b9c8d7e".into(),
+            payload: json!({}),
+            mac: None,
+        };
+        request.sign(&key);
+        assert_eq!(
+            request.mac.as_deref(),
+            Some("02fe7871e2341e03c2e4689bb8832a7016a4f7a15ec7eebbea1afd0b429dc298")
+        );
+        let reply = Envelope::parse(
+            br#"{"v":1,"type":"capability_reply","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-b","ts":1700000000004,"nonce":"0a1b2c3d4e5f60718293a4b5c6d7e8f9","payload":{"digest":"5d1f0c3e8b2a4f6d","capabilities":[{"capability_type":"hardware","capability":"optical-probe"}]},"mac":"c56dc8b23bd297a546b57de4242866ca0dc091e6a3b958054cc4d9138873def1"}"#,
+        )
+        .unwrap();
+        reply.verify(&key).unwrap();
+    }
+
     #[test]
     fn key_debug_shows_only_the_fingerprint() {
         let shown = format!("{:?}", key());
