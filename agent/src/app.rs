@@ -94,6 +94,8 @@ impl Agent {
                 .unwrap_or(config.webserver.port),
             peer_port: config.zeromq.peer_port,
             last_seen: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities_digest: String::new(),
         };
         let nodes: Arc<dyn NodeDirectory> = Arc::new(StoredNodes(store.clone()));
         let state = ApiState::new(
