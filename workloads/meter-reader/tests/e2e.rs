@@ -363,3 +363,31 @@ async fn only_the_survey_pki_is_trusted() {
         assert_eq!(status(&setup.data_dir)["consent"], "NOT_GRANTED");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_probe_unplugged_and_plugged_in_again() {
+    let rig = rig();
+    let api = TestApi::start(&rig.pki, "GRANTED").await;
+    // A stable name for the probe, as udev gives one (/dev/serial/by-id/...).
+    let link = rig.data_dir.with_file_name("probe");
+    let (mut sim, pty) = start_sim(&["--interval-ms", "200"]);
+    std::os::unix::fs::symlink(&pty, &link).unwrap();
+    let _reader =
+        start_reader(&rig.setup(&api, format!("{METER}=serial://{}", link.display()), vec![]));
+    wait_for(60, "a measurement", || !api.measurements().is_empty()).await;
+
+    sim.kill9();
+    wait_for(60, "the reader to notice the unplugged probe", || {
+        status(&rig.data_dir)["meters"][0]["connected"] == false
+    })
+    .await;
+    let (_sim2, pty2) = start_sim(&["--interval-ms", "200", "--import-wh", "7000"]);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&pty2, &link).unwrap();
+    wait_for(60, "measurements from the probe plugged in again", || {
+        api.measurements()
+            .iter()
+            .any(|m| value(m, "0100010800ff").is_some_and(|e| (7.0..7.1).contains(&e)))
+    })
+    .await;
+}

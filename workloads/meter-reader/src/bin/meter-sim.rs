@@ -101,7 +101,6 @@ impl Pty {
 fn set_nonblocking(f: &impl AsRawFd) -> anyhow::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let fd = f.as_raw_fd();
-    // SAFETY-free: plain fcntl on a descriptor we own.
     let flags = fcntl(fd, FcntlArg::F_GETFL).context("F_GETFL")?;
     fcntl(
         fd,

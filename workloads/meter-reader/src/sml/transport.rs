@@ -121,8 +121,27 @@ impl Framer {
 
     /// Feeds bytes and calls `out` for every transmission (or error) completed by them.
     pub fn push(&mut self, bytes: &[u8], mut out: impl FnMut(FrameResult)) {
-        for &b in bytes {
-            self.push_byte(b, &mut out);
+        let mut i = 0;
+        while i < bytes.len() {
+            // Fast path for the bulk of a transmission: a whole group without any 0x1b,
+            // after eight bytes without any, can neither be an escape nor complete a
+            // start sequence, so it is plain payload.
+            if self.state == State::InFrame && self.group_len == 0 && i + 4 <= bytes.len() {
+                let group = [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+                if !has_escape_byte(u64::from(u32::from_be_bytes(group)) | 0xffff_ffff_0000_0000)
+                    && !has_escape_byte(self.window)
+                    && self.raw.len() + 4 <= MAX_TRANSMISSION_LEN
+                {
+                    self.window = (self.window << 32) | u64::from(u32::from_be_bytes(group));
+                    self.seen += 4;
+                    self.raw.extend_from_slice(&group);
+                    self.payload.extend_from_slice(&group);
+                    i += 4;
+                    continue;
+                }
+            }
+            self.push_byte(bytes[i], &mut out);
+            i += 1;
         }
     }
 
@@ -222,10 +241,19 @@ impl Framer {
             return Err(FrameError::InvalidPadding(padding));
         }
         let len = self.payload.len() - usize::from(padding);
-        let mut payload = std::mem::take(&mut self.payload);
-        payload.truncate(len);
-        Ok(Frame { payload, raw_len })
+        // Copy out rather than hand over the buffer, which keeps its capacity for the
+        // next transmission instead of growing again from nothing.
+        Ok(Frame {
+            payload: self.payload[..len].to_vec(),
+            raw_len,
+        })
     }
+}
+
+/// Whether any byte of `v` is 0x1b (the classic "has zero byte" test on `v ^ 1b..1b`).
+fn has_escape_byte(v: u64) -> bool {
+    let x = v ^ 0x1b1b_1b1b_1b1b_1b1b;
+    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080 != 0
 }
 
 /// Splits a complete byte stream into transmissions (and transmission errors).
