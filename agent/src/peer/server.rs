@@ -186,7 +186,13 @@ async fn serve(mut socket: RouterSocket, state: Arc<State>, stop: CancellationTo
                 }
             }
             incoming = socket.recv() => match incoming {
-                Ok(message) => accept(&state, message, &replies_tx),
+                Ok(message) => {
+                    if let Some(reply) = accept(&state, message, &replies_tx) {
+                        if let Err(error) = socket.send(reply).await {
+                            tracing::debug!(%error, "peer reply not delivered");
+                        }
+                    }
+                }
                 Err(error) => tracing::debug!(%error, "peer receive failed"),
             },
         }
@@ -197,9 +203,13 @@ async fn serve(mut socket: RouterSocket, state: Arc<State>, stop: CancellationTo
     }
 }
 
-/// Checks one incoming message and, if it deserves it, runs its handler in a task of its
-/// own; the reply goes back through `replies`.
-fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMessage>) {
+/// Checks one incoming message and, if it deserves it, runs its handler. Returns the reply
+/// when it is ready at once; otherwise it goes back through `replies` later.
+fn accept(
+    state: &Arc<State>,
+    message: ZmqMessage,
+    replies: &mpsc::Sender<ZmqMessage>,
+) -> Option<ZmqMessage> {
     let frames = message.into_vec();
     // A REQ client sends [identity, empty delimiter, body]; anything else is not ours.
     let [identity, delimiter, body] = <[Bytes; 3]>::try_from(frames).unwrap_or_else(|frames| {
@@ -210,7 +220,7 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
         [Bytes::new(), Bytes::from_static(b"x"), Bytes::new()]
     });
     if identity.is_empty() || !delimiter.is_empty() {
-        return;
+        return None;
     }
     let respond = |reply: Reply, id: String| {
         let body = sign_reply(state, &reply, id);
@@ -226,7 +236,7 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
                 _ => ErrorCode::BadRequest,
             };
             respond(Reply::error(code, error.to_string()), best_effort_id(&body));
-            return;
+            return None;
         }
     };
     let checked = envelope
@@ -245,7 +255,7 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
             Reply::error(ErrorCode::Unauthorized, error.to_string()),
             envelope.id,
         );
-        return;
+        return None;
     }
     let request = match Request::from_parts(&envelope.kind, envelope.payload) {
         Ok(request) => request,
@@ -257,7 +267,7 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
                 _ => ErrorCode::BadRequest,
             };
             respond(Reply::error(code, error.to_string()), envelope.id);
-            return;
+            return None;
         }
     };
     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
@@ -266,14 +276,13 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
             Reply::error(ErrorCode::Busy, "too many requests in progress"),
             envelope.id,
         );
-        return;
+        return None;
     };
     state.stats.handled.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(sender = %envelope.sender, kind = request.kind(), id = %envelope.id, "peer request");
     let state = state.clone();
-    let replies = replies.clone();
     let id = envelope.id;
-    tokio::spawn(async move {
+    let mut answer = Box::pin(async move {
         let kind = request.kind();
         let reply = std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request))
             .catch_unwind()
@@ -283,9 +292,19 @@ fn accept(state: &Arc<State>, message: ZmqMessage, replies: &mpsc::Sender<ZmqMes
                 Reply::error(ErrorCode::Internal, "the handler failed")
             });
         drop(permit);
-        let body = sign_reply(&state, &reply, id);
-        let _ = replies.send(frame_reply(identity, body)).await;
+        frame_reply(identity, sign_reply(&state, &reply, id))
     });
+    // A handler that answers without waiting (capabilities, most statuses) is answered
+    // inline, saving a task and a channel hop; the others run in a task of their own.
+    if let Some(reply) = (&mut answer).now_or_never() {
+        return Some(reply);
+    }
+    let replies = replies.clone();
+    tokio::spawn(async move {
+        let reply = answer.await;
+        let _ = replies.send(reply).await;
+    });
+    None
 }
 
 async fn dispatch(handler: &dyn PeerHandler, request: Request) -> Reply {
