@@ -3,7 +3,8 @@
 //! BENCHMARKS.md.
 //!
 //! `cargo bench -p data-api --bench ingest` (env: BENCH_MEASUREMENTS, default 200000;
-//! BENCH_UPLOADERS, default 8 concurrent device connections).
+//! BENCH_UPLOADERS, default 8: measurement devices of as many households, one connection
+//! each, uploading concurrently).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -165,85 +166,96 @@ async fn run(total: usize, uploaders: usize) {
     let pid = server.child.id();
     let researcher = read(pki.join("researcher.token")).trim().to_owned();
     let pki_dir = pki.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "pki",
-            "issue-device",
-            "--dir",
-            pki_dir,
-            "--email",
-            "bench@example.org",
-            "--out",
-            "bench",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let ca = read(pki.join("ca.pem"));
-    let (cert, key) = (read(pki.join("bench.pem")), read(pki.join("bench-key.pem")));
     let anonymous = client(&ca, None);
     let url = |p: &str| format!("https://{}{}", server.addr, p);
 
-    let registration = json!({
-        "user": {"name": "Bench Household", "email": "bench@example.org"},
-        "address": {"street": "Augustusplatz", "house_number": "10", "postal_code": "04109", "city": "Leipzig"},
-        "location": {"latitude": 51.3397, "longitude": 12.3731},
-        "metadata": {"children": 0, "adults": 2, "employed_adults": 2, "ev_charger": false, "heat_pump": true, "home_battery": false},
-        "meters": [{"type": "ELECTRICITY", "model": "MT681"}, {"type": "PV-GENERATION", "model": "EHZ"}]
-    });
-    let created: Value = anonymous
-        .post(url("/management/household"))
-        .bearer_auth(&researcher)
-        .json(&registration)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let meters: Vec<String> = created["meters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["uuid"].as_str().unwrap().to_owned())
-        .collect();
-    let device = client(&ca, Some((&cert, &key)));
-    assert_eq!(
-        device
-            .post(url("/household/consent"))
+    // Bodies are prepared up front so the clock measures the server, not the client's JSON.
+    let start_time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let batches_each = total / BATCH / uploaders;
+    let total = batches_each * uploaders * BATCH;
+    let mut devices = Vec::new();
+    for u in 0..uploaders {
+        let email = format!("bench{u}@example.org");
+        let registration = json!({
+            "user": {"name": "Bench Household", "email": email},
+            "address": {"street": "Augustusplatz", "house_number": "10", "postal_code": "04109", "city": "Leipzig"},
+            "location": {"latitude": 51.3397, "longitude": 12.3731},
+            "metadata": {"children": 0, "adults": 2, "employed_adults": 2, "ev_charger": false, "heat_pump": true, "home_battery": false},
+            "meters": [{"type": "ELECTRICITY", "model": "MT681"}, {"type": "PV-GENERATION", "model": "EHZ"}]
+        });
+        let created: Value = anonymous
+            .post(url("/management/household"))
+            .bearer_auth(&researcher)
+            .json(&registration)
             .send()
             .await
             .unwrap()
-            .status(),
-        200
-    );
-
-    // Bodies are prepared up front so the clock measures the server, not the client's JSON.
-    let start_time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
-    let batches: Vec<bytes::Bytes> = (0..total / BATCH)
-        .map(|b| {
-            let measurements: Vec<Value> = (0..BATCH)
-                .map(|i| {
-                    let n = b * BATCH + i;
-                    let at = start_time + chrono::Duration::seconds(900 * (n / 2) as i64);
-                    json!({
-                        "uuid": uuid::Uuid::new_v4(),
-                        "meter": meters[n % 2],
-                        "measured_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        "data": [
-                            {"0100010800ff": 12345.6 + n as f64 * 0.25},
-                            {"0100020800ff": 432.1 + n as f64 * 0.1},
-                            {"0100100700ff": -230.0 + (n % 97) as f64}
-                        ]
+            .json()
+            .await
+            .unwrap();
+        let meters: Vec<String> = created["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["uuid"].as_str().unwrap().to_owned())
+            .collect();
+        let name = format!("bench{u}");
+        let out = Command::new(BIN)
+            .args([
+                "pki",
+                "issue-device",
+                "--dir",
+                pki_dir,
+                "--email",
+                &email,
+                "--out",
+                &name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (cert, key) = (
+            read(pki.join(format!("{name}.pem"))),
+            read(pki.join(format!("{name}-key.pem"))),
+        );
+        // One client per device: one TLS connection each.
+        let device = client(&ca, Some((&cert, &key)));
+        assert_eq!(
+            device
+                .post(url("/household/consent"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let batches: Vec<bytes::Bytes> = (0..batches_each)
+            .map(|b| {
+                let measurements: Vec<Value> = (0..BATCH)
+                    .map(|i| {
+                        let n = b * BATCH + i;
+                        let at = start_time + chrono::Duration::seconds(900 * (n / 2) as i64);
+                        json!({
+                            "uuid": uuid::Uuid::new_v4(),
+                            "meter": meters[n % 2],
+                            "measured_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            "data": [
+                                {"0100010800ff": 12345.6 + n as f64 * 0.25},
+                                {"0100020800ff": 432.1 + n as f64 * 0.1},
+                                {"0100100700ff": -230.0 + (n % 97) as f64}
+                            ]
+                        })
                     })
-                })
-                .collect();
-            bytes::Bytes::from(
-                serde_json::to_vec(&json!({ "measurements": measurements })).unwrap(),
-            )
-        })
-        .collect();
-    let batch_bytes = batches.iter().map(|b| b.len()).sum::<usize>() / batches.len();
+                    .collect();
+                bytes::Bytes::from(
+                    serde_json::to_vec(&json!({ "measurements": measurements })).unwrap(),
+                )
+            })
+            .collect();
+        devices.push((device, batches));
+    }
+    let batch_bytes = devices[0].1.iter().map(|b| b.len()).sum::<usize>() / batches_each.max(1);
 
     let sampling = Arc::new(AtomicBool::new(true));
     let peak_rss = Arc::new(AtomicU64::new(0));
@@ -258,20 +270,15 @@ async fn run(total: usize, uploaders: usize) {
     };
     let rss_before = rss_kib(pid, "VmRSS:");
 
-    let queue = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+    let load_before = load_average();
+    let cpu_before = cpu_seconds(pid);
     let began = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..uploaders {
-        let queue = queue.clone();
-        // One client per uploader: one TLS connection each, like separate devices.
-        let device = client(&ca, Some((&cert, &key)));
+    for (device, batches) in devices {
         let target = url("/household/meter/measurement");
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            loop {
-                let Some(body) = queue.lock().unwrap().next() else {
-                    break;
-                };
+            for body in batches {
                 let sent = Instant::now();
                 let response = device
                     .post(&target)
@@ -294,6 +301,7 @@ async fn run(total: usize, uploaders: usize) {
         latencies.extend(w.await.unwrap());
     }
     let ingest_secs = began.elapsed().as_secs_f64();
+    let server_cores = (cpu_seconds(pid) - cpu_before) / ingest_secs;
     latencies.sort_by(f64::total_cmp);
     let ingest_rate = total as f64 / ingest_secs;
     let rss_ingest_peak = peak_rss.load(Ordering::Relaxed);
@@ -330,12 +338,16 @@ async fn run(total: usize, uploaders: usize) {
     let mut section = String::new();
     section.push_str("## data-api\n\n");
     section.push_str(&format!(
-        "Ingest of {total} measurements (3 OBIS values each) in batches of {BATCH} by {uploaders} concurrent device \
-         connections over mutual TLS (TLS 1.3, ECDSA P-256 client certificates) to the real `data-api` binary on \
-         loopback; every batch is validated, committed in one sled transaction and flushed (fsync) before its 200. \
+        "Ingest of {total} measurements (3 OBIS values each) in batches of {BATCH} by {uploaders} measurement devices \
+         of as many households, uploading concurrently over mutual TLS (TLS 1.3, ECDSA P-256 client certificates) to the real `data-api` binary on \
+         loopback; every batch is validated, written as one atomic sled batch and flushed (fsync, shared by concurrent batches) before its 200. \
          Then the whole data set is exported, streamed, in both formats. Client and server share the machine.\n\n"
     ));
     section.push_str(&format!("- Machine: {}\n", machine()));
+    section.push_str(&format!(
+        "- Load average (1 min) when ingest started / after export: {load_before} / {} (the cores are shared with other builds)\n",
+        load_average()
+    ));
     section.push_str("- Command: `cargo bench -p data-api --bench ingest` (BENCH_MEASUREMENTS, BENCH_UPLOADERS to vary)\n");
     section.push_str(&format!(
         "- Request body: {batch_bytes} bytes per batch on average\n\n"
@@ -344,6 +356,9 @@ async fn run(total: usize, uploaders: usize) {
     section.push_str(&format!(
         "| ingest throughput (durable) | **{ingest_rate:.0} measurements/s** ({:.0} batches/s) |\n",
         ingest_rate / BATCH as f64
+    ));
+    section.push_str(&format!(
+        "| server CPU during ingest | {server_cores:.2} cores |\n"
     ));
     section.push_str(&format!(
         "| batch latency p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |\n",
@@ -392,6 +407,30 @@ async fn run(total: usize, uploaders: usize) {
     ));
     print!("{section}");
     write_section(&section);
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// User plus system CPU time of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(
+                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                    / ticks_per_second,
+            )
+        })
+        .unwrap_or(0.0)
 }
 
 fn walk_size(path: &Path) -> u64 {

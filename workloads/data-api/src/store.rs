@@ -5,9 +5,11 @@
 //! sled transactions so a crash never leaves an index half-written. Every write a client
 //! is told about is flushed (fsync) before the method returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{
@@ -16,7 +18,7 @@ use sled::transaction::{
 use sled::Transactional;
 use uuid::Uuid;
 
-use crate::model::{ConsentError, DeviceStatus, Household, Measurement, MeasurementData};
+use crate::model::{ConsentError, DeviceStatus, Household, Measurement, MeasurementData, ObisCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -127,9 +129,18 @@ pub trait Store: Send + Sync + 'static {
 /// - `emails`: lowercase email → household uuid
 /// - `meters`, `devices`: uuid → household uuid
 /// - `device_status`: device uuid → status JSON
-/// - `measurements`: meter ‖ time ‖ measurement uuid → data JSON
-/// - `measurement_ids`: measurement uuid → meter ‖ time (idempotency index)
+/// - `measurements`: `m` ‖ meter ‖ time ‖ measurement uuid → data points, and beside it
+///   `u` ‖ measurement uuid → meter ‖ time (idempotency index); one tree so a batch and
+///   its index entries are written by one atomic `apply_batch`
 /// - `certificates`: SHA-256 of a device certificate → household uuid
+///
+/// Measurement batches do not use sled transactions (which serialize every operation of
+/// the database). Instead batches hold a shared write gate that household updates hold
+/// exclusively, so a batch's consent check and its write cannot interleave with a
+/// revocation, and batches of the same meter exclude each other (lock stripes by meter)
+/// so a uuid is checked and stored as one step. Batches of different meters are stored
+/// in parallel. Durability is a group commit: one fsync acknowledges every write applied
+/// before it started.
 pub struct SledStore {
     db: sled::Db,
     households: sled::Tree,
@@ -138,8 +149,13 @@ pub struct SledStore {
     devices: sled::Tree,
     device_status: sled::Tree,
     measurements: sled::Tree,
-    measurement_ids: sled::Tree,
     certificates: sled::Tree,
+    write_gate: RwLock<()>,
+    meter_stripes: Vec<Mutex<()>>,
+    /// Writes applied so far, and how many of them a completed flush covers.
+    applied: AtomicU64,
+    flushed: AtomicU64,
+    flush_lock: Mutex<()>,
 }
 
 impl SledStore {
@@ -155,12 +171,69 @@ impl SledStore {
             devices: db.open_tree("devices")?,
             device_status: db.open_tree("device_status")?,
             measurements: db.open_tree("measurements")?,
-            measurement_ids: db.open_tree("measurement_ids")?,
             certificates: db.open_tree("certificates")?,
             db,
+            write_gate: RwLock::new(()),
+            meter_stripes: (0..METER_STRIPES).map(|_| Mutex::new(())).collect(),
+            applied: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
         })
     }
+
+    // The locks guard no data of their own, so a panic elsewhere leaves nothing broken.
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.write_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.write_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the stripes of every meter in the batch, in index order so that two batches
+    /// never wait for each other crosswise.
+    fn lock_meters(&self, batch: &[Measurement]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let stripes: BTreeSet<usize> = batch
+            .iter()
+            .map(|m| (m.meter.as_u128() % METER_STRIPES as u128) as usize)
+            .collect();
+        stripes
+            .into_iter()
+            .map(|i| {
+                self.meter_stripes[i]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
+            .collect()
+    }
+
+    /// Makes every write applied so far durable, sharing one fsync among concurrent callers.
+    fn commit(&self) -> Result<(), StoreError> {
+        let target = self.applied.load(Ordering::SeqCst);
+        if self.flushed.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        let _flushing = self
+            .flush_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.flushed.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        let covered = self.applied.load(Ordering::SeqCst);
+        self.db.flush()?;
+        self.flushed.fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
 }
+
+const METER_STRIPES: usize = 64;
+const MEASUREMENT: u8 = b'm';
+const MEASUREMENT_ID: u8 = b'u';
 
 /// Big-endian, sign-flipped microseconds so byte order is time order.
 fn encode_time(at: DateTime<Utc>) -> [u8; 8] {
@@ -179,10 +252,25 @@ fn series_suffix(at: DateTime<Utc>, uuid: Uuid) -> [u8; 24] {
     out
 }
 
-fn measurement_key(meter: Uuid, at: DateTime<Utc>, uuid: Uuid) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..16].copy_from_slice(meter.as_bytes());
-    key[16..].copy_from_slice(&series_suffix(at, uuid));
+fn measurement_key(meter: Uuid, at: DateTime<Utc>, uuid: Uuid) -> [u8; 41] {
+    let mut key = [0u8; 41];
+    key[0] = MEASUREMENT;
+    key[1..17].copy_from_slice(meter.as_bytes());
+    key[17..].copy_from_slice(&series_suffix(at, uuid));
+    key
+}
+
+fn measurement_id_key(uuid: Uuid) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = MEASUREMENT_ID;
+    key[1..].copy_from_slice(uuid.as_bytes());
+    key
+}
+
+fn meter_prefix(meter: Uuid) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = MEASUREMENT;
+    key[1..].copy_from_slice(meter.as_bytes());
     key
 }
 
@@ -193,14 +281,19 @@ fn decode_measurement(key: &[u8], value: &[u8]) -> Result<Measurement, StoreErro
             key.len()
         )))
     };
-    if key.len() != 40 {
+    if key.len() != 41 || key[0] != MEASUREMENT {
         return Err(corrupt());
     }
+    let key = &key[1..];
     let meter = Uuid::from_slice(&key[..16]).map_err(|_| corrupt())?;
     let measured_at =
         decode_time(key[16..24].try_into().map_err(|_| corrupt())?).ok_or_else(corrupt)?;
     let uuid = Uuid::from_slice(&key[24..]).map_err(|_| corrupt())?;
-    let data: MeasurementData = serde_json::from_slice(value)?;
+    let data = decode_data(value).ok_or_else(|| {
+        StoreError::Corrupt(serde::de::Error::custom(
+            "measurement data of unknown format",
+        ))
+    })?;
     Ok(Measurement {
         uuid,
         meter,
@@ -209,8 +302,40 @@ fn decode_measurement(key: &[u8], value: &[u8]) -> Result<Measurement, StoreErro
     })
 }
 
+/// Data points as stored: a format byte, then per point the 6-byte OBIS code and the value
+/// as a big-endian f64 (14 bytes; JSON would take about twice that, and every byte of a
+/// sled leaf is copied on each write to it).
+const DATA_FORMAT: u8 = 1;
+
+fn encode_data(data: &MeasurementData) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 14 * data.0.len());
+    out.push(DATA_FORMAT);
+    for (code, value) in &data.0 {
+        out.extend_from_slice(&code.0);
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+    out
+}
+
+fn decode_data(bytes: &[u8]) -> Option<MeasurementData> {
+    let (&format, points) = bytes.split_first()?;
+    if format != DATA_FORMAT || points.len() % 14 != 0 {
+        return None;
+    }
+    Some(MeasurementData(
+        points
+            .chunks_exact(14)
+            .map(|p| {
+                let code = ObisCode(p[..6].try_into().expect("6 bytes"));
+                let value = f64::from_be_bytes(p[6..].try_into().expect("8 bytes"));
+                (code, value)
+            })
+            .collect(),
+    ))
+}
+
 fn time_bound(meter: Uuid, at: Option<DateTime<Utc>>, open_end: u8) -> Vec<u8> {
-    let mut key = meter.as_bytes().to_vec();
+    let mut key = meter_prefix(meter).to_vec();
     match at {
         Some(at) => key.extend_from_slice(&encode_time(at)),
         None => key.extend_from_slice(&[open_end; 8]),
@@ -255,6 +380,7 @@ impl Store for SledStore {
     fn create_household(&self, household: &Household) -> Result<(), StoreError> {
         let value = serde_json::to_vec(household)?;
         let id = household.id;
+        let gate = self.exclusive();
         unwrap_tx(
             (&self.households, &self.emails, &self.meters, &self.devices).transaction(
                 |(households, emails, meters, devices)| {
@@ -296,7 +422,9 @@ impl Store for SledStore {
                 },
             ),
         )?;
-        self.flush()
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        drop(gate);
+        self.commit()
     }
 
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError> {
@@ -326,6 +454,7 @@ impl Store for SledStore {
     fn replace_household(&self, expected: &Household, new: &Household) -> Result<(), StoreError> {
         let id = expected.id;
         let value = serde_json::to_vec(new)?;
+        let gate = self.exclusive();
         unwrap_tx(
             (&self.households, &self.emails).transaction(|(households, emails)| {
                 let current = tx_household(households, id)?;
@@ -350,7 +479,9 @@ impl Store for SledStore {
                 Ok(())
             }),
         )?;
-        self.flush()
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        drop(gate);
+        self.commit()
     }
 
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError> {
@@ -410,54 +541,68 @@ impl Store for SledStore {
     }
 
     fn ingest(&self, household: Uuid, batch: &[Measurement]) -> Result<IngestOutcome, StoreError> {
-        let encoded: Vec<([u8; 40], Vec<u8>)> = batch
+        let encoded: Vec<([u8; 41], Vec<u8>)> = batch
             .iter()
             .map(|m| {
-                Ok((
+                (
                     measurement_key(m.meter, m.measured_at, m.uuid),
-                    serde_json::to_vec(&m.data)?,
-                ))
+                    encode_data(&m.data),
+                )
             })
-            .collect::<Result<_, serde_json::Error>>()?;
-        let outcome = unwrap_tx(
-            (&self.households, &self.measurements, &self.measurement_ids).transaction(
-                |(households, measurements, ids)| {
-                    // Read inside the transaction so a concurrent revocation either
-                    // precedes this batch (and refuses it) or follows it.
-                    let current = tx_household(households, household)?;
-                    if let Err(e) = current.consent.accepts_measurements() {
-                        return abort(StoreError::Consent(e));
-                    }
-                    let mut outcome = IngestOutcome::default();
-                    for (index, (m, (key, value))) in batch.iter().zip(&encoded).enumerate() {
-                        if let Some(existing) = ids.get(m.uuid.as_bytes())? {
-                            if existing.get(..16) == Some(m.meter.as_bytes().as_slice()) {
-                                outcome.duplicates += 1;
-                                continue;
-                            }
-                            return abort(StoreError::MeasurementOfOtherMeter {
-                                index,
-                                uuid: m.uuid,
-                            });
-                        }
-                        ids.insert(m.uuid.as_bytes(), &key[..24])?;
-                        measurements.insert(key.as_slice(), value.as_slice())?;
-                        outcome.accepted += 1;
-                    }
-                    Ok(outcome)
+            .collect();
+        let gate = self.shared();
+        let meters = self.lock_meters(batch);
+        // Under the gate, a concurrent revocation either precedes this batch (and refuses
+        // it) or follows it.
+        let current = self
+            .household(household)?
+            .ok_or(StoreError::UnknownHousehold(household))?;
+        current
+            .consent
+            .accepts_measurements()
+            .map_err(StoreError::Consent)?;
+        let mut outcome = IngestOutcome::default();
+        let mut writes = sled::Batch::default();
+        let mut in_batch: HashMap<Uuid, Uuid> = HashMap::with_capacity(batch.len());
+        for (index, (m, (key, value))) in batch.iter().zip(&encoded).enumerate() {
+            let stored_meter = match in_batch.get(&m.uuid) {
+                Some(meter) => Some(*meter),
+                None => match self.measurements.get(measurement_id_key(m.uuid))? {
+                    Some(v) => Some(uuid_value(v.get(..16).unwrap_or_default())?),
+                    None => None,
                 },
-            ),
-        )?;
-        if outcome.accepted > 0 {
-            self.flush()?;
+            };
+            match stored_meter {
+                Some(meter) if meter == m.meter => outcome.duplicates += 1,
+                Some(_) => {
+                    return Err(StoreError::MeasurementOfOtherMeter {
+                        index,
+                        uuid: m.uuid,
+                    })
+                }
+                None => {
+                    writes.insert(&measurement_id_key(m.uuid)[..], &key[1..25]);
+                    writes.insert(&key[..], value.as_slice());
+                    in_batch.insert(m.uuid, m.meter);
+                    outcome.accepted += 1;
+                }
+            }
         }
+        if outcome.accepted > 0 {
+            self.measurements.apply_batch(writes)?;
+            self.applied.fetch_add(1, Ordering::SeqCst);
+        }
+        drop(meters);
+        drop(gate);
+        // Duplicates wait too: their original may be in a flush that has not finished.
+        self.commit()?;
         Ok(outcome)
     }
 
     fn series(&self, meter: Uuid, query: &SeriesQuery) -> Result<SeriesPage, StoreError> {
         let mut start = time_bound(meter, query.from, 0x00);
         if let Some(after) = query.after {
-            let mut after_key = meter.as_bytes().to_vec();
+            let mut after_key = meter_prefix(meter).to_vec();
             after_key.extend_from_slice(&series_suffix(after.measured_at, after.uuid));
             // The smallest key strictly greater than the cursor's key.
             after_key.push(0);
@@ -487,11 +632,15 @@ impl Store for SledStore {
     }
 
     fn last_measurement(&self, meter: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-        match self.measurements.scan_prefix(meter.as_bytes()).next_back() {
+        match self
+            .measurements
+            .scan_prefix(meter_prefix(meter))
+            .next_back()
+        {
             Some(entry) => {
                 let (key, _) = entry?;
                 Ok(key
-                    .get(16..24)
+                    .get(17..25)
                     .and_then(|b| b.try_into().ok())
                     .and_then(decode_time))
             }
@@ -514,7 +663,7 @@ impl Store for SledStore {
                 }
                 self.measurements.range(start..end)
             }
-            None => self.measurements.iter(),
+            None => self.measurements.scan_prefix([MEASUREMENT]),
         };
         for entry in iter {
             let (key, value) = entry?;
