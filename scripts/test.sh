@@ -17,6 +17,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies"
 scripts/setup-deps.sh
 
+# Coverage needs cargo-tarpaulin; building it overlaps with the steps below.
+$quick || scripts/install-tarpaulin.sh --background
+
 step "format"
 cargo fmt --all -- --check
 

@@ -4,16 +4,24 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::api::{self, ApiState, NodeDirectory, StoredNodes};
+use crate::api::{self, ApiState, NodeDirectory};
+use crate::capabilities::events::CapabilityEvents;
 use crate::config::Config;
-use crate::domain::{NodeId, NodeInfo};
-use crate::orchestrator::remote::{NoPeers, RemoteNodes};
+use crate::discovery::embedded_broker::{self, BrokerSettings, EmbeddedBroker};
+use crate::discovery::{
+    capabilities_digest, Discovery, DiscoverySettings, Liveness, PeerDirectory,
+};
+use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
+use crate::orchestrator::remote::RemoteNodes;
 use crate::orchestrator::Orchestrator;
+use crate::peer::{load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer};
 use crate::store::{Store, StoreError};
 use crate::val;
 
@@ -30,6 +38,14 @@ pub enum StartError {
     Listen { address: SocketAddr, reason: String },
     #[error("virtualization plugin: {0}")]
     Engine(#[from] motey_val::ValError),
+    #[error("embedded MQTT broker: {0} (see [MQTT] ip, port and embedded)")]
+    Broker(#[from] crate::discovery::embedded_broker::BrokerError),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error("node discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error("hardware events: {0} (see [ZEROMQ] capability_events)")]
+    CapabilityEvents(#[from] crate::capabilities::events::EventError),
 }
 
 /// An agent whose sockets are bound, ready to run.
@@ -39,6 +55,14 @@ pub struct Agent {
     orchestrator: Orchestrator,
     listener: TcpListener,
     state: ApiState,
+    directory: PeerDirectory,
+    key: ClusterKey,
+    broker: Option<EmbeddedBroker>,
+    peer_server: PeerServer,
+    capability_events: CapabilityEvents,
+    capability_changes: watch::Receiver<u64>,
+    /// Stops what was started in [`Agent::bind`] (the event socket) when the agent ends.
+    stopping: CancellationToken,
 }
 
 impl Agent {
@@ -61,6 +85,7 @@ impl Agent {
         let store = Store::open(&config.database.path)?;
         let node = node_id(&config, &store)?;
         let token = api_token(&config)?;
+        let key = load_or_generate_key(config.cluster.key.as_deref(), &config.general.data_dir)?;
         match engine.ping().await {
             Ok(version) => {
                 info!(plugin = engine.name(), %version, "virtualization engine reachable")
@@ -69,14 +94,6 @@ impl Agent {
                 warn!(plugin = engine.name(), %error, "virtualization engine not reachable yet; will keep trying")
             }
         }
-        let remote: Arc<dyn RemoteNodes> = Arc::new(NoPeers);
-        let orchestrator = Orchestrator::new(
-            node.clone(),
-            store.clone(),
-            engine,
-            remote,
-            config.orchestrator.clone(),
-        );
         let address = SocketAddr::new(config.webserver.ip, config.webserver.port);
         let listener = TcpListener::bind(address)
             .await
@@ -84,8 +101,13 @@ impl Agent {
                 address,
                 reason: error.to_string(),
             })?;
+        let broker = if config.mqtt.embedded {
+            Some(embedded_broker::start(BrokerSettings::from_config(&config.mqtt)?).await?)
+        } else {
+            None
+        };
         let this_node = NodeInfo {
-            id: node,
+            id: node.clone(),
             name: config.general.node_name.clone(),
             addresses: advertised_addresses(&config),
             rest_port: listener
@@ -94,8 +116,43 @@ impl Agent {
                 .unwrap_or(config.webserver.port),
             peer_port: config.zeromq.peer_port,
             last_seen: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities_digest: capabilities_digest(&store.capabilities.list()?),
         };
-        let nodes: Arc<dyn NodeDirectory> = Arc::new(StoredNodes(store.clone()));
+        let directory = PeerDirectory::open(
+            this_node,
+            store.nodes.clone(),
+            Liveness::from_config(&config.mqtt),
+        )?;
+        let timeout = Duration::from_millis(config.cluster.request_timeout_ms);
+        let remote: Arc<dyn RemoteNodes> =
+            Arc::new(PeerClient::new(directory.clone(), key.clone(), timeout));
+        let orchestrator = Orchestrator::new(
+            node.clone(),
+            store.clone(),
+            engine,
+            remote,
+            config.orchestrator.clone(),
+        );
+        let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
+        let peer_server = PeerServer::bind(
+            &peer_endpoint,
+            node,
+            key.clone(),
+            Arc::new(HostedImages(orchestrator.clone())),
+        )
+        .await?;
+        // The real port, when 0 was configured.
+        let this_node = directory.update_this_node(|info| info.peer_port = peer_server.port());
+        let stopping = CancellationToken::new();
+        let capability_events = CapabilityEvents::bind(
+            &config.zeromq.capability_events,
+            store.capabilities.clone(),
+            stopping.clone(),
+        )
+        .await?;
+        let (capabilities_changed, capability_changes) = watch::channel(0);
+        let nodes: Arc<dyn NodeDirectory> = Arc::new(directory.clone());
         let state = ApiState::new(
             orchestrator.clone(),
             store.clone(),
@@ -103,13 +160,21 @@ impl Agent {
             this_node,
             &config,
             token,
-        );
+        )
+        .with_capability_listener(capabilities_changed);
         Ok(Agent {
             config,
             store,
             orchestrator,
             listener,
             state,
+            directory,
+            key,
+            broker,
+            peer_server,
+            capability_events,
+            capability_changes,
+            stopping,
         })
     }
 
@@ -118,6 +183,16 @@ impl Agent {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Port of the peer (ZeroMQ) socket.
+    pub fn peer_port(&self) -> u16 {
+        self.peer_server.port()
+    }
+
+    /// Address of the embedded MQTT broker, if this agent runs one.
+    pub fn broker_address(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(EmbeddedBroker::local_addr)
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -132,30 +207,145 @@ impl Agent {
         &self.orchestrator
     }
 
-    /// Serves until `shutdown` is cancelled. Containers keep running when the agent stops:
-    /// the next start adopts them.
+    pub fn directory(&self) -> &PeerDirectory {
+        &self.directory
+    }
+
+    /// Serves until `shutdown` is cancelled, then announces the leave to the peers.
+    /// Containers keep running when the agent stops: the next start adopts them.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let Agent {
             config,
+            store,
             orchestrator,
             listener,
             state,
-            ..
+            directory,
+            key,
+            broker,
+            peer_server,
+            capability_events,
+            mut capability_changes,
+            stopping,
         } = self;
+        let mut settings = DiscoverySettings::from_config(&config.mqtt);
+        if let Some(broker) = &broker {
+            let address = broker.client_addr();
+            settings.broker_host = address.ip().to_string();
+            settings.broker_port = address.port();
+        }
+        let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
+            Ok(discovery) => Some(discovery),
+            Err(error) => {
+                // The node still serves its API and its own services without a broker.
+                error!(%error, "node discovery cannot start; running without peers");
+                None
+            }
+        };
         info!(
             node = %orchestrator.node(),
             name = %config.general.node_name,
             rest = %listener.local_addr()?,
+            peer_port = peer_server.port(),
+            broker = ?broker.as_ref().map(EmbeddedBroker::local_addr),
+            capability_events = capability_events.endpoint(),
             "agent started"
         );
+        // A capability added or removed (REST or hardware event) may make waiting images
+        // placeable, and peers must learn the new digest.
+        let mut hardware_events = capability_events.subscribe();
+        let announcer = {
+            let orchestrator = orchestrator.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stopping.cancelled() => break,
+                        changed = capability_changes.changed() => if changed.is_err() { break },
+                        received = hardware_events.recv() => match received {
+                            Ok(change) if !change.changed => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            _ => {}
+                        },
+                    }
+                    // The next heartbeat announces the new digest.
+                    if let Ok(capabilities) = store.capabilities.list() {
+                        let digest = capabilities_digest(&capabilities);
+                        directory.update_this_node(|info| info.capabilities_digest = digest);
+                    }
+                    orchestrator.wake();
+                }
+            })
+        };
         let reconcile = tokio::spawn(orchestrator.run(shutdown.child_token()));
         let server = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await;
         shutdown.cancel();
         let _ = reconcile.await;
+        if let Some(discovery) = discovery {
+            discovery.leave().await;
+        }
+        stopping.cancel();
+        let _ = announcer.await;
+        capability_events.join().await;
+        peer_server.shutdown().await;
         info!("agent stopped");
         served
+    }
+}
+
+/// Answers peers' requests about images this node runs for them.
+struct HostedImages(Orchestrator);
+
+#[async_trait::async_trait]
+impl PeerHandler for HostedImages {
+    async fn capabilities(&self) -> Vec<Capability> {
+        self.0.capabilities().unwrap_or_default()
+    }
+
+    async fn deploy_image(&self, deployment: ImageDeployment) -> Result<ImageStatus, String> {
+        self.0
+            .host_image(deployment)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn image_status(
+        &self,
+        service: &ServiceId,
+        image_id: &str,
+    ) -> Result<ImageStatus, String> {
+        self.0
+            .hosted_image_status(service, image_id)
+            .map_err(|error| error.to_string())
+    }
+
+    async fn terminate_image(&self, service: &ServiceId, image_id: &str) -> Result<(), String> {
+        self.0
+            .release_hosted_image(service, image_id)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+impl NodeDirectory for PeerDirectory {
+    fn peers(&self) -> Vec<crate::api::NodeView> {
+        self.list()
+            .into_iter()
+            .filter(|peer| !peer.this_node)
+            .map(|peer| crate::api::NodeView {
+                info: NodeInfo {
+                    last_seen: peer.last_seen,
+                    ..peer.info
+                },
+                state: serde_json::to_value(peer.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                this_node: false,
+            })
+            .collect()
     }
 }
 

@@ -90,6 +90,34 @@ pub struct Mqtt {
     pub keepalive: u64,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Whether the agent runs the broker itself (on `ip:port`).
+    pub embedded: bool,
+    /// CA certificate of the broker; `None` connects without TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+    pub topic_prefix: String,
+    pub heartbeat_interval_secs: u64,
+    pub peer_suspect_after_secs: u64,
+    pub peer_gone_after_secs: u64,
+}
+
+/// How the nodes of a cluster trust each other and how long they wait for each other.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The shared secret; `None`: generated once and kept in the data directory.
+    pub key: Option<String>,
+    pub request_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key must never reach a log line.
+        f.debug_struct("Cluster")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +162,7 @@ pub struct Config {
     pub mqtt: Mqtt,
     pub database: Database,
     pub zeromq: ZeroMq,
+    pub cluster: Cluster,
     pub val: Val,
     pub orchestrator: Orchestrator,
     pub security: Security,
@@ -324,13 +353,8 @@ impl RawConfig {
             open_reads: self.flag("WEBSERVER", "open_reads")?,
             max_body_bytes,
         };
-        let mqtt = Mqtt {
-            ip: self.string("MQTT", "ip"),
-            port: self.port("MQTT", "port")?,
-            keepalive: self.parse("MQTT", "keepalive", "expected seconds")?,
-            username: self.optional("MQTT", "username"),
-            password: self.optional("MQTT", "password"),
-        };
+        let mqtt = self.parse_mqtt()?;
+        let cluster = self.parse_cluster()?;
         let database = Database {
             path: self
                 .optional("DATABASE", "path")
@@ -394,9 +418,117 @@ impl RawConfig {
             mqtt,
             database,
             zeromq,
+            cluster,
             val,
             orchestrator,
             security,
+        })
+    }
+}
+
+impl RawConfig {
+    fn seconds(&self, section: &str, key: &str) -> Result<u64, ConfigError> {
+        match self.raw(section, key).parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Ok(seconds),
+            _ => Err(self.invalid(section, key, "expected seconds (1 or more)")),
+        }
+    }
+
+    fn parse_mqtt(&self) -> Result<Mqtt, ConfigError> {
+        let topic_prefix = self.string("MQTT", "topic_prefix");
+        let prefix_valid = !topic_prefix.is_empty()
+            && !topic_prefix.starts_with('/')
+            && !topic_prefix.ends_with('/')
+            && !topic_prefix.contains(['+', '#', '\0']);
+        if !prefix_valid {
+            return Err(self.invalid(
+                "MQTT",
+                "topic_prefix",
+                "expected a topic prefix without wildcards (+, #) or leading/trailing '/'",
+            ));
+        }
+        let heartbeat_interval_secs = self.seconds("MQTT", "heartbeat_interval")?;
+        let peer_suspect_after_secs = self.seconds("MQTT", "peer_suspect_after")?;
+        if peer_suspect_after_secs <= heartbeat_interval_secs {
+            return Err(self.invalid(
+                "MQTT",
+                "peer_suspect_after",
+                format!(
+                    "expected more seconds than heartbeat_interval ({heartbeat_interval_secs})"
+                ),
+            ));
+        }
+        let peer_gone_after_secs = self.seconds("MQTT", "peer_gone_after")?;
+        if peer_gone_after_secs <= peer_suspect_after_secs {
+            return Err(self.invalid(
+                "MQTT",
+                "peer_gone_after",
+                format!(
+                    "expected more seconds than peer_suspect_after ({peer_suspect_after_secs})"
+                ),
+            ));
+        }
+        let tls_client_cert_file = self
+            .optional("MQTT", "tls_client_cert_file")
+            .map(PathBuf::from);
+        let tls_client_key_file = self
+            .optional("MQTT", "tls_client_key_file")
+            .map(PathBuf::from);
+        if tls_client_cert_file.is_some() != tls_client_key_file.is_some() {
+            let missing = if tls_client_cert_file.is_some() {
+                "tls_client_key_file"
+            } else {
+                "tls_client_cert_file"
+            };
+            return Err(self.invalid(
+                "MQTT",
+                missing,
+                "expected a client certificate and its key together",
+            ));
+        }
+        Ok(Mqtt {
+            ip: self.string("MQTT", "ip"),
+            port: self.port("MQTT", "port")?,
+            keepalive: self.parse("MQTT", "keepalive", "expected seconds")?,
+            username: self.optional("MQTT", "username"),
+            password: self.optional("MQTT", "password"),
+            embedded: self.flag("MQTT", "embedded")?,
+            tls_ca_file: self.optional("MQTT", "tls_ca_file").map(PathBuf::from),
+            tls_client_cert_file,
+            tls_client_key_file,
+            topic_prefix,
+            heartbeat_interval_secs,
+            peer_suspect_after_secs,
+            peer_gone_after_secs,
+        })
+    }
+
+    fn parse_cluster(&self) -> Result<Cluster, ConfigError> {
+        let key = self.optional("CLUSTER", "key");
+        if key.as_ref().is_some_and(|key| key.chars().count() < 16) {
+            // The value itself is a secret: name the problem, not the value.
+            return Err(ConfigError::Invalid {
+                section: "CLUSTER".into(),
+                key: "key".into(),
+                value: "<redacted>".into(),
+                expected: "expected at least 16 characters".into(),
+            });
+        }
+        let request_timeout_ms: u64 = self.parse(
+            "CLUSTER",
+            "request_timeout_ms",
+            "expected milliseconds (1 or more)",
+        )?;
+        if request_timeout_ms == 0 {
+            return Err(self.invalid(
+                "CLUSTER",
+                "request_timeout_ms",
+                "expected milliseconds (1 or more)",
+            ));
+        }
+        Ok(Cluster {
+            key,
+            request_timeout_ms,
         })
     }
 }
@@ -490,6 +622,43 @@ mod tests {
             error.to_string().contains("unknown key [WEBSERVER] prot"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn cluster_settings_parse_and_validate() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert!(config.mqtt.embedded);
+        assert_eq!(config.mqtt.topic_prefix, "motey");
+        assert!(config.mqtt.heartbeat_interval_secs < config.mqtt.peer_suspect_after_secs);
+        assert!(config.mqtt.peer_suspect_after_secs < config.mqtt.peer_gone_after_secs);
+        assert!(config.cluster.key.is_none());
+        assert_eq!(config.cluster.request_timeout_ms, 5000);
+
+        let mut raw = RawConfig::defaults();
+        raw.set("MQTT", "topic_prefix", "fog/#");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[MQTT] topic_prefix = \"fog/#\""), "{error}");
+
+        let mut raw = RawConfig::defaults();
+        raw.set("MQTT", "peer_gone_after", "10");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[MQTT] peer_gone_after = \"10\""), "{error}");
+
+        let mut raw = RawConfig::defaults();
+        raw.set("MQTT", "tls_client_cert_file", "/etc/motey/client.pem");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[MQTT] tls_client_key_file"), "{error}");
+
+        let mut raw = RawConfig::defaults();
+        raw.set("CLUSTER", "key", "short-secret");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[CLUSTER] key"), "{error}");
+        assert!(!error.contains("short-secret"), "{error}");
+
+        let mut raw = RawConfig::defaults();
+        raw.set("CLUSTER", "key", "a-long-enough-cluster-secret");
+        let config = raw.parse_config().unwrap();
+        assert!(!format!("{:?}", config.cluster).contains("a-long-enough"));
     }
 
     #[test]

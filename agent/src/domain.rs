@@ -131,6 +131,13 @@ pub struct NodeInfo {
     /// When the node was last heard of; `None` for the node itself.
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// Version of the agent software the node runs.
+    #[serde(default)]
+    pub version: String,
+    /// Short digest of the node's capabilities: peers ask again for the capabilities only
+    /// when it changes.
+    #[serde(default)]
+    pub capabilities_digest: String,
 }
 
 /// A validated blueprint: what the user asked to run. Both blueprint formats (ours and

@@ -9,11 +9,14 @@
 pub mod api;
 pub mod app;
 pub mod blueprint;
+pub mod capabilities;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod domain;
 pub mod logging;
 pub mod orchestrator;
+pub mod peer;
 pub mod store;
 pub mod val;
 pub mod validation;

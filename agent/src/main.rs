@@ -42,6 +42,28 @@ enum Command {
     },
     /// Tell whether the agent runs (exit code 0) or not (3).
     Status,
+    /// Tell the running agent that a capability appeared or vanished (a hardware event,
+    /// as a udev rule would send when a probe is plugged in or out).
+    Capability {
+        #[command(subcommand)]
+        action: CapabilityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CapabilityCommand {
+    /// This node now offers NAME.
+    Add {
+        name: String,
+        #[arg(long = "type", default_value = "hardware")]
+        capability_type: String,
+    },
+    /// This node no longer offers NAME.
+    Remove {
+        name: String,
+        #[arg(long = "type", default_value = "hardware")]
+        capability_type: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +86,46 @@ fn main() -> ExitCode {
             code => code,
         },
         Command::Status => status(&config),
+        Command::Capability { action } => capability_event(&config, action),
+    }
+}
+
+fn capability_event(config: &Config, action: CapabilityCommand) -> ExitCode {
+    use motey::capabilities::events::{publish_capability_event, CapabilityAction};
+    let (name, capability_type, action) = match action {
+        CapabilityCommand::Add {
+            name,
+            capability_type,
+        } => (name, capability_type, CapabilityAction::Add),
+        CapabilityCommand::Remove {
+            name,
+            capability_type,
+        } => (name, capability_type, CapabilityAction::Remove),
+    };
+    let endpoint = config.zeromq.capability_events.clone();
+    let sent = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(publish_capability_event(
+                    &endpoint,
+                    &name,
+                    &capability_type,
+                    action,
+                ))
+                .map_err(|error| error.to_string())
+        });
+    match sent {
+        Ok(()) => {
+            println!("capability {name} ({capability_type}): {action:?} sent to {endpoint}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("motey: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -33,6 +33,9 @@ async fn agent(settings: &[(&str, &str, &str)]) -> TestAgent {
     raw.set("WEBSERVER", "port", "0");
     raw.set("WEBSERVER", "token", TOKEN);
     raw.set("WEBSERVER", "max_body_bytes", "4096");
+    raw.set("MQTT", "embedded", "true");
+    raw.set("MQTT", "port", "0");
+    raw.set("ZEROMQ", "peer_port", "0");
     for (section, key, value) in settings {
         raw.set(section, key, *value);
     }

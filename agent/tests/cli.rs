@@ -11,7 +11,8 @@ fn motey(data_dir: &std::path::Path, port: u16) -> Command {
         .env("MOTEY_GENERAL_DATA_DIR", data_dir)
         .env("MOTEY_WEBSERVER_IP", "127.0.0.1")
         .env("MOTEY_WEBSERVER_PORT", port.to_string())
-        .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string());
+        .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string())
+        .env("MOTEY_MQTT_PORT", free_port().to_string());
     command
 }
 

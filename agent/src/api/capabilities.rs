@@ -29,8 +29,8 @@ pub async fn add(
         state.store.capabilities.put(capability)?;
         tracing::info!(capability = %capability.capability, capability_type = %capability.capability_type, "capability added");
     }
-    // Images waiting for a capability may be placeable now.
-    state.orchestrator.wake();
+    // Images waiting for a capability may be placeable now; peers learn the new digest.
+    state.capabilities_changed();
     Ok((StatusCode::CREATED, Json(state.store.capabilities.list()?)))
 }
 
@@ -49,6 +49,7 @@ pub async fn remove(
             tracing::info!(capability = %capability.capability, capability_type = %capability.capability_type, "capability removed");
         }
     }
+    state.capabilities_changed();
     Ok(Json(state.store.capabilities.list()?))
 }
 

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     pub this_node: Arc<NodeInfo>,
     pub security: Arc<crate::config::Security>,
+    /// Bumped whenever the API changes this node's capabilities.
+    capabilities_changed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     /// `None` where the platform gives no statistics.
     system: Arc<Mutex<Option<sysinfo::System>>>,
 }
@@ -57,8 +59,27 @@ impl ApiState {
             max_body_bytes: webserver.max_body_bytes,
             this_node: Arc::new(this_node),
             security: Arc::new(config.security.clone()),
+            capabilities_changed: None,
             system: Arc::new(Mutex::new(sysinfo::System::new().ok())),
         }
+    }
+}
+
+impl ApiState {
+    /// Tells `listener` about every capability change made through the API.
+    pub fn with_capability_listener(
+        mut self,
+        listener: tokio::sync::watch::Sender<u64>,
+    ) -> ApiState {
+        self.capabilities_changed = Some(Arc::new(listener));
+        self
+    }
+
+    pub(crate) fn capabilities_changed(&self) {
+        if let Some(listener) = &self.capabilities_changed {
+            listener.send_modify(|version| *version += 1);
+        }
+        self.orchestrator.wake();
     }
 }
 

@@ -15,7 +15,7 @@ pub fn spec(service: &Service, image: &ImageBlueprint, node: &NodeId) -> Contain
         name: image
             .container_name
             .clone()
-            .unwrap_or_else(|| default_name(service, image)),
+            .unwrap_or_else(|| default_name(service, image, node)),
         image: image.image.clone(),
         command: image.command.clone(),
         env: image.env.clone(),
@@ -54,11 +54,13 @@ pub fn node_selector(node: &NodeId) -> BTreeMap<String, String> {
     ])
 }
 
-/// `motey-<service>-<image>-<8 chars of the service id>`: readable in `docker ps`, unique
-/// per service instance.
-fn default_name(service: &Service, image: &ImageBlueprint) -> String {
+/// `motey-<service>-<image>-<8 chars of the service id>-<6 of the node's>`: readable in
+/// `docker ps`, unique per service instance, and unique per node even when several nodes
+/// share one engine (an image moved off a crashed node may meet its old container there).
+fn default_name(service: &Service, image: &ImageBlueprint, node: &NodeId) -> String {
     let short_id: String = service.id.as_str().chars().take(8).collect();
-    let raw = format!("motey-{}-{}-{short_id}", service.name, image.id);
+    let node_tag = hex::encode(&Sha256::digest(node.as_str().as_bytes())[..3]);
+    let raw = format!("motey-{}-{}-{short_id}-{node_tag}", service.name, image.id);
     raw.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "_.-".contains(c) {
@@ -98,7 +100,13 @@ mod tests {
     fn labels_identify_service_image_and_node() {
         let service = service("nginx");
         let spec = spec(&service, &service.images[0].blueprint, &NodeId("n1".into()));
-        assert_eq!(spec.name, "motey-web_shop-front-01234567");
+        assert!(
+            spec.name.starts_with("motey-web_shop-front-01234567-"),
+            "{}",
+            spec.name
+        );
+        let elsewhere = super::spec(&service, &service.images[0].blueprint, &NodeId("n2".into()));
+        assert_ne!(spec.name, elsewhere.name);
         assert_eq!(spec.labels[labels::SERVICE_ID], "0123456789abcdef");
         assert_eq!(spec.labels[labels::IMAGE_ID], "front");
         assert_eq!(spec.labels[labels::NODE_ID], "n1");

@@ -210,6 +210,8 @@ fn peer_info() -> NodeInfo {
         rest_port: 1,
         peer_port: 2,
         last_seen: None,
+        version: String::new(),
+        capabilities_digest: String::new(),
     }
 }
 

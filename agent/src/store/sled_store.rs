@@ -24,8 +24,11 @@ impl SledStore {
         std::fs::write(&probe, b"")
             .map_err(|error| open_error(format!("the directory is not writable: {error}")))?;
         let _ = std::fs::remove_file(&probe);
-        let db = sled::open(path).map_err(|error| {
+        let db = open_waiting_for_lock(path).map_err(|error| {
             open_error(match error {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    "the database is in use by another process (is another agent running with this data directory?)".into()
+                }
                 sled::Error::Corruption { .. } => format!(
                     "the database is corrupt ({error}); move it away to start with an empty one"
                 ),
@@ -65,6 +68,23 @@ impl SledStore {
             .map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(())
+    }
+}
+
+/// sled holds an exclusive file lock; a handle dropped a moment ago (its flusher thread
+/// still ending) releases it shortly, so wait a little before calling the database busy.
+fn open_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 

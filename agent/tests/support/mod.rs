@@ -18,6 +18,8 @@ pub struct AgentProcess {
     child: Option<Child>,
     pub node_id: String,
     pub port: u16,
+    /// Port of this agent's embedded broker (unless the test points it elsewhere).
+    pub mqtt_port: u16,
     pub data_dir: PathBuf,
     extra_env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
@@ -40,6 +42,7 @@ impl AgentProcess {
             child: None,
             node_id,
             port: free_port(),
+            mqtt_port: free_port(),
             data_dir: dir.path().to_path_buf(),
             extra_env: env
                 .iter()
@@ -67,6 +70,7 @@ impl AgentProcess {
             .env("MOTEY_ORCHESTRATOR_RECONCILE_INTERVAL", "2")
             .env("MOTEY_ORCHESTRATOR_STOP_GRACE", "2")
             .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string())
+            .env("MOTEY_MQTT_PORT", self.mqtt_port.to_string())
             .env("MOTEY_LOGGER_LEVEL", "motey=debug,info")
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())

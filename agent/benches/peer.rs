@@ -1,0 +1,450 @@
+//! Peer protocol round trips between two processes on loopback: signed capability
+//! requests (HMAC-SHA256, timestamp and nonce checks, as the agent runs them) next to the
+//! same envelopes unsigned over the same ZeroMQ sockets (the cost of authentication) and a
+//! plain TCP ping-pong of the same sizes (the floor). Writes the `peer` section of
+//! BENCHMARKS.md at the repository root.
+//!
+//!     cargo bench -p motey --bench peer -- [ROUND_TRIPS]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use motey::discovery::capabilities_digest;
+use motey::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
+use motey::peer::{ClusterKey, Envelope, PeerHandler, PeerServer, Reply, Request, Requester};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use zeromq::{ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const SECTION: &str = "peer";
+const ROLE: &str = "MOTEY_PEER_BENCH_ROLE";
+
+fn key() -> ClusterKey {
+    ClusterKey::from_secret("benchmark cluster key, not a secret")
+}
+
+fn capabilities() -> Vec<Capability> {
+    vec![Capability {
+        capability: "optical-probe".into(),
+        capability_type: "hardware".into(),
+    }]
+}
+
+struct Handler;
+
+#[async_trait::async_trait]
+impl PeerHandler for Handler {
+    async fn capabilities(&self) -> Vec<Capability> {
+        capabilities()
+    }
+    async fn deploy_image(&self, _: ImageDeployment) -> Result<ImageStatus, String> {
+        Err("not in this benchmark".into())
+    }
+    async fn image_status(&self, _: &ServiceId, _: &str) -> Result<ImageStatus, String> {
+        Err("not in this benchmark".into())
+    }
+    async fn terminate_image(&self, _: &ServiceId, _: &str) -> Result<(), String> {
+        Err("not in this benchmark".into())
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    if std::env::var(ROLE).as_deref() == Ok("server") {
+        runtime().block_on(serve());
+        return;
+    }
+    let round_trips: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(10_000);
+    let mut server = Server::spawn();
+    let results = runtime().block_on(measure(&server.ports, round_trips));
+    server.stop();
+    let report = report(&results, round_trips);
+    print!("{report}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    write_section(&root.join("BENCHMARKS.md"), &report);
+}
+
+/// The answering process: a signed peer server, an unsigned one and a TCP echo.
+async fn serve() {
+    let signed = PeerServer::bind(
+        "tcp://127.0.0.1:0",
+        NodeId("bench-server".into()),
+        key(),
+        Arc::new(Handler),
+    )
+    .await
+    .unwrap();
+    let mut router = RouterSocket::new();
+    let unsigned_endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let unsigned_port: u16 = unsigned_endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!(
+        "{} {} {}",
+        signed.port(),
+        unsigned_port,
+        tcp.local_addr().unwrap().port()
+    );
+    std::io::stdout().flush().unwrap();
+    tokio::spawn(serve_unsigned(router));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tcp.accept().await {
+            tokio::spawn(echo(stream));
+        }
+    });
+    // Runs until the measuring process closes our standard input.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await;
+    drop(signed);
+}
+
+/// The same envelopes and sockets as the peer server, without MAC, timestamp or nonce
+/// checks: what authentication costs is the difference.
+async fn serve_unsigned(mut router: RouterSocket) {
+    while let Ok(message) = router.recv().await {
+        let mut frames = message.into_vec();
+        let Some(body) = frames.pop() else { continue };
+        let Ok(request) = Envelope::parse(&body) else {
+            continue;
+        };
+        let reply = match Request::from_parts(&request.kind, request.payload) {
+            Ok(Request::Capabilities) => Reply::Capabilities {
+                digest: capabilities_digest(&capabilities()),
+                capabilities: capabilities(),
+            },
+            _ => continue,
+        };
+        let body =
+            Envelope::new(reply.kind(), request.id, "bench-server", reply.payload()).to_bytes();
+        let mut out = ZmqMessage::from(body);
+        for frame in frames.into_iter().rev() {
+            out.push_front(frame);
+        }
+        let _ = router.send(out).await;
+    }
+}
+
+async fn echo(mut stream: TcpStream) {
+    stream.set_nodelay(true).unwrap();
+    let mut buffer = Vec::new();
+    loop {
+        let Ok(length) = stream.read_u32().await else {
+            return;
+        };
+        let Ok(reply_length) = stream.read_u32().await else {
+            return;
+        };
+        buffer.resize(length as usize, 0);
+        if stream.read_exact(&mut buffer).await.is_err() {
+            return;
+        }
+        // One write per message, as ZeroMQ does.
+        let mut reply = Vec::with_capacity(4 + reply_length as usize);
+        reply.extend_from_slice(&reply_length.to_be_bytes());
+        reply.resize(4 + reply_length as usize, b'r');
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Ports {
+    signed: u16,
+    unsigned: u16,
+    tcp: u16,
+}
+
+struct Server {
+    child: Child,
+    ports: Ports,
+}
+
+impl Server {
+    fn spawn() -> Server {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, "server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Vec<u16> = line
+            .split_whitespace()
+            .map(|port| port.parse().unwrap())
+            .collect();
+        Server {
+            child,
+            ports: Ports {
+                signed: ports[0],
+                unsigned: ports[1],
+                tcp: ports[2],
+            },
+        }
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Measured {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    total: Duration,
+    request_bytes: usize,
+    reply_bytes: usize,
+}
+
+async fn measure(ports: &Ports, round_trips: usize) -> Vec<Measured> {
+    let request_bytes = Envelope::new(
+        Request::Capabilities.kind(),
+        uuid::Uuid::new_v4().to_string(),
+        "bench-client",
+        Request::Capabilities.payload(),
+    )
+    .signed_bytes(&key())
+    .len();
+    let reply = Reply::Capabilities {
+        digest: capabilities_digest(&capabilities()),
+        capabilities: capabilities(),
+    };
+    let reply_bytes = Envelope::new(
+        reply.kind(),
+        uuid::Uuid::new_v4().to_string(),
+        "bench-server",
+        reply.payload(),
+    )
+    .signed_bytes(&key())
+    .len();
+
+    // Signed: exactly what PeerClient does.
+    let requester = Requester::new(
+        NodeId("bench-client".into()),
+        key(),
+        Duration::from_secs(10),
+    );
+    let endpoint = format!("tcp://127.0.0.1:{}", ports.signed);
+    let (requester, endpoint) = (&requester, endpoint.as_str());
+    let signed = move || async move {
+        let reply = requester
+            .call(endpoint, &Request::Capabilities)
+            .await
+            .unwrap();
+        assert!(matches!(reply, Reply::Capabilities { .. }));
+    };
+
+    // Unsigned: same envelope encoding and sockets, no MAC and no checks.
+    let mut socket = ReqSocket::new();
+    socket
+        .connect(&format!("tcp://127.0.0.1:{}", ports.unsigned))
+        .await
+        .unwrap();
+    let socket = tokio::sync::Mutex::new(socket);
+    let socket = &socket;
+    let unsigned = move || async move {
+        let request = Envelope::new(
+            Request::Capabilities.kind(),
+            uuid::Uuid::new_v4().to_string(),
+            "bench-client",
+            Request::Capabilities.payload(),
+        );
+        let mut socket = socket.lock().await;
+        socket
+            .send(ZmqMessage::from(request.to_bytes()))
+            .await
+            .unwrap();
+        let reply = socket.recv().await.unwrap();
+        let bytes: Vec<u8> = reply.try_into().unwrap();
+        let reply = Envelope::parse(&bytes).unwrap();
+        let reply = Reply::from_parts(&reply.kind, reply.payload).unwrap();
+        assert!(matches!(reply, Reply::Capabilities { .. }));
+    };
+
+    // Floor: TCP ping-pong of the signed sizes, length-prefixed, one write each way.
+    let stream = TcpStream::connect(("127.0.0.1", ports.tcp)).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let stream = tokio::sync::Mutex::new(stream);
+    let mut message = Vec::with_capacity(8 + request_bytes);
+    message.extend_from_slice(&(request_bytes as u32).to_be_bytes());
+    message.extend_from_slice(&(reply_bytes as u32).to_be_bytes());
+    message.resize(8 + request_bytes, b'q');
+    let payload = Bytes::from(message);
+    let (stream, payload) = (&stream, &payload);
+    let floor = move || async move {
+        let mut stream = stream.lock().await;
+        stream.write_all(payload).await.unwrap();
+        let length = stream.read_u32().await.unwrap() as usize;
+        let mut reply = vec![0; length];
+        stream.read_exact(&mut reply).await.unwrap();
+    };
+
+    let mut results = [
+        Measured::new("signed (HMAC-SHA256, replay checks)"),
+        Measured::new("unsigned (same envelopes)"),
+        Measured::new("plain TCP ping-pong (floor)"),
+    ];
+    let warm_up = (round_trips / 10).max(100);
+    run(&mut Measured::new("warm-up"), warm_up, signed).await;
+    run(&mut Measured::new("warm-up"), warm_up, unsigned).await;
+    run(&mut Measured::new("warm-up"), warm_up, floor).await;
+    // Interleaved blocks, so that a slow phase of the machine hits every path alike.
+    const BLOCKS: usize = 10;
+    for block in 0..BLOCKS {
+        let count = round_trips / BLOCKS + usize::from(block < round_trips % BLOCKS);
+        run(&mut results[0], count, signed).await;
+        run(&mut results[1], count, unsigned).await;
+        run(&mut results[2], count, floor).await;
+    }
+    results
+        .into_iter()
+        .map(|mut measured| {
+            measured.latencies.sort();
+            measured.request_bytes = request_bytes;
+            measured.reply_bytes = reply_bytes;
+            measured
+        })
+        .collect()
+}
+
+impl Measured {
+    fn new(name: &'static str) -> Measured {
+        Measured {
+            name,
+            latencies: Vec::new(),
+            total: Duration::ZERO,
+            request_bytes: 0,
+            reply_bytes: 0,
+        }
+    }
+}
+
+async fn run<F, Fut>(measured: &mut Measured, round_trips: usize, once: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    for _ in 0..round_trips {
+        let begin = Instant::now();
+        once().await;
+        measured.latencies.push(begin.elapsed());
+    }
+    measured.total += started.elapsed();
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
+
+fn report(results: &[Measured], round_trips: usize) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{round_trips} sequential capability request/reply round trips per path, one client, \
+         server in a second process on loopback, the paths interleaved in 10 blocks (after {} warm-up round trips each). \
+         Request {} bytes, reply {} bytes (signed envelopes; the TCP floor sends the same sizes).\n\n",
+        (round_trips / 10).max(100),
+        results[0].request_bytes,
+        results[0].reply_bytes
+    ));
+    out.push_str(&format!("- Machine: {}\n", machine()));
+    out.push_str("- Command: `cargo bench -p motey --bench peer`\n\n");
+    out.push_str("| path | p50 | p99 | mean | throughput |\n|---|---|---|---|---|\n");
+    for measured in results {
+        let mean = measured.total / round_trips as u32;
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.0} req/s |\n",
+            measured.name,
+            micros(percentile(&measured.latencies, 0.5)),
+            micros(percentile(&measured.latencies, 0.99)),
+            micros(mean),
+            round_trips as f64 / measured.total.as_secs_f64()
+        ));
+    }
+    let p50 = |index: usize| percentile(&results[index].latencies, 0.5).as_secs_f64();
+    out.push_str(
+        "\nThe signed path pays, per round trip, four MAC computations (request and reply, \
+         each signed and verified), the nonce cache and timestamp checks, and the client's \
+         per-request deadline. The machine is shared by several builds, so p99 figures are noisy.\n",
+    );
+    out.push_str(&format!(
+        "\nSigned / unsigned (p50): **{:.2}** (authentication costs {}). Signed / TCP floor (p50): **{:.2}**.\n",
+        p50(0) / p50(1),
+        micros(Duration::from_secs_f64((p50(0) - p50(1)).max(0.0))),
+        p50(0) / p50(2)
+    ));
+    out
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map_or("unknown CPU".to_owned(), |model| model.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores, {cpu}, {:.1} GiB memory",
+        memory_kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn write_section(path: &Path, content: &str) {
+    let begin = format!("<!-- BEGIN {SECTION} -->");
+    let end = format!("<!-- END {SECTION} -->");
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let block = format!("{begin}\n## {SECTION}\n\n{content}{end}");
+    let updated = match (existing.find(&begin), existing.find(&end)) {
+        (Some(start), Some(stop)) if stop > start => format!(
+            "{}{block}{}",
+            &existing[..start],
+            &existing[stop + end.len()..]
+        ),
+        _ => format!("{}\n{block}\n", existing.trim_end()),
+    };
+    std::fs::write(path, updated).expect("write BENCHMARKS.md");
+    println!("wrote section {SECTION} of {}", path.display());
+}

@@ -1,0 +1,3 @@
+//! Capability management: what a node offers to images, and how local programs change it.
+
+pub mod events;

@@ -1,0 +1,448 @@
+//! The asking side of the peer protocol: signed requests over ZeroMQ REQ sockets, one
+//! request per socket at a time. REQ sockets are kept per endpoint for reuse; a socket
+//! whose request timed out is dropped (a REQ socket waiting for an answer that will never
+//! come would refuse every later send), so a peer that vanishes mid-request costs one
+//! timeout, never a dead lock. Requests to different peers run in parallel.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::{timeout_at, Instant};
+use zeromq::{ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqError, ZmqMessage};
+
+use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, ReplayGuard};
+use super::messages::{ErrorCode, Reply, Request};
+use crate::discovery::{PeerDirectory, PeerState};
+use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
+use crate::orchestrator::remote::{RemoteError, RemoteNodes};
+
+/// Idle sockets kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 8;
+
+/// Why one request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("connection failed: {0}")]
+    Transport(String),
+    #[error("the reply is not authentic: {0}")]
+    Unauthenticated(AuthError),
+    #[error("invalid reply: {0}")]
+    BadReply(String),
+    #[error("{code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+enum RoundTrip {
+    Timeout,
+    Transport(String),
+}
+
+/// Sends signed requests to peer endpoints and checks their replies.
+pub struct Requester {
+    node: String,
+    key: ClusterKey,
+    timeout: Duration,
+    freshness: ReplayGuard,
+    idle: Mutex<HashMap<String, Vec<ReqSocket>>>,
+}
+
+impl Requester {
+    /// Requests on behalf of node `node`, each answered within `timeout` or failed.
+    pub fn new(node: NodeId, key: ClusterKey, timeout: Duration) -> Requester {
+        Requester {
+            node: node.to_string(),
+            key,
+            timeout,
+            freshness: ReplayGuard::default(),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request to `endpoint` (e.g. `tcp://10.0.0.7:5091`) and returns its
+    /// successful reply; error replies become [`CallError::Refused`].
+    pub async fn call(&self, endpoint: &str, request: &Request) -> Result<Reply, CallError> {
+        let deadline = Instant::now() + self.timeout;
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = Envelope::new(
+            request.kind(),
+            id.clone(),
+            self.node.clone(),
+            request.payload(),
+        )
+        .signed_bytes(&self.key);
+        let reply = self.exchange(endpoint, body, deadline).await?;
+        self.check_reply(request, &id, &reply)
+    }
+
+    fn check_reply(&self, request: &Request, id: &str, bytes: &[u8]) -> Result<Reply, CallError> {
+        let envelope =
+            Envelope::parse(bytes).map_err(|error| CallError::BadReply(error.to_string()))?;
+        if envelope.id != id {
+            return Err(CallError::BadReply(format!(
+                "answers request {:?}, not {id:?}",
+                envelope.id
+            )));
+        }
+        let authentic = envelope
+            .verify(&self.key)
+            .and_then(|()| self.freshness.check_freshness(&envelope, now_ms()));
+        let reply = Reply::from_parts(&envelope.kind, envelope.payload.clone());
+        match (authentic, reply) {
+            // An error reply changes nothing here, so even an unauthenticated one may
+            // explain the failure (typically: the peer has another cluster key).
+            (Err(auth), Ok(Reply::Error { code, message })) => Err(CallError::Refused {
+                code,
+                message: format!("{message} (the error reply itself is not authentic: {auth})"),
+            }),
+            (Err(auth), _) => Err(CallError::Unauthenticated(auth)),
+            (Ok(()), Err(error)) => Err(CallError::BadReply(error.to_string())),
+            (Ok(()), Ok(Reply::Error { code, message })) => {
+                Err(CallError::Refused { code, message })
+            }
+            (Ok(()), Ok(reply)) if reply.kind() == request.reply_kind() => Ok(reply),
+            (Ok(()), Ok(reply)) => Err(CallError::BadReply(format!(
+                "{} answers {}",
+                reply.kind(),
+                request.kind()
+            ))),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
+        if let Some(mut socket) = self.take_idle(endpoint) {
+            match round_trip(&mut socket, body.clone(), deadline).await {
+                Ok(reply) => {
+                    self.put_idle(endpoint, socket);
+                    return Ok(reply);
+                }
+                Err(RoundTrip::Timeout) => {
+                    self.clear_idle(endpoint);
+                    return Err(CallError::Timeout(self.timeout));
+                }
+                // The peer closed this connection while it was idle (typically: it
+                // restarted). Its siblings are as stale; retry once on a fresh one.
+                Err(RoundTrip::Transport(error)) => {
+                    tracing::debug!(%endpoint, %error, "idle peer connection was closed; reconnecting");
+                    self.clear_idle(endpoint);
+                }
+            }
+        }
+        let mut socket = self.connect(endpoint, deadline).await?;
+        match round_trip(&mut socket, body, deadline).await {
+            Ok(reply) => {
+                self.put_idle(endpoint, socket);
+                Ok(reply)
+            }
+            Err(RoundTrip::Timeout) => Err(CallError::Timeout(self.timeout)),
+            Err(RoundTrip::Transport(error)) => Err(CallError::Transport(error)),
+        }
+    }
+
+    async fn connect(&self, endpoint: &str, deadline: Instant) -> Result<ReqSocket, CallError> {
+        let mut options = SocketOptions::default();
+        options.connect_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut socket = ReqSocket::with_options(options);
+        match timeout_at(deadline, socket.connect(endpoint)).await {
+            Ok(Ok(())) => Ok(socket),
+            Ok(Err(ZmqError::ConnectTimeout(_))) | Err(_) => Err(CallError::Timeout(self.timeout)),
+            Ok(Err(error)) => Err(CallError::Connect(error.to_string())),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ReqSocket>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn take_idle(&self, endpoint: &str) -> Option<ReqSocket> {
+        self.pool().get_mut(endpoint).and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, endpoint: &str, socket: ReqSocket) {
+        let mut pool = self.pool();
+        let idle = pool.entry(endpoint.to_owned()).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(socket);
+        }
+    }
+
+    fn clear_idle(&self, endpoint: &str) {
+        self.pool().remove(endpoint);
+    }
+
+    /// Drops the idle sockets of endpoints not in `keep` (peers that left or moved).
+    pub fn retain_endpoints(&self, keep: &[String]) {
+        self.pool().retain(|endpoint, _| keep.contains(endpoint));
+    }
+}
+
+async fn round_trip(
+    socket: &mut ReqSocket,
+    body: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, RoundTrip> {
+    match timeout_at(deadline, socket.send(ZmqMessage::from(body))).await {
+        Err(_) => return Err(RoundTrip::Timeout),
+        Ok(Err(error)) => return Err(RoundTrip::Transport(error.to_string())),
+        Ok(Ok(())) => {}
+    }
+    let message = match timeout_at(deadline, socket.recv()).await {
+        Err(_) => return Err(RoundTrip::Timeout),
+        Ok(Err(error)) => return Err(RoundTrip::Transport(error.to_string())),
+        Ok(Ok(message)) => message,
+    };
+    let mut frames = message.into_vec();
+    if frames.len() != 1 {
+        return Err(RoundTrip::Transport(format!(
+            "reply has {} frames, expected 1",
+            frames.len()
+        )));
+    }
+    Ok(frames.pop().map(|frame| frame.to_vec()).unwrap_or_default())
+}
+
+/// The ZeroMQ endpoints of a node, in the order of its announced addresses.
+pub fn endpoints_of(info: &NodeInfo) -> Vec<String> {
+    info.addresses
+        .iter()
+        .map(|address| match address.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => format!("tcp://[{ip}]:{}", info.peer_port),
+            Err(_) => format!("tcp://{address}:{}", info.peer_port),
+        })
+        .collect()
+}
+
+/// The other nodes of the fog over the peer protocol: addresses come from the
+/// [`PeerDirectory`], and only alive peers are asked.
+pub struct PeerClient {
+    requester: Requester,
+    directory: PeerDirectory,
+    /// Capabilities of each peer with the digest they had, asked again only when the
+    /// peer announces another digest.
+    capabilities: Mutex<HashMap<NodeId, (String, Vec<Capability>)>>,
+}
+
+impl PeerClient {
+    pub fn new(directory: PeerDirectory, key: ClusterKey, timeout: Duration) -> PeerClient {
+        let node = directory.this_node().id;
+        PeerClient {
+            requester: Requester::new(node, key, timeout),
+            directory,
+            capabilities: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn requester(&self) -> &Requester {
+        &self.requester
+    }
+
+    fn alive_peer(&self, node: &NodeId) -> Result<NodeInfo, RemoteError> {
+        let peer = self
+            .directory
+            .get(node)
+            .filter(|peer| !peer.this_node)
+            .ok_or_else(|| RemoteError::UnknownNode(node.clone()))?;
+        match peer.state {
+            PeerState::Alive => Ok(peer.info),
+            state => Err(RemoteError::Unreachable {
+                node: node.clone(),
+                reason: format!(
+                    "node is {} ({})",
+                    serde_json::to_value(state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    peer.reason.unwrap_or_default()
+                ),
+            }),
+        }
+    }
+
+    /// Sends a request to an alive peer, trying its addresses in order while they cannot
+    /// be connected to.
+    pub async fn call(&self, node: &NodeId, request: &Request) -> Result<Reply, RemoteError> {
+        let info = self.alive_peer(node)?;
+        let endpoints = endpoints_of(&info);
+        let mut last = RemoteError::Unreachable {
+            node: node.clone(),
+            reason: "the node announces no address".into(),
+        };
+        for endpoint in endpoints.iter().take(3) {
+            match self.requester.call(endpoint, request).await {
+                Ok(reply) => return Ok(reply),
+                Err(error @ CallError::Connect(_)) => {
+                    last = remote_error(node, error);
+                }
+                Err(error) => {
+                    tracing::debug!(%node, %endpoint, kind = request.kind(), %error, "peer request failed");
+                    return Err(remote_error(node, error));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The capabilities of every alive peer, asked in parallel.
+    pub async fn capabilities_of_alive_peers(
+        &self,
+    ) -> Vec<(NodeInfo, Result<Vec<Capability>, RemoteError>)> {
+        let peers = self.directory.alive();
+        let answers = join_all(peers.iter().map(|peer| self.capabilities_of(&peer.id))).await;
+        peers.into_iter().zip(answers).collect()
+    }
+
+    async fn capabilities_of(&self, node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
+        let info = self.alive_peer(node)?;
+        {
+            let cache = self.capabilities.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((digest, capabilities)) = cache.get(node) {
+                if !digest.is_empty() && *digest == info.capabilities_digest {
+                    return Ok(capabilities.clone());
+                }
+            }
+        }
+        match self.call(node, &Request::Capabilities).await? {
+            Reply::Capabilities {
+                capabilities,
+                digest,
+            } => {
+                self.capabilities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.clone(), (digest, capabilities.clone()));
+                Ok(capabilities)
+            }
+            other => Err(unexpected(node, &other)),
+        }
+    }
+}
+
+fn remote_error(node: &NodeId, error: CallError) -> RemoteError {
+    let node = node.clone();
+    match error {
+        CallError::Timeout(_) | CallError::Connect(_) | CallError::Transport(_) => {
+            RemoteError::Unreachable {
+                node,
+                reason: error.to_string(),
+            }
+        }
+        CallError::Refused {
+            code: ErrorCode::Refused,
+            message,
+        } => RemoteError::Refused {
+            node,
+            reason: message,
+        },
+        other => RemoteError::Refused {
+            node,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn unexpected(node: &NodeId, reply: &Reply) -> RemoteError {
+    RemoteError::Refused {
+        node: node.clone(),
+        reason: format!("unexpected reply {}", reply.kind()),
+    }
+}
+
+#[async_trait::async_trait]
+impl RemoteNodes for PeerClient {
+    async fn alive_peers(&self) -> Vec<NodeInfo> {
+        self.directory.alive()
+    }
+
+    async fn capabilities(&self, node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
+        self.capabilities_of(node).await
+    }
+
+    async fn deploy_image(
+        &self,
+        node: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, RemoteError> {
+        match self
+            .call(node, &Request::DeployImage(Box::new(deployment)))
+            .await?
+        {
+            Reply::Deployed(status) => Ok(status),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn image_status(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<ImageStatus, RemoteError> {
+        let request = Request::ImageStatus {
+            service_id: service_id.clone(),
+            image_id: image_id.to_owned(),
+        };
+        match self.call(node, &request).await? {
+            Reply::ImageStatus(status) => Ok(status),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn terminate_image(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), RemoteError> {
+        let request = Request::TerminateImage {
+            service_id: service_id.clone(),
+            image_id: image_id.to_owned(),
+        };
+        match self.call(node, &request).await? {
+            Reply::Terminated => Ok(()),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_follow_the_announced_addresses() {
+        let info = NodeInfo {
+            id: NodeId("n".into()),
+            name: "n".into(),
+            addresses: vec!["10.0.0.7".into(), "fe80::1".into(), "node-b.local".into()],
+            rest_port: 5023,
+            peer_port: 5091,
+            last_seen: None,
+            version: String::new(),
+            capabilities_digest: String::new(),
+        };
+        assert_eq!(
+            endpoints_of(&info),
+            vec![
+                "tcp://10.0.0.7:5091",
+                "tcp://[fe80::1]:5091",
+                "tcp://node-b.local:5091"
+            ]
+        );
+    }
+}

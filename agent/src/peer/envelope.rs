@@ -1,0 +1,539 @@
+//! The signed JSON envelope every cluster message travels in (peer requests and replies
+//! over ZeroMQ, discovery announcements over MQTT), and the checks a receiver makes before
+//! it believes one: a valid HMAC-SHA256 under the cluster key, a timestamp close to its own
+//! clock and a nonce it has not seen before. See `PROTOCOL.md` beside this file.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Version of the envelope format; a receiver refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest encoded envelope a node accepts.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// How far a message's timestamp may be from the receiver's clock (either way).
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(30);
+
+// Bounds on the short string fields, so that a hostile message cannot make the receiver
+// hash or remember megabytes before it is refused.
+const MAX_KIND_LEN: usize = 64;
+const MAX_ID_LEN: usize = 128;
+const MAX_SENDER_LEN: usize = 256;
+const MAX_NONCE_LEN: usize = 128;
+
+/// The secret shared by the nodes of one cluster. It keys the HMAC of every message; its
+/// value never appears in a log line or a `Debug` output (only its fingerprint does).
+#[derive(Clone)]
+pub struct ClusterKey {
+    mac: Hmac<Sha256>,
+    fingerprint: Arc<str>,
+}
+
+impl ClusterKey {
+    /// A key from its secret text (as written in `[CLUSTER] key` or the key file).
+    pub fn from_secret(secret: &str) -> ClusterKey {
+        let secret = secret.trim();
+        let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC accepts keys of any length");
+        let digest = Sha256::digest(secret.as_bytes());
+        ClusterKey {
+            mac,
+            fingerprint: hex::encode(&digest[..6]).into(),
+        }
+    }
+
+    /// A fresh random secret: 32 bytes as 64 hex digits.
+    pub fn generate_secret() -> String {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    }
+
+    /// A short, non-secret name of the key, to tell in logs which key a node uses.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn tag(&self, data: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        mac
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey({})", self.fingerprint)
+    }
+}
+
+/// Why a message was not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("not a valid envelope: {0}")]
+    Malformed(String),
+    #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("message is not signed")]
+    MissingMac,
+    #[error("signature does not match (forged, altered or signed with another cluster key)")]
+    Forged,
+    #[error("timestamp is {skew_ms} ms away from this node's clock (allowed: {window_ms} ms); check the clocks")]
+    Stale { skew_ms: i64, window_ms: i64 },
+    #[error("message was already received once (replay)")]
+    Replayed,
+    #[error("too many messages to remember for replay protection; try again later")]
+    Overloaded,
+}
+
+/// One message: a versioned envelope with a type, a request id, the sending node, a
+/// timestamp, a nonce, a payload and the MAC over all of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request id; a reply carries the id of its request.
+    pub id: String,
+    /// Id of the sending node.
+    pub sender: String,
+    /// Unix time in milliseconds when the message was made.
+    pub ts: i64,
+    /// Random text, unique per message (replay protection).
+    pub nonce: String,
+    #[serde(default)]
+    pub payload: Value,
+    /// HMAC-SHA256 (hex) of the canonical form of the other fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The current time as unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A fresh random nonce (16 bytes, hex).
+pub fn new_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Envelope {
+    /// A new, unsigned message stamped with the current time and a fresh nonce.
+    pub fn new(
+        kind: impl Into<String>,
+        id: impl Into<String>,
+        sender: impl Into<String>,
+        payload: Value,
+    ) -> Envelope {
+        Envelope {
+            v: PROTOCOL_VERSION,
+            kind: kind.into(),
+            id: id.into(),
+            sender: sender.into(),
+            ts: now_ms(),
+            nonce: new_nonce(),
+            payload,
+            mac: None,
+        }
+    }
+
+    /// Parses bytes into an envelope, refusing anything oversized or out of shape. The
+    /// MAC is not checked here: see [`Envelope::verify`].
+    pub fn parse(bytes: &[u8]) -> Result<Envelope, AuthError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(AuthError::Malformed(format!(
+                "{} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
+                bytes.len()
+            )));
+        }
+        let envelope: Envelope = serde_json::from_slice(bytes)
+            .map_err(|error| AuthError::Malformed(error.to_string()))?;
+        envelope.check_shape()?;
+        Ok(envelope)
+    }
+
+    fn check_shape(&self) -> Result<(), AuthError> {
+        if self.v != PROTOCOL_VERSION {
+            return Err(AuthError::UnsupportedVersion(self.v));
+        }
+        let fields = [
+            ("type", &self.kind, MAX_KIND_LEN),
+            ("id", &self.id, MAX_ID_LEN),
+            ("sender", &self.sender, MAX_SENDER_LEN),
+            ("nonce", &self.nonce, MAX_NONCE_LEN),
+        ];
+        for (name, value, max) in fields {
+            if value.len() > max {
+                return Err(AuthError::Malformed(format!(
+                    "field {name} is longer than {max} bytes"
+                )));
+            }
+        }
+        if self.kind.is_empty() {
+            return Err(AuthError::Malformed("field type is empty".into()));
+        }
+        if self.nonce.is_empty() {
+            return Err(AuthError::Malformed("field nonce is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The bytes the MAC covers: the envelope without `mac`, keys in the fixed order
+    /// v, type, id, sender, ts, nonce, payload; object keys inside the payload sorted;
+    /// no whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(192);
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(self.v.to_string().as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        write_json_string(&self.kind, &mut out);
+        out.extend_from_slice(b",\"id\":");
+        write_json_string(&self.id, &mut out);
+        out.extend_from_slice(b",\"sender\":");
+        write_json_string(&self.sender, &mut out);
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(self.ts.to_string().as_bytes());
+        out.extend_from_slice(b",\"nonce\":");
+        write_json_string(&self.nonce, &mut out);
+        out.extend_from_slice(b",\"payload\":");
+        write_canonical(&self.payload, &mut out);
+        out.push(b'}');
+        out
+    }
+
+    /// Signs the message with the cluster key (replacing any earlier MAC).
+    pub fn sign(&mut self, key: &ClusterKey) {
+        let tag = key.tag(&self.canonical_bytes()).finalize().into_bytes();
+        self.mac = Some(hex::encode(tag));
+    }
+
+    /// The message signed, as the bytes to send.
+    pub fn signed_bytes(mut self, key: &ClusterKey) -> Vec<u8> {
+        self.sign(key);
+        self.to_bytes()
+    }
+
+    /// The message as JSON, as it is (signed or not).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope serializes to JSON")
+    }
+
+    /// Checks the MAC in constant time.
+    pub fn verify(&self, key: &ClusterKey) -> Result<(), AuthError> {
+        let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
+        let tag = hex::decode(mac).map_err(|_| AuthError::Forged)?;
+        key.tag(&self.canonical_bytes())
+            .verify_slice(&tag)
+            .map_err(|_| AuthError::Forged)
+    }
+}
+
+fn write_json_string(text: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+}
+
+/// Writes a JSON value with object keys sorted, so that the bytes do not depend on how
+/// the sender's JSON library orders keys.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (index, (key, value)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_json_string(key, out);
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+/// Remembers recently seen nonces so that a captured message cannot be played again, and
+/// refuses messages whose timestamp is outside the window (those could otherwise be
+/// replayed once the nonce is forgotten).
+pub struct ReplayGuard {
+    window_ms: i64,
+    max_entries: usize,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    keys: HashSet<String>,
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
+}
+
+impl ReplayGuard {
+    /// A guard accepting timestamps up to `window` away from the local clock.
+    pub fn new(window: Duration) -> ReplayGuard {
+        ReplayGuard {
+            window_ms: window.as_millis().min(i64::MAX as u128) as i64,
+            max_entries: 200_000,
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Checks a (verified) message against the clock and the nonces seen so far, and
+    /// remembers its nonce.
+    pub fn check(&self, envelope: &Envelope, now_ms: i64) -> Result<(), AuthError> {
+        self.check_freshness(envelope, now_ms)?;
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        while let Some(Reverse((expiry, _))) = seen.expiries.peek() {
+            if *expiry >= now_ms {
+                break;
+            }
+            if let Some(Reverse((_, key))) = seen.expiries.pop() {
+                seen.keys.remove(&key);
+            }
+        }
+        let key = format!("{}\u{0}{}", envelope.sender, envelope.nonce);
+        if seen.keys.contains(&key) {
+            return Err(AuthError::Replayed);
+        }
+        if seen.keys.len() >= self.max_entries {
+            return Err(AuthError::Overloaded);
+        }
+        // Past this instant the timestamp check refuses the message anyway.
+        let expiry = envelope.ts.saturating_add(self.window_ms);
+        seen.keys.insert(key.clone());
+        seen.expiries.push(Reverse((expiry, key)));
+        Ok(())
+    }
+
+    /// Only the timestamp check (for messages whose nonce need not be remembered).
+    pub fn check_freshness(&self, envelope: &Envelope, now_ms: i64) -> Result<(), AuthError> {
+        let skew_ms = now_ms.saturating_sub(envelope.ts);
+        if skew_ms.saturating_abs() > self.window_ms {
+            return Err(AuthError::Stale {
+                skew_ms,
+                window_ms: self.window_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for ReplayGuard {
+    fn default() -> ReplayGuard {
+        ReplayGuard::new(DEFAULT_REPLAY_WINDOW)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_secret("correct horse battery staple")
+    }
+
+    fn signed() -> Envelope {
+        let mut envelope = Envelope::new(
+            "image_status",
+            "0f0e",
+            "node-a",
+            json!({"service_id": "s1", "image_id": "web", "z": [1, {"b": 2, "a": 1}]}),
+        );
+        envelope.sign(&key());
+        envelope
+    }
+
+    #[test]
+    fn signed_message_verifies_after_a_round_trip() {
+        let envelope = signed();
+        let parsed = Envelope::parse(&envelope.to_bytes()).unwrap();
+        assert_eq!(parsed, envelope);
+        parsed.verify(&key()).unwrap();
+    }
+
+    #[test]
+    fn mac_does_not_depend_on_key_order_on_the_wire() {
+        let envelope = signed();
+        let mut text = String::from_utf8(envelope.to_bytes()).unwrap();
+        // Reorder the payload keys as another JSON library might.
+        text = text.replace(
+            r#"{"image_id":"web","service_id":"s1","z":[1,{"a":1,"b":2}]}"#,
+            r#"{"z":[1,{"b":2,"a":1}],"service_id":"s1","image_id":"web"}"#,
+        );
+        assert!(text.contains(r#""z":[1,{"b":2"#), "{text}");
+        Envelope::parse(text.as_bytes())
+            .unwrap()
+            .verify(&key())
+            .unwrap();
+    }
+
+    #[test]
+    fn altered_wrong_key_and_missing_mac_are_refused() {
+        let mut altered = signed();
+        altered.payload["image_id"] = json!("db");
+        assert_eq!(altered.verify(&key()), Err(AuthError::Forged));
+
+        let other = ClusterKey::from_secret("another cluster's secret");
+        assert_eq!(signed().verify(&other), Err(AuthError::Forged));
+
+        let mut unsigned = signed();
+        unsigned.mac = None;
+        assert_eq!(unsigned.verify(&key()), Err(AuthError::MissingMac));
+
+        let mut garbage = signed();
+        garbage.mac = Some("not hex".into());
+        assert_eq!(garbage.verify(&key()), Err(AuthError::Forged));
+    }
+
+    #[test]
+    fn other_versions_and_oversized_fields_are_refused() {
+        let mut envelope = signed();
+        envelope.v = 2;
+        assert_eq!(
+            Envelope::parse(&envelope.to_bytes()),
+            Err(AuthError::UnsupportedVersion(2))
+        );
+        let mut envelope = signed();
+        envelope.nonce = "n".repeat(1000);
+        assert!(matches!(
+            Envelope::parse(&envelope.to_bytes()),
+            Err(AuthError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            Envelope::parse(&huge),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn replay_guard_refuses_repeats_and_stale_messages() {
+        let guard = ReplayGuard::new(Duration::from_secs(30));
+        let envelope = signed();
+        let now = envelope.ts;
+        guard.check(&envelope, now).unwrap();
+        assert_eq!(guard.check(&envelope, now + 5), Err(AuthError::Replayed));
+        assert!(matches!(
+            guard.check(&envelope, now + 31_000),
+            Err(AuthError::Stale { .. })
+        ));
+        let mut future = signed();
+        future.ts = now + 60_000;
+        assert!(matches!(
+            guard.check(&future, now),
+            Err(AuthError::Stale { .. })
+        ));
+        // Nonces are forgotten once their timestamps are out of the window anyway.
+        let mut later = signed();
+        later.ts = now + 31_000;
+        guard.check(&later, now + 31_000).unwrap();
+        assert_eq!(guard.seen.lock().unwrap().keys.len(), 1);
+    }
+
+    /// The example of PROTOCOL.md, computed independently (Python's hmac and json).
+    #[test]
+    fn known_answer_of_the_protocol_document() {
+        let key = ClusterKey::from_secret("example cluster key, 32 chars ok");
+        let mut request = Envelope {
+            v: 1,
+            kind: "capability_request".into(),
+            id: "6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a".into(),
+            sender: "node-a".into(),
+            ts: 1_700_000_000_000,
+            nonce: "9b2f4c1d7e8a6b5c4d3e2f1a0b9c8d7e".into(),
+            payload: json!({}),
+            mac: None,
+        };
+        request.sign(&key);
+        assert_eq!(
+            request.mac.as_deref(),
+            Some("02fe7871e2341e03c2e4689bb8832a7016a4f7a15ec7eebbea1afd0b429dc298")
+        );
+        let reply = Envelope::parse(
+            br#"{"v":1,"type":"capability_reply","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-b","ts":1700000000004,"nonce":"0a1b2c3d4e5f60718293a4b5c6d7e8f9","payload":{"digest":"5d1f0c3e8b2a4f6d","capabilities":[{"capability_type":"hardware","capability":"optical-probe"}]},"mac":"c56dc8b23bd297a546b57de4242866ca0dc091e6a3b958054cc4d9138873def1"}"#,
+        )
+        .unwrap();
+        reply.verify(&key).unwrap();
+    }
+
+    #[test]
+    fn key_debug_shows_only_the_fingerprint() {
+        let shown = format!("{:?}", key());
+        assert!(!shown.contains("horse"), "{shown}");
+        assert_eq!(key().fingerprint().len(), 12);
+        assert_eq!(ClusterKey::generate_secret().len(), 64);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(envelope) = Envelope::parse(&bytes) {
+                let _ = envelope.verify(&key());
+                let _ = ReplayGuard::default().check(&envelope, now_ms());
+            }
+        }
+
+        #[test]
+        fn parsing_json_like_text_never_panics(text in r#"\{("[a-z]{1,7}":("[ -~]{0,12}"|-?[0-9]{1,20}|\[\]|\{\}|null|true),?){0,9}\}"#) {
+            if let Ok(envelope) = Envelope::parse(text.as_bytes()) {
+                prop_assert!(envelope.verify(&key()).is_err());
+            }
+        }
+
+        #[test]
+        fn any_signed_payload_verifies(value in arbitrary_json()) {
+            let mut envelope = Envelope::new("capability_request", "id", "node", value);
+            envelope.sign(&key());
+            let parsed = Envelope::parse(&envelope.to_bytes()).unwrap();
+            prop_assert_eq!(parsed.verify(&key()), Ok(()));
+        }
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1.0e6f64..1.0e6).prop_map(|n| json!(n)),
+            ".{0,16}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! The typed requests and replies of the peer protocol and how they map to envelope types
+//! and payloads.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::domain::{Capability, ImageDeployment, ImageStatus, ServiceId};
+
+/// Envelope types of the requests.
+pub mod kinds {
+    pub const CAPABILITY_REQUEST: &str = "capability_request";
+    pub const DEPLOY_IMAGE: &str = "deploy_image";
+    pub const IMAGE_STATUS: &str = "image_status";
+    pub const TERMINATE_IMAGE: &str = "terminate_image";
+    pub const CAPABILITY_REPLY: &str = "capability_reply";
+    pub const DEPLOY_IMAGE_REPLY: &str = "deploy_image_reply";
+    pub const IMAGE_STATUS_REPLY: &str = "image_status_reply";
+    pub const TERMINATE_IMAGE_REPLY: &str = "terminate_image_reply";
+    pub const ERROR: &str = "error";
+}
+
+/// What one node asks of another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Which capabilities do you offer?
+    Capabilities,
+    /// Run this image (on behalf of the service's owner).
+    DeployImage(Box<ImageDeployment>),
+    /// How is this image doing?
+    ImageStatus {
+        service_id: ServiceId,
+        image_id: String,
+    },
+    /// Stop and remove this image.
+    TerminateImage {
+        service_id: ServiceId,
+        image_id: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ImageRef {
+    service_id: ServiceId,
+    image_id: String,
+}
+
+impl Request {
+    /// The envelope type of the request.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Capabilities => kinds::CAPABILITY_REQUEST,
+            Request::DeployImage(_) => kinds::DEPLOY_IMAGE,
+            Request::ImageStatus { .. } => kinds::IMAGE_STATUS,
+            Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE,
+        }
+    }
+
+    /// The envelope type a successful reply to this request has.
+    pub fn reply_kind(&self) -> &'static str {
+        match self {
+            Request::Capabilities => kinds::CAPABILITY_REPLY,
+            Request::DeployImage(_) => kinds::DEPLOY_IMAGE_REPLY,
+            Request::ImageStatus { .. } => kinds::IMAGE_STATUS_REPLY,
+            Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE_REPLY,
+        }
+    }
+
+    pub fn payload(&self) -> Value {
+        match self {
+            Request::Capabilities => json!({}),
+            Request::DeployImage(deployment) => {
+                serde_json::to_value(deployment).expect("a deployment serializes to JSON")
+            }
+            Request::ImageStatus {
+                service_id,
+                image_id,
+            }
+            | Request::TerminateImage {
+                service_id,
+                image_id,
+            } => json!({ "service_id": service_id, "image_id": image_id }),
+        }
+    }
+
+    /// The request an envelope of type `kind` with this payload stands for.
+    pub fn from_parts(kind: &str, payload: Value) -> Result<Request, DecodeError> {
+        let bad = |error: serde_json::Error| DecodeError::BadPayload {
+            kind: kind.to_owned(),
+            reason: error.to_string(),
+        };
+        match kind {
+            kinds::CAPABILITY_REQUEST => Ok(Request::Capabilities),
+            kinds::DEPLOY_IMAGE => Ok(Request::DeployImage(Box::new(
+                serde_json::from_value(payload).map_err(bad)?,
+            ))),
+            kinds::IMAGE_STATUS => {
+                let ImageRef {
+                    service_id,
+                    image_id,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageStatus {
+                    service_id,
+                    image_id,
+                })
+            }
+            kinds::TERMINATE_IMAGE => {
+                let ImageRef {
+                    service_id,
+                    image_id,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::TerminateImage {
+                    service_id,
+                    image_id,
+                })
+            }
+            other => Err(DecodeError::UnknownType(other.to_owned())),
+        }
+    }
+}
+
+/// Why an error reply was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was not signed with the cluster key, was altered, stale or replayed.
+    Unauthorized,
+    /// The envelope or its payload could not be understood.
+    BadRequest,
+    /// The envelope version is not spoken by this node.
+    UnsupportedVersion,
+    /// The request type is not known to this node.
+    UnknownType,
+    /// The node understood the request and declined it (the message says why).
+    Refused,
+    /// Too many requests are in progress on this node.
+    Busy,
+    /// The node failed while handling the request.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Refused => "refused",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a node answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Capabilities {
+        capabilities: Vec<Capability>,
+        /// Digest of the capabilities (as in the node's announcements).
+        digest: String,
+    },
+    Deployed(ImageStatus),
+    ImageStatus(ImageStatus),
+    Terminated,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CapabilitiesPayload {
+    capabilities: Vec<Capability>,
+    #[serde(default)]
+    digest: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorPayload {
+    code: ErrorCode,
+    #[serde(default)]
+    message: String,
+}
+
+impl Reply {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Capabilities { .. } => kinds::CAPABILITY_REPLY,
+            Reply::Deployed(_) => kinds::DEPLOY_IMAGE_REPLY,
+            Reply::ImageStatus(_) => kinds::IMAGE_STATUS_REPLY,
+            Reply::Terminated => kinds::TERMINATE_IMAGE_REPLY,
+            Reply::Error { .. } => kinds::ERROR,
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn payload(&self) -> Value {
+        let value = match self {
+            Reply::Capabilities {
+                capabilities,
+                digest,
+            } => serde_json::to_value(CapabilitiesPayload {
+                capabilities: capabilities.clone(),
+                digest: digest.clone(),
+            }),
+            Reply::Deployed(status) | Reply::ImageStatus(status) => serde_json::to_value(status),
+            Reply::Terminated => Ok(json!({})),
+            Reply::Error { code, message } => serde_json::to_value(ErrorPayload {
+                code: *code,
+                message: message.clone(),
+            }),
+        };
+        value.expect("replies serialize to JSON")
+    }
+
+    pub fn from_parts(kind: &str, payload: Value) -> Result<Reply, DecodeError> {
+        let bad = |error: serde_json::Error| DecodeError::BadPayload {
+            kind: kind.to_owned(),
+            reason: error.to_string(),
+        };
+        match kind {
+            kinds::CAPABILITY_REPLY => {
+                let CapabilitiesPayload {
+                    capabilities,
+                    digest,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Reply::Capabilities {
+                    capabilities,
+                    digest,
+                })
+            }
+            kinds::DEPLOY_IMAGE_REPLY => Ok(Reply::Deployed(
+                serde_json::from_value(payload).map_err(bad)?,
+            )),
+            kinds::IMAGE_STATUS_REPLY => Ok(Reply::ImageStatus(
+                serde_json::from_value(payload).map_err(bad)?,
+            )),
+            kinds::TERMINATE_IMAGE_REPLY => Ok(Reply::Terminated),
+            kinds::ERROR => {
+                let ErrorPayload { code, message } =
+                    serde_json::from_value(payload).map_err(bad)?;
+                Ok(Reply::Error { code, message })
+            }
+            other => Err(DecodeError::UnknownType(other.to_owned())),
+        }
+    }
+}
+
+/// Why an envelope's type and payload do not make a request or reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("payload of {kind} is invalid: {reason}")]
+    BadPayload { kind: String, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ImageBlueprint, ImageState, NodeId};
+
+    fn status() -> ImageStatus {
+        ImageStatus {
+            service_id: ServiceId("s1".into()),
+            image_id: "web".into(),
+            node: NodeId("n2".into()),
+            state: ImageState::Running,
+            reason: None,
+            container_id: Some("c0ffee".into()),
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_kind_and_payload() {
+        let image: ImageBlueprint = serde_json::from_value(json!({
+            "id": "web", "image": "motey/testbox:latest"
+        }))
+        .unwrap();
+        let requests = [
+            Request::Capabilities,
+            Request::DeployImage(Box::new(ImageDeployment {
+                service_id: ServiceId("s1".into()),
+                service_name: "shop".into(),
+                owner: NodeId("n1".into()),
+                image,
+            })),
+            Request::ImageStatus {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+            },
+            Request::TerminateImage {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+            },
+        ];
+        for request in requests {
+            let decoded = Request::from_parts(request.kind(), request.payload()).unwrap();
+            assert_eq!(decoded, request);
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_through_kind_and_payload() {
+        let replies = [
+            Reply::Capabilities {
+                capabilities: vec![Capability {
+                    capability: "zigbee".into(),
+                    capability_type: "hardware".into(),
+                }],
+                digest: "abc".into(),
+            },
+            Reply::Deployed(status()),
+            Reply::ImageStatus(status()),
+            Reply::Terminated,
+            Reply::error(ErrorCode::Refused, "no space left"),
+        ];
+        for reply in replies {
+            let decoded = Reply::from_parts(reply.kind(), reply.payload()).unwrap();
+            assert_eq!(decoded, reply);
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_bad_payloads_are_named() {
+        assert_eq!(
+            Request::from_parts("reboot", json!({})),
+            Err(DecodeError::UnknownType("reboot".into()))
+        );
+        let error = Request::from_parts(kinds::IMAGE_STATUS, json!({"service_id": 3})).unwrap_err();
+        assert!(error.to_string().contains("image_status"), "{error}");
+    }
+}

@@ -1,0 +1,689 @@
+//! Researcher and administrator endpoints: registering participants (FR-06), correcting
+//! their details (FR-07), the household overview with consent (FR-08) and device health
+//! (FR-09, endpoint 10), and the data set export the survey exists for.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::participant::parse_time;
+use super::{parse_json, read_body, ApiError, ApiQuery, AppState};
+use crate::auth::{Researcher, Staff};
+use crate::export::{self, ExportFilter, ExportFormat};
+use crate::model::{
+    all_scopes, Address, Consent, ConsentState, Household, Location, MeasurementDevice, Metadata,
+    Meter, MeterModel, MeterType, PhotovoltaicSystem, Scope, User,
+};
+use crate::store::{Store, StoreError};
+use crate::validate::{self, FieldError};
+
+const MAX_MANAGEMENT_BODY: usize = 1 << 20;
+
+/// Registration details of section 3.1.2 as a researcher enters them. Devices, meters and
+/// PV systems refer to each other by their position in these lists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Optional fixed ids make demo set-ups reproducible; normally the server picks them.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    pub user: User,
+    pub address: Address,
+    pub location: Location,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub measurement_devices: Vec<DeviceRegistration>,
+    pub meters: Vec<MeterRegistration>,
+    #[serde(default)]
+    pub pv_systems: Vec<PvRegistration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistration {
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterRegistration {
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    #[serde(rename = "type")]
+    pub meter_type: MeterType,
+    pub model: MeterModel,
+    /// Index into `measurement_devices`.
+    #[serde(default)]
+    pub measurement_device: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvRegistration {
+    pub nominal_power: f64,
+    pub azimuth: f64,
+    pub tilt: f64,
+    pub installation_date: NaiveDate,
+    /// Index into `meters`; must be a PV-GENERATION meter.
+    #[serde(default)]
+    pub generation_meter: Option<usize>,
+}
+
+impl Registration {
+    fn into_household(self, now: DateTime<Utc>) -> Result<Household, FieldError> {
+        let mut user = self.user;
+        user.email = user.email.trim().to_lowercase();
+        validate::user("user", &user)?;
+        validate::address("address", &self.address)?;
+        validate::location("location", &self.location)?;
+        validate::metadata("metadata", &self.metadata)?;
+
+        let mut device_specs = self.measurement_devices;
+        if device_specs.is_empty() {
+            device_specs.push(DeviceRegistration::default());
+        }
+        if device_specs.len() > 16 {
+            return Err(FieldError::new("measurement_devices", "at most 16 devices"));
+        }
+        let mut devices = Vec::new();
+        for (i, d) in device_specs.into_iter().enumerate() {
+            let scopes = d.scopes.unwrap_or_else(all_scopes);
+            if scopes.is_empty() {
+                return Err(FieldError::new(
+                    format!("measurement_devices[{i}].scopes"),
+                    "a device needs at least one scope",
+                ));
+            }
+            devices.push(MeasurementDevice {
+                uuid: d.uuid.unwrap_or_else(Uuid::new_v4),
+                name: d.name,
+                scopes,
+            });
+        }
+        if self.meters.is_empty() || self.meters.len() > 32 {
+            return Err(FieldError::new("meters", "a household has 1 to 32 meters"));
+        }
+        let mut meters = Vec::new();
+        for (i, m) in self.meters.into_iter().enumerate() {
+            let device = devices.get(m.measurement_device).ok_or_else(|| {
+                FieldError::new(
+                    format!("meters[{i}].measurement_device"),
+                    format!("no measurement device at index {}", m.measurement_device),
+                )
+            })?;
+            meters.push(Meter {
+                uuid: m.uuid.unwrap_or_else(Uuid::new_v4),
+                meter_type: m.meter_type,
+                model: m.model,
+                measurement_device: device.uuid,
+            });
+        }
+        let mut pv_systems = Vec::new();
+        for (i, pv) in self.pv_systems.into_iter().enumerate() {
+            let prefix = format!("pv_systems[{i}]");
+            validate::pv_specification(
+                &prefix,
+                Some(pv.nominal_power),
+                Some(pv.azimuth),
+                Some(pv.tilt),
+                Some(pv.installation_date),
+            )?;
+            let generation_meter = pv
+                .generation_meter
+                .map(|index| generation_meter_at(&meters, index, &prefix))
+                .transpose()?;
+            pv_systems.push(PhotovoltaicSystem {
+                uuid: Uuid::new_v4(),
+                nominal_power: pv.nominal_power,
+                azimuth: pv.azimuth,
+                tilt: pv.tilt,
+                installation_date: Some(pv.installation_date),
+                installation_year: pv.installation_date.year(),
+                generation_meter,
+            });
+        }
+        unique_ids(&devices, &meters)?;
+        Ok(Household {
+            id: self.id.unwrap_or_else(Uuid::new_v4),
+            user: Some(user),
+            metadata: Some(self.metadata),
+            address: Some(self.address),
+            location: Some(self.location),
+            consent: Consent::default(),
+            measurement_devices: devices,
+            meters,
+            pv_systems,
+            created_at: now,
+            updated_at: now,
+            anonymized_at: None,
+        })
+    }
+}
+
+fn generation_meter_at(meters: &[Meter], index: usize, prefix: &str) -> Result<Uuid, FieldError> {
+    match meters.get(index) {
+        Some(m) if m.meter_type == MeterType::PvGeneration => Ok(m.uuid),
+        Some(_) => Err(FieldError::new(
+            format!("{prefix}.generation_meter"),
+            format!("meter {index} is not a PV-GENERATION meter"),
+        )),
+        None => Err(FieldError::new(
+            format!("{prefix}.generation_meter"),
+            format!("no meter at index {index}"),
+        )),
+    }
+}
+
+fn unique_ids(devices: &[MeasurementDevice], meters: &[Meter]) -> Result<(), FieldError> {
+    let mut seen = HashSet::new();
+    for (i, d) in devices.iter().enumerate() {
+        if !seen.insert(d.uuid) {
+            return Err(FieldError::new(
+                format!("measurement_devices[{i}].uuid"),
+                "repeated uuid",
+            ));
+        }
+    }
+    for (i, m) in meters.iter().enumerate() {
+        if !seen.insert(m.uuid) {
+            return Err(FieldError::new(
+                format!("meters[{i}].uuid"),
+                "repeated uuid",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// FR-07: corrections. Present sections replace the stored ones; meters, PV systems and
+/// devices are addressed by uuid and only the given attributes change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationUpdate {
+    #[serde(default)]
+    pub user: Option<User>,
+    #[serde(default)]
+    pub address: Option<Address>,
+    #[serde(default)]
+    pub location: Option<Location>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub measurement_devices: Vec<DeviceUpdate>,
+    #[serde(default)]
+    pub meters: Vec<MeterUpdate>,
+    #[serde(default)]
+    pub pv_systems: Vec<PvUpdate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    pub uuid: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterUpdate {
+    pub uuid: Uuid,
+    #[serde(default, rename = "type")]
+    pub meter_type: Option<MeterType>,
+    #[serde(default)]
+    pub model: Option<MeterModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvUpdate {
+    pub uuid: Uuid,
+    #[serde(default)]
+    pub nominal_power: Option<f64>,
+    #[serde(default)]
+    pub azimuth: Option<f64>,
+    #[serde(default)]
+    pub tilt: Option<f64>,
+    #[serde(default)]
+    pub installation_date: Option<NaiveDate>,
+    #[serde(default)]
+    pub generation_meter: Option<Uuid>,
+}
+
+impl RegistrationUpdate {
+    fn apply(&self, h: &mut Household, now: DateTime<Utc>) -> Result<(), ApiError> {
+        if h.anonymized_at.is_some() {
+            return Err(ApiError::conflict(
+                "household_anonymized",
+                "the household was anonymized after consent revocation; its details can no longer be changed",
+            ));
+        }
+        if let Some(user) = &self.user {
+            let mut user = user.clone();
+            user.email = user.email.trim().to_lowercase();
+            validate::user("user", &user)?;
+            h.user = Some(user);
+        }
+        if let Some(address) = &self.address {
+            validate::address("address", address)?;
+            h.address = Some(address.clone());
+        }
+        if let Some(location) = &self.location {
+            validate::location("location", location)?;
+            h.location = Some(*location);
+        }
+        if let Some(metadata) = &self.metadata {
+            validate::metadata("metadata", metadata)?;
+            h.metadata = Some(metadata.clone());
+        }
+        for (i, update) in self.measurement_devices.iter().enumerate() {
+            let device = h
+                .measurement_devices
+                .iter_mut()
+                .find(|d| d.uuid == update.uuid)
+                .ok_or_else(|| {
+                    unknown(
+                        format!("measurement_devices[{i}].uuid"),
+                        "measurement device",
+                        update.uuid,
+                    )
+                })?;
+            if let Some(name) = &update.name {
+                device.name = Some(name.clone());
+            }
+            if let Some(scopes) = &update.scopes {
+                if scopes.is_empty() {
+                    return Err(ApiError::invalid_field(
+                        format!("measurement_devices[{i}].scopes"),
+                        "a device needs at least one scope",
+                    ));
+                }
+                device.scopes = scopes.clone();
+            }
+        }
+        for (i, update) in self.meters.iter().enumerate() {
+            let meter = h
+                .meters
+                .iter_mut()
+                .find(|m| m.uuid == update.uuid)
+                .ok_or_else(|| unknown(format!("meters[{i}].uuid"), "meter", update.uuid))?;
+            if let Some(t) = update.meter_type {
+                meter.meter_type = t;
+            }
+            if let Some(model) = update.model {
+                meter.model = model;
+            }
+        }
+        for (i, update) in self.pv_systems.iter().enumerate() {
+            let prefix = format!("pv_systems[{i}]");
+            validate::pv_specification(
+                &prefix,
+                update.nominal_power,
+                update.azimuth,
+                update.tilt,
+                update.installation_date,
+            )?;
+            if let Some(meter) = update.generation_meter {
+                match h.meter(meter) {
+                    Some(m) if m.meter_type == MeterType::PvGeneration => {}
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            format!("{prefix}.generation_meter"),
+                            format!("{meter} is not a PV-GENERATION meter of this household"),
+                        ))
+                    }
+                }
+            }
+            let pv = h
+                .pv_systems
+                .iter_mut()
+                .find(|p| p.uuid == update.uuid)
+                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", update.uuid))?;
+            if let Some(p) = update.nominal_power {
+                pv.nominal_power = p;
+            }
+            if let Some(a) = update.azimuth {
+                pv.azimuth = a;
+            }
+            if let Some(t) = update.tilt {
+                pv.tilt = t;
+            }
+            if let Some(d) = update.installation_date {
+                pv.installation_date = Some(d);
+                pv.installation_year = d.year();
+            }
+            if let Some(m) = update.generation_meter {
+                pv.generation_meter = Some(m);
+            }
+        }
+        // A generation meter that was re-typed must not stay linked to a PV system.
+        for (i, pv) in h.pv_systems.iter().enumerate() {
+            if let Some(meter) = pv.generation_meter {
+                if h.meter(meter).map(|m| m.meter_type) != Some(MeterType::PvGeneration) {
+                    return Err(ApiError::invalid_field(
+                        format!("pv_systems[{i}].generation_meter"),
+                        format!("meter {meter} is no longer a PV-GENERATION meter"),
+                    ));
+                }
+            }
+        }
+        h.updated_at = now;
+        Ok(())
+    }
+}
+
+fn unknown(field: String, kind: &str, uuid: Uuid) -> ApiError {
+    ApiError::invalid_field(
+        field,
+        format!("{kind} {uuid} is not part of this household"),
+    )
+}
+
+#[derive(Serialize)]
+pub struct DeviceHealth {
+    pub uuid: Uuid,
+    pub name: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub component_versions: BTreeMap<String, String>,
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+pub struct MeterHealth {
+    pub uuid: Uuid,
+    #[serde(rename = "type")]
+    pub meter_type: MeterType,
+    pub model: MeterModel,
+    pub measurement_device: Uuid,
+    pub last_measurement: Option<DateTime<Utc>>,
+}
+
+/// A household as the management endpoints show it. Contact details and the address are
+/// only in the single-household view (researchers), never in the overview.
+#[derive(Serialize)]
+pub struct HouseholdView {
+    pub id: Uuid,
+    pub consent: Consent,
+    pub anonymized: bool,
+    pub anonymized_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Option<User>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Option<Address>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Option<Location>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Option<Metadata>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pv_systems: Option<Vec<PhotovoltaicSystem>>,
+    /// The first (usually only) device, for set-ups that know of one device per household.
+    pub measurement_device: Option<Uuid>,
+    pub measurement_devices: Vec<DeviceHealth>,
+    pub meters: Vec<MeterHealth>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl HouseholdView {
+    pub fn build(
+        store: &dyn Store,
+        h: Household,
+        details: bool,
+    ) -> Result<HouseholdView, StoreError> {
+        let mut devices = Vec::with_capacity(h.measurement_devices.len());
+        for d in &h.measurement_devices {
+            let status = store.device_status(d.uuid)?;
+            devices.push(DeviceHealth {
+                uuid: d.uuid,
+                name: d.name.clone(),
+                scopes: d.scopes.clone(),
+                component_versions: status.component_versions,
+                last_activity: status.last_activity,
+            });
+        }
+        let mut meters = Vec::with_capacity(h.meters.len());
+        for m in &h.meters {
+            meters.push(MeterHealth {
+                uuid: m.uuid,
+                meter_type: m.meter_type,
+                model: m.model,
+                measurement_device: m.measurement_device,
+                last_measurement: store.last_measurement(m.uuid)?,
+            });
+        }
+        Ok(HouseholdView {
+            id: h.id,
+            anonymized: h.anonymized_at.is_some(),
+            anonymized_at: h.anonymized_at,
+            consent: h.consent,
+            user: details.then_some(h.user),
+            address: details.then_some(h.address),
+            location: details.then_some(h.location),
+            metadata: details.then_some(h.metadata),
+            pv_systems: details.then_some(h.pv_systems),
+            measurement_device: h.measurement_devices.first().map(|d| d.uuid),
+            measurement_devices: devices,
+            meters,
+            created_at: h.created_at,
+            updated_at: h.updated_at,
+        })
+    }
+}
+
+/// FR-06.
+pub async fn create_household(
+    State(state): State<AppState>,
+    _: Researcher,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
+    let registration: Registration = parse_json(&bytes)?;
+    let household = registration.into_household(Utc::now())?;
+    let view = state
+        .blocking(move |store| {
+            store.create_household(&household)?;
+            Ok(HouseholdView::build(store, household, true)?)
+        })
+        .await?;
+    tracing::info!(household = %view.id, meters = view.meters.len(), "household registered");
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    consent: Option<ConsentState>,
+}
+
+/// Endpoint 10 (FR-08, FR-09): every household with its consent and device health.
+pub async fn list_households(
+    State(state): State<AppState>,
+    Staff(role): Staff,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let households = state
+        .blocking(move |store| {
+            let mut views = Vec::new();
+            for h in store.households()? {
+                if params.consent.is_some_and(|c| c != h.consent.state) {
+                    continue;
+                }
+                views.push(HouseholdView::build(store, h, false)?);
+            }
+            Ok(views)
+        })
+        .await?;
+    tracing::debug!(
+        role = role.as_str(),
+        count = households.len(),
+        "households listed"
+    );
+    Ok(Json(json!({ "households": households })))
+}
+
+fn household_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::invalid_field("id", format!("{id:?} is not a UUID")))
+}
+
+pub async fn get_household(
+    State(state): State<AppState>,
+    _: Researcher,
+    Path(id): Path<String>,
+) -> Result<Json<HouseholdView>, ApiError> {
+    let id = household_id(&id)?;
+    let view = state
+        .blocking(move |store| {
+            let h = store.household(id)?.ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_household",
+                    format!("household {id} does not exist"),
+                )
+            })?;
+            Ok(HouseholdView::build(store, h, true)?)
+        })
+        .await?;
+    Ok(Json(view))
+}
+
+/// FR-07.
+pub async fn update_household(
+    State(state): State<AppState>,
+    _: Researcher,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<HouseholdView>, ApiError> {
+    let id = household_id(&id)?;
+    let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
+    let update: RegistrationUpdate = parse_json(&bytes)?;
+    let view = state
+        .blocking(move |store| {
+            for _ in 0..16 {
+                let current = store.household(id)?.ok_or_else(|| {
+                    ApiError::not_found(
+                        "unknown_household",
+                        format!("household {id} does not exist"),
+                    )
+                })?;
+                let mut next = current.clone();
+                update.apply(&mut next, Utc::now())?;
+                match store.replace_household(&current, &next) {
+                    Ok(()) => return Ok(HouseholdView::build(store, next, true)?),
+                    Err(StoreError::HouseholdChanged(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(ApiError::conflict(
+                "concurrent_update",
+                "the household kept changing; try again",
+            ))
+        })
+        .await?;
+    tracing::info!(household = %id, "registration details corrected");
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    format: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// Comma-separated household ids.
+    household: Option<String>,
+}
+
+fn export_format(format: Option<&str>) -> Result<ExportFormat, ApiError> {
+    match format.unwrap_or("csv") {
+        "csv" => Ok(ExportFormat::Csv),
+        "jsonl" | "ndjson" => Ok(ExportFormat::JsonLines),
+        other => Err(ApiError::invalid_field(
+            "format",
+            format!("{other:?} is not an export format (csv or jsonl)"),
+        )),
+    }
+}
+
+fn export_response(format: ExportFormat, name: &str, body: Body) -> Response {
+    let (content_type, extension) = match format {
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        ExportFormat::JsonLines => ("application/x-ndjson", "jsonl"),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.{extension}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The data set: measurements with their household and meter, streamed as CSV (one row
+/// per data point) or JSON lines (one line per measurement). Anonymized households are
+/// included under their anonymous id.
+pub async fn export_measurements(
+    State(state): State<AppState>,
+    _: Researcher,
+    ApiQuery(params): ApiQuery<ExportParams>,
+) -> Result<Response, ApiError> {
+    let format = export_format(params.format.as_deref())?;
+    let households = params
+        .household
+        .as_deref()
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    Uuid::parse_str(s).map_err(|_| {
+                        ApiError::invalid_field("household", format!("{s:?} is not a UUID"))
+                    })
+                })
+                .collect::<Result<HashSet<Uuid>, _>>()
+        })
+        .transpose()?;
+    let filter = ExportFilter {
+        from: parse_time("from", params.from.as_deref())?,
+        to: parse_time("to", params.to.as_deref())?,
+        households,
+    };
+    let body = export::measurements_body(state.store.clone(), filter, format);
+    tracing::info!(format = ?format, "measurement export started");
+    Ok(export_response(format, "measurements", body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HouseholdExportParams {
+    format: Option<String>,
+}
+
+/// Registration details without contact details or address, for correlating measurements.
+pub async fn export_households(
+    State(state): State<AppState>,
+    _: Researcher,
+    ApiQuery(params): ApiQuery<HouseholdExportParams>,
+) -> Result<Response, ApiError> {
+    let format = export_format(params.format.as_deref())?;
+    let households = state.blocking(|store| Ok(store.households()?)).await?;
+    let bytes = export::households(&households, format);
+    Ok(export_response(format, "households", Body::from(bytes)))
+}

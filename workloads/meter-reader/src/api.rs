@@ -1,0 +1,203 @@
+//! Client of the Data API over mutual TLS: the device proves itself with its client
+//! certificate and trusts only the survey CA for the server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::consent::ConsentState;
+use crate::store::Measurement;
+
+/// Largest batch the Data API accepts.
+pub const MAX_BATCH: usize = 1000;
+
+/// Failures talking to the Data API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A certificate or key file cannot be read or used.
+    #[error("tls setup: {path}: {message}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request did not get an HTTP answer (connection, TLS handshake, timeout).
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The Data API answered with an error.
+    #[error("data api answered {status}: {code} ({message})")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The `error` code of the body.
+        code: String,
+        /// The `message` of the body.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// The consent state an answer implies (403 consent_revoked / consent_not_granted).
+    pub fn consent(&self) -> Option<ConsentState> {
+        match self {
+            ApiError::Rejected {
+                status: 403, code, ..
+            } if code == "consent_revoked" => Some(ConsentState::Revoked),
+            ApiError::Rejected {
+                status: 403, code, ..
+            } if code == "consent_not_granted" => Some(ConsentState::NotGranted),
+            _ => None,
+        }
+    }
+}
+
+/// The Data API's acknowledgement of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct Ack {
+    /// Measurements stored now.
+    pub accepted: u64,
+    /// Measurements that were already stored (retries).
+    #[serde(default)]
+    pub duplicates: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ConsentBody {
+    state: ConsentState,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// The Data API client.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ApiError> {
+    std::fs::read(path).map_err(|e| ApiError::Tls {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl ApiClient {
+    /// A client for `base` (`https://host:8443`) with the device's identity.
+    pub fn new(
+        base: &str,
+        ca_cert: &Path,
+        client_cert: &Path,
+        client_key: &Path,
+    ) -> Result<Self, ApiError> {
+        let ca = reqwest::Certificate::from_pem(&read(ca_cert)?).map_err(|e| ApiError::Tls {
+            path: ca_cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut identity_pem = read(client_cert)?;
+        identity_pem.push(b'\n');
+        identity_pem.extend(read(client_key)?);
+        let identity = reqwest::Identity::from_pem(&identity_pem).map_err(|e| ApiError::Tls {
+            path: client_key.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("meter-reader/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .header(
+                "X-Component-Versions",
+                concat!("meter-reader=", env!("CARGO_PKG_VERSION"), ",sml=1.04"),
+            )
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: ErrorBody = resp.json().await.unwrap_or_default();
+        Err(ApiError::Rejected {
+            status: status.as_u16(),
+            code: body.error,
+            message: body.message,
+        })
+    }
+
+    /// `GET /household/consent`.
+    pub async fn consent(&self) -> Result<ConsentState, ApiError> {
+        let resp = self
+            .request(reqwest::Method::GET, "/household/consent")
+            .send()
+            .await?;
+        let body: ConsentBody = Self::check(resp).await?.json().await?;
+        Ok(body.state)
+    }
+
+    /// `POST /household/meter/measurement` with up to [`MAX_BATCH`] measurements.
+    pub async fn upload(&self, batch: &[Measurement]) -> Result<Ack, ApiError> {
+        let resp = self
+            .request(reqwest::Method::POST, "/household/meter/measurement")
+            .json(&serde_json::json!({ "measurements": batch }))
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_answers_name_the_consent() {
+        let e = |status, code: &str| ApiError::Rejected {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            e(403, "consent_revoked").consent(),
+            Some(ConsentState::Revoked)
+        );
+        assert_eq!(
+            e(403, "consent_not_granted").consent(),
+            Some(ConsentState::NotGranted)
+        );
+        assert_eq!(e(403, "foreign_meter").consent(), None);
+        assert_eq!(e(500, "consent_revoked").consent(), None);
+    }
+
+    #[test]
+    fn missing_certificate_files_are_named() {
+        let err = ApiClient::new(
+            "https://localhost:8443",
+            Path::new("/nonexistent/ca.pem"),
+            Path::new("/nonexistent/device.pem"),
+            Path::new("/nonexistent/device-key.pem"),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}
