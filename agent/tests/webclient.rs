@@ -13,80 +13,132 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use browser::{keys, Browser, Viewport};
-use chrono::Utc;
-use motey::api::{ApiState, NodeDirectory, NodeView};
 use motey::app::Agent;
 use motey::config::RawConfig;
-use motey::domain::{NodeId, NodeInfo};
-use motey::orchestrator::remote::NoPeers;
-use motey::orchestrator::Orchestrator;
-use motey::store::Store;
 use motey_val::fake::FakeEngine;
 use serde_json::{json, Value};
 use support::AgentProcess;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = support::TOKEN;
+const CLUSTER_KEY: &str = "web-client-test-cluster-key-0123456789";
 
 /// A refusal the browser logs as a network error when a test provokes it on purpose.
 fn refused(path: &str, status: u16) -> String {
     format!("{path} - Failed to load resource: the server responded with a status of {status}")
 }
 
-/// An agent in this process with the in-memory engine, and peers put in its store before
-/// it serves (the single-node directory shows stored peers).
-struct InProcessAgent {
+/// The hub of a small fog: an agent in this process with the in-memory engine, running
+/// the embedded MQTT broker over which its peers discover it.
+struct Hub {
     base: String,
     node_id: String,
+    broker_port: u16,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for InProcessAgent {
+impl Drop for Hub {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
 }
 
-async fn in_process_agent(peers: &[NodeInfo]) -> InProcessAgent {
+async fn hub() -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = RawConfig::defaults();
-    raw.set("GENERAL", "data_dir", dir.path().display().to_string());
-    raw.set("GENERAL", "node_id", "web-hub");
-    raw.set("GENERAL", "node_name", "hub");
-    raw.set("WEBSERVER", "ip", "127.0.0.1");
-    raw.set("WEBSERVER", "port", "0");
-    raw.set("WEBSERVER", "token", TOKEN);
-    raw.set("WEBSERVER", "open_reads", "false");
-    raw.set("ORCHESTRATOR", "reconcile_interval", "1");
+    for (section, key, value) in [
+        ("GENERAL", "data_dir", dir.path().display().to_string()),
+        ("GENERAL", "node_id", "web-hub".into()),
+        ("GENERAL", "node_name", "hub".into()),
+        ("WEBSERVER", "ip", "127.0.0.1".into()),
+        ("WEBSERVER", "port", "0".into()),
+        ("WEBSERVER", "token", TOKEN.into()),
+        ("WEBSERVER", "open_reads", "false".into()),
+        ("ORCHESTRATOR", "reconcile_interval", "1".into()),
+        ("MQTT", "embedded", "true".into()),
+        ("MQTT", "ip", "127.0.0.1".into()),
+        ("MQTT", "port", "0".into()),
+        ("MQTT", "heartbeat_interval", "1".into()),
+        ("MQTT", "peer_suspect_after", "4".into()),
+        // Long enough that a silent peer stays suspect while the pages are looked at.
+        ("MQTT", "peer_gone_after", "3600".into()),
+        ("ZEROMQ", "peer_port", "0".into()),
+        ("CLUSTER", "key", CLUSTER_KEY.into()),
+    ] {
+        raw.set(section, key, value);
+    }
     let config = raw.parse_config().unwrap();
     let agent = Agent::bind_with_engine(config, Arc::new(FakeEngine::new()))
         .await
         .unwrap();
-    for peer in peers {
-        agent.store().nodes.put(peer).unwrap();
-    }
     let base = format!("http://{}", agent.rest_address());
     let node_id = agent.node_id().to_string();
+    let broker_port = agent
+        .broker_address()
+        .expect("the hub runs the broker")
+        .port();
     let shutdown = CancellationToken::new();
     tokio::spawn(agent.run(shutdown.clone()));
-    InProcessAgent {
+    Hub {
         base,
         node_id,
+        broker_port,
         shutdown,
         _dir: dir,
     }
 }
 
-fn peer(id: &str, name: &str, address: &str, seconds_ago: i64) -> NodeInfo {
-    NodeInfo {
-        id: NodeId(id.into()),
-        name: name.into(),
-        addresses: vec![address.into()],
-        rest_port: 5023,
-        peer_port: 5091,
-        last_seen: Some(Utc::now() - chrono::Duration::seconds(seconds_ago)),
-    }
+/// A peer of the hub: the real `motey` binary, using the hub's broker.
+async fn edge(name: &str, hub: &Hub) -> AgentProcess {
+    let broker_port = hub.broker_port.to_string();
+    AgentProcess::start_with(
+        name,
+        &[
+            ("MOTEY_GENERAL_NODE_NAME", name),
+            ("MOTEY_CLUSTER_KEY", CLUSTER_KEY),
+            ("MOTEY_MQTT_EMBEDDED", "false"),
+            ("MOTEY_MQTT_PORT", &broker_port),
+            ("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1"),
+            ("MOTEY_MQTT_PEER_SUSPECT_AFTER", "4"),
+            ("MOTEY_MQTT_PEER_GONE_AFTER", "3600"),
+            // A frozen node's connection stays open: it falls silent, it does not leave.
+            ("MOTEY_MQTT_KEEPALIVE", "3600"),
+        ],
+    )
+    .await
+}
+
+/// Waits until the hub's `/v1/nodes` shows `node` in `state`.
+async fn wait_for_peer_state(hub: &Hub, node: &str, state: &str) {
+    system_tests::wait_for(
+        &format!("the hub to see {node} {state}"),
+        Duration::from_secs(90),
+        || async {
+            let nodes = get_json(&hub.base, "/v1/nodes").await;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == node && n["state"] == state)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Stops the agent's process without ending it (`SIGSTOP`): it falls silent, as a node
+/// whose network hangs. The agent's drop still kills it.
+fn freeze(agent: &AgentProcess) {
+    let pid: i32 = std::fs::read_to_string(agent.data_dir().join("motey.pid"))
+        .expect("the agent's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop the agent");
 }
 
 async fn get_json(base: &str, path: &str) -> Value {
@@ -304,12 +356,20 @@ async fn deploy_through_the_page_follow_it_to_running_and_terminate_it_on_docker
 }
 
 #[tokio::test]
-async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
-    let agent = in_process_agent(&[
-        peer("web-edge-1", "edge-1", "10.0.0.11", 4),
-        peer("web-edge-2", "edge-2", "10.0.0.12", 95),
-    ])
-    .await;
+async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
+    // A fog: the hub and three agents; one stays, one falls silent, one crashes.
+    let agent = hub().await;
+    let staying = edge("edge-1", &agent).await;
+    let silent = edge("edge-2", &agent).await;
+    let mut crashed = edge("edge-3", &agent).await;
+    for peer in [&staying, &silent, &crashed] {
+        wait_for_peer_state(&agent, &peer.node_id, "alive").await;
+    }
+    crashed.kill();
+    wait_for_peer_state(&agent, &crashed.node_id, "gone").await;
+    freeze(&silent);
+    wait_for_peer_state(&agent, &silent.node_id, "suspect").await;
+
     let created = reqwest::Client::new()
         .post(format!("{}/v1/services", agent.base))
         .bearer_auth(TOKEN)
@@ -335,23 +395,51 @@ async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
         browser.press(TOKEN).await;
         browser.press(keys::ENTER).await;
 
-        // Nodes: this node with its statistics, and both peers with state and last contact.
+        // Nodes: this node with its statistics, and every peer with its state as the
+        // hub's discovery judges it, its last contact and where its API is.
         browser.wait_for_text("h1", "Nodes").await;
         let this_node = browser
-            .wait_for_text("tr[data-node-id='web-hub']", "this node")
+            .wait_for_text(
+                &format!("tr[data-node-id='{}']", agent.node_id),
+                "this node",
+            )
             .await;
         assert!(this_node.contains("hub"), "{this_node}");
-        for (id, name, address) in [
-            ("web-edge-1", "edge-1", "10.0.0.11:5023"),
-            ("web-edge-2", "edge-2", "10.0.0.12:5023"),
+        for (peer, name, state) in [
+            (&staying, "edge-1", "alive"),
+            (&silent, "edge-2", "suspect"),
+            (&crashed, "edge-3", "gone"),
         ] {
             let row = browser
-                .wait_for_text(&format!("tr[data-node-id='{id}']"), name)
+                .wait_for_text(
+                    &format!("tr[data-node-id='{}'][data-state='{state}']", peer.node_id),
+                    name,
+                )
                 .await;
-            assert!(row.contains("alive"), "{row}");
-            assert!(row.contains(address), "{row}");
+            assert!(row.contains(state), "{row}");
+            assert!(row.contains(&format!("127.0.0.1:{}", peer.port)), "{row}");
             assert!(row.contains("ago"), "last seen: {row}");
+            assert!(row.contains("motey 0.1.0"), "version: {row}");
         }
+        let colours = browser
+            .execute(
+                "return ['alive', 'suspect', 'gone'].map(s => getComputedStyle(document.querySelector(`#node-rows .state-${s}`)).color)",
+                json!([]),
+            )
+            .await;
+        let colours: Vec<&str> = colours
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            colours.len() == 3
+                && colours[0] != colours[1]
+                && colours[1] != colours[2]
+                && colours[0] != colours[2],
+            "each state has its own colour: {colours:?}"
+        );
         let cpu = browser.wait_for_text("[data-stat='cpu']", "cores").await;
         assert!(cpu.contains('%'), "{cpu}");
         let memory = browser.wait_for_text("[data-stat='memory']", " of ").await;
@@ -466,112 +554,9 @@ async fn every_page_on_a_phone_and_a_desktop_with_peers_and_capabilities() {
     }
 }
 
-/// Peers as a cluster's discovery would report them, in each liveness state; last heard
-/// of a fixed time before each request, as a discovery layer that keeps hearing them.
-struct ScriptedPeers(Vec<(NodeInfo, &'static str, i64)>);
-
-impl NodeDirectory for ScriptedPeers {
-    fn peers(&self) -> Vec<NodeView> {
-        self.0
-            .iter()
-            .map(|(info, state, seconds_ago)| NodeView {
-                info: NodeInfo {
-                    last_seen: Some(Utc::now() - chrono::Duration::seconds(*seconds_ago)),
-                    ..info.clone()
-                },
-                state: (*state).into(),
-                this_node: false,
-            })
-            .collect()
-    }
-}
-
-#[tokio::test]
-async fn suspect_and_gone_peers_are_shown_as_such() {
-    let config = {
-        let mut raw = RawConfig::defaults();
-        raw.set("WEBSERVER", "token", TOKEN);
-        raw.parse_config().unwrap()
-    };
-    let store = Store::temporary().unwrap();
-    let me = NodeId("web-center".into());
-    let orchestrator = Orchestrator::new(
-        me.clone(),
-        store.clone(),
-        Arc::new(FakeEngine::new()),
-        Arc::new(NoPeers),
-        config.orchestrator.clone(),
-    );
-    let node = |id: &str| peer(id, &format!("{id}-name"), "192.0.2.1", 0);
-    let mut with_two_addresses = node("peer-alive");
-    with_two_addresses.addresses.push("192.0.2.2".into());
-    let directory = ScriptedPeers(vec![
-        (with_two_addresses, "alive", 2),
-        (node("peer-suspect"), "suspect", 25),
-        (node("peer-gone"), "gone", 600),
-    ]);
-    let this_node = NodeInfo {
-        id: me,
-        name: "center".into(),
-        addresses: vec!["127.0.0.1".into()],
-        rest_port: 0,
-        peer_port: 0,
-        last_seen: None,
-    };
-    let state = ApiState::new(
-        orchestrator,
-        store,
-        Arc::new(directory),
-        this_node,
-        &config,
-        TOKEN.into(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server =
-        tokio::spawn(async move { axum::serve(listener, motey::api::router(state)).await });
-
-    let browser = Browser::open(Viewport::Desktop).await;
-    browser.goto(&format!("{base}/#/nodes")).await;
-    browser.type_into("#token", TOKEN).await;
-    browser.press(keys::ENTER).await;
-    for (id, state, seen) in [
-        ("peer-alive", "alive", "s ago"),
-        ("peer-suspect", "suspect", "s ago"),
-        ("peer-gone", "gone", "min ago"),
-    ] {
-        let row = format!("tr[data-node-id='{id}'][data-state='{state}']");
-        let text = browser.wait_for_text(&row, seen).await;
-        assert!(text.contains(&format!("{id}-name")), "{text}");
-        browser.wait_for(&format!("{row} .state-{state}")).await;
-    }
-    let colours = browser
-        .execute(
-            "return ['alive', 'suspect', 'gone'].map(s => getComputedStyle(document.querySelector(`.state-${s}`)).color)",
-            json!([]),
-        )
-        .await;
-    let colours: Vec<&str> = colours
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(colours.len(), 3);
-    assert!(
-        colours[0] != colours[1] && colours[1] != colours[2] && colours[0] != colours[2],
-        "each state has its own colour: {colours:?}"
-    );
-    let addresses = browser.text("tr[data-node-id='peer-alive']").await.unwrap();
-    assert!(addresses.contains("192.0.2.2:5023"), "{addresses}");
-    browser.screenshot("nodes-peer-states-desktop").await;
-    browser.assert_clean_console(&[]).await;
-    server.abort();
-}
-
 #[tokio::test]
 async fn assets_are_public_typed_revalidated_and_locked_down() {
-    let agent = in_process_agent(&[]).await;
+    let agent = hub().await;
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("{}{path}", agent.base)).send();
 
@@ -666,5 +651,4 @@ async fn assets_are_public_typed_revalidated_and_locked_down() {
     assert_eq!(status("/v1/services").await, 401);
     assert_eq!(status("/health").await, 200);
     assert_eq!(status("/no-such-page").await, 404);
-    assert!(agent.node_id == "web-hub");
 }

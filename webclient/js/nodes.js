@@ -94,6 +94,7 @@ function nodeRow(node, ownCapabilities) {
       node.this_node ? h('span', { class: 'tag' }, 'this node') : null,
       h('br'),
       h('code', { class: 'node-id' }, node.id),
+      node.version ? h('span', { class: 'version' }, ` motey ${node.version}`) : null,
     ),
     h('td', { dataset: { label: 'State' } }, stateBadge(node.state)),
     h(
