@@ -387,6 +387,7 @@ async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
         // Signing in by keyboard alone: the focus starts on the heading.
         browser.goto(&format!("{}/#/nodes", agent.base)).await;
         browser.wait_for("#token").await;
+        browser.screenshot(&format!("signin-{name}")).await;
         browser.press(keys::TAB).await;
         assert!(
             browser.focused().await.starts_with("input#token"),
