@@ -8,6 +8,7 @@ pub mod error;
 mod nodes;
 mod services;
 mod status;
+mod webclient;
 
 use std::sync::{Arc, Mutex};
 
@@ -117,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(status::health))
         .nest("/v1", v1)
+        .merge(webclient::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
