@@ -86,6 +86,8 @@ fn peer(id: &str, name: &str, address: &str, seconds_ago: i64) -> NodeInfo {
         rest_port: 5023,
         peer_port: 5091,
         last_seen: Some(Utc::now() - chrono::Duration::seconds(seconds_ago)),
+        version: "0.1.0".into(),
+        capabilities_digest: String::new(),
     }
 }
 
@@ -507,6 +509,8 @@ async fn suspect_and_gone_peers_are_shown_as_such() {
         rest_port: 0,
         peer_port: 0,
         last_seen: None,
+        version: "0.1.0".into(),
+        capabilities_digest: String::new(),
     };
     let state = ApiState::new(
         orchestrator,
