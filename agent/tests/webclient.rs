@@ -59,12 +59,20 @@ async fn in_process_agent(peers: &[NodeInfo]) -> InProcessAgent {
     raw.set("WEBSERVER", "token", TOKEN);
     raw.set("WEBSERVER", "open_reads", "false");
     raw.set("ORCHESTRATOR", "reconcile_interval", "1");
+    raw.set("MQTT", "port", "0");
+    raw.set("ZEROMQ", "peer_port", "0");
+    // The peers below are announced once, by hand: keep them alive for the whole test.
+    raw.set("MQTT", "peer_suspect_after", "3600");
+    raw.set("MQTT", "peer_gone_after", "7200");
     let config = raw.parse_config().unwrap();
     let agent = Agent::bind_with_engine(config, Arc::new(FakeEngine::new()))
         .await
         .unwrap();
     for peer in peers {
-        agent.store().nodes.put(peer).unwrap();
+        // As if the peer's discovery announcement had just arrived.
+        agent
+            .directory()
+            .observe(peer.clone(), 1, tokio::time::Instant::now());
     }
     let base = format!("http://{}", agent.rest_address());
     let node_id = agent.node_id().to_string();
