@@ -179,7 +179,8 @@ impl PeerDirectory {
         self.liveness
     }
 
-    /// Changes of peers from now on. A receiver that lags behind by more than 256 events
+    /// Changes of peers from now on. An event is sent before its change shows in
+    /// [`PeerDirectory::list`], so a reader who saw a change finds its event. A receiver that lags behind by more than 256 events
     /// gets `RecvError::Lagged` and should re-read [`PeerDirectory::list`].
     pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
         self.events.subscribe()
@@ -253,11 +254,13 @@ impl PeerDirectory {
 
     /// Forgets a peer (e.g. one that is gone for good).
     pub fn forget(&self, node: &NodeId) -> bool {
-        let removed = self.lock().peers.remove(node).is_some();
+        let mut inner = self.lock();
+        let removed = inner.peers.remove(node).is_some();
         if removed {
             self.persist_removal(node);
             let _ = self.events.send(PeerEvent::Left(node.clone()));
         }
+        drop(inner);
         removed
     }
 
@@ -315,10 +318,12 @@ impl PeerDirectory {
                 }
             }
         };
-        drop(inner);
+        // Sent while the change is not yet visible, so that whoever sees it also finds
+        // its event in the channel.
         if let Some(event) = event {
             let _ = self.events.send(event);
         }
+        drop(inner);
     }
 
     /// A node announced that it leaves (graceful stop). Announcements of an older
@@ -333,10 +338,12 @@ impl PeerDirectory {
             return;
         }
         inner.peers.remove(node);
-        drop(inner);
-        tracing::info!(%node, "node left");
+        // Store and channel are updated under the lock, so that no reader sees the
+        // change in one place and not yet in the other.
         self.persist_removal(node);
         let _ = self.events.send(PeerEvent::Left(node.clone()));
+        drop(inner);
+        tracing::info!(%node, "node left");
     }
 
     /// The broker announced a node's last will: its connection broke without a goodbye.
@@ -360,12 +367,12 @@ impl PeerDirectory {
         entry.reason = Some(reason.clone());
         let mut info = entry.info.clone();
         info.last_seen = entry.last_seen;
-        drop(inner);
         self.persist(&info);
         let _ = self.events.send(PeerEvent::Gone {
             node: node.clone(),
             reason,
         });
+        drop(inner);
     }
 
     /// This node (re)connected to the broker: silence counts from now on.
@@ -423,13 +430,13 @@ impl PeerDirectory {
             info.last_seen = entry.last_seen;
             persist.push(info);
         }
-        drop(inner);
         for info in persist {
             self.persist(&info);
         }
         for event in events {
             let _ = self.events.send(event);
         }
+        drop(inner);
     }
 
     fn persist(&self, info: &NodeInfo) {

@@ -1,9 +1,10 @@
 //! Storage behind a trait, with sled as the embedded default.
 //!
 //! Referential rules (unique email, meters and devices owned by exactly one household,
-//! measurement uuids unique per meter) are enforced here in the application layer, inside
-//! sled transactions so a crash never leaves an index half-written. Every write a client
-//! is told about is flushed (fsync) before the method returns.
+//! measurement uuids unique per meter) are enforced here in the application layer, with
+//! writes that are atomic (sled transactions for households, one batch per measurement
+//! upload) so a crash never leaves an index half-written. Every write a client is told
+//! about is flushed (fsync) before the method returns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;

@@ -1148,3 +1148,50 @@ async fn registration_corrections_and_export_filters() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_consent_requests_succeed_once() {
+    let server = TestServer::start().await;
+    let h = server.register("race@example.org").await;
+    let device = server.device_all_scopes(&h.email);
+    for method in [Method::POST, Method::DELETE] {
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let (device, url, method) = (
+                    device.clone(),
+                    server.url("/household/consent"),
+                    method.clone(),
+                );
+                tokio::spawn(async move {
+                    device
+                        .request(method, url)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for a in attempts {
+            statuses.push(a.await.unwrap());
+        }
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 409, 409, 409, 409, 409, 409, 409],
+            "{method}"
+        );
+    }
+    let consent: Value = device
+        .get(server.url("/household/consent"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(consent["state"], "REVOKED");
+    server.stop().await;
+}

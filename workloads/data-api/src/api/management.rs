@@ -687,3 +687,75 @@ pub async fn export_households(
     let bytes = export::households(&households, format);
     Ok(export_response(format, "households", Body::from(bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> Value {
+        json!({
+            "user": {"name": "Erika Mustermann", "email": "erika@example.org"},
+            "address": {"street": "Augustusplatz", "house_number": "10", "postal_code": "04109", "city": "Leipzig"},
+            "location": {"latitude": 51.3397, "longitude": 12.3731},
+            "metadata": {"children": 2, "adults": 2, "employed_adults": 1, "ev_charger": true, "heat_pump": false, "home_battery": true},
+            "meters": [{"type": "ELECTRICITY", "model": "MT681"}, {"type": "PV-GENERATION", "model": "EHZ"}],
+            "pv_systems": [{"nominal_power": 9.62, "azimuth": 180.0, "tilt": 30.0, "installation_date": "2019-05-17", "generation_meter": 1}]
+        })
+    }
+
+    fn register(bytes: &[u8]) -> Result<Household, ApiError> {
+        let registration: Registration = parse_json(bytes)?;
+        Ok(registration.into_household(Utc::now())?)
+    }
+
+    #[test]
+    fn the_valid_registration_is_accepted() {
+        let h = register(&serde_json::to_vec(&valid()).unwrap()).unwrap();
+        assert_eq!(h.meters.len(), 2);
+        assert_eq!(h.pv_systems[0].generation_meter, Some(h.meters[1].uuid));
+        assert_eq!(h.measurement_devices.len(), 1);
+        assert_eq!(h.address.unwrap().country, "DE");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn registration_parser_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = register(&bytes);
+        }
+
+        /// Replacing any one leaf of a valid registration yields either a household or a
+        /// 400 that names a field.
+        #[test]
+        fn mutated_registrations_name_the_field(
+            path in prop_oneof![
+                Just(vec!["user", "email"]), Just(vec!["user", "name"]),
+                Just(vec!["address", "postal_code"]), Just(vec!["address", "country"]),
+                Just(vec!["location", "latitude"]), Just(vec!["location", "longitude"]),
+                Just(vec!["metadata", "adults"]), Just(vec!["metadata", "employed_adults"]),
+                Just(vec!["metadata", "ev_charger"]), Just(vec!["meters"]), Just(vec!["pv_systems"]),
+            ],
+            replacement in prop_oneof![
+                Just(Value::Null), any::<bool>().prop_map(Value::from), any::<i64>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from), "\\PC{0,12}".prop_map(Value::from),
+                Just(json!([])), Just(json!({})),
+            ],
+        ) {
+            let mut body = valid();
+            let mut target = &mut body;
+            for key in &path {
+                target = &mut target[*key];
+            }
+            *target = replacement;
+            match register(&serde_json::to_vec(&body).unwrap()) {
+                Ok(h) => prop_assert!(!h.meters.is_empty()),
+                Err(e) => {
+                    prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    prop_assert!(e.field.as_deref().is_some_and(|f| f.starts_with(path[0])), "{:?} for {:?}", e, path);
+                }
+            }
+        }
+    }
+}

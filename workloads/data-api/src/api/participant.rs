@@ -198,7 +198,7 @@ pub async fn meter_measurements(
 }
 
 /// Subtask (A): a device delivers a batch of measurements. The whole batch is validated,
-/// checked against consent and meter ownership, committed in one transaction and flushed
+/// checked against consent and meter ownership, written atomically and flushed
 /// before the answer; uuids already stored for the same meter are counted as duplicates.
 pub async fn post_measurements(
     State(state): State<AppState>,
