@@ -31,7 +31,14 @@ impl Drop for Server {
 
 fn start(db: &Path, pki: &Path) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--init-missing"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--init-missing",
+        ])
         .arg("--db")
         .arg(db)
         .arg("--pki-dir")
@@ -49,13 +56,16 @@ fn start(db: &Path, pki: &Path) -> Server {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["fields"]["message"] == "listening" {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
+                        let _ =
+                            tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
                     }
                 }
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server address");
     Server { child, addr }
 }
 
@@ -78,7 +88,8 @@ fn client(ca: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
         .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
         .timeout(Duration::from_secs(120));
     if let Some((cert, key)) = identity {
-        builder = builder.identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap());
+        builder = builder
+            .identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap());
     }
     builder.build().unwrap()
 }
@@ -88,7 +99,10 @@ fn read(path: PathBuf) -> String {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -98,14 +112,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cores} cores, {cpu}, {memory} memory")
 }
 
@@ -125,7 +150,11 @@ fn write_section(section: &str) {
 fn main() {
     let total = env_usize("BENCH_MEASUREMENTS", 200_000) / BATCH * BATCH;
     let uploaders = env_usize("BENCH_UPLOADERS", 8).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run(total, uploaders));
 }
 
@@ -137,7 +166,16 @@ async fn run(total: usize, uploaders: usize) {
     let researcher = read(pki.join("researcher.token")).trim().to_owned();
     let pki_dir = pki.to_str().unwrap();
     let out = Command::new(BIN)
-        .args(["pki", "issue-device", "--dir", pki_dir, "--email", "bench@example.org", "--out", "bench"])
+        .args([
+            "pki",
+            "issue-device",
+            "--dir",
+            pki_dir,
+            "--email",
+            "bench@example.org",
+            "--out",
+            "bench",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -163,9 +201,22 @@ async fn run(total: usize, uploaders: usize) {
         .json()
         .await
         .unwrap();
-    let meters: Vec<String> = created["meters"].as_array().unwrap().iter().map(|m| m["uuid"].as_str().unwrap().to_owned()).collect();
+    let meters: Vec<String> = created["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["uuid"].as_str().unwrap().to_owned())
+        .collect();
     let device = client(&ca, Some((&cert, &key)));
-    assert_eq!(device.post(url("/household/consent")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        device
+            .post(url("/household/consent"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Bodies are prepared up front so the clock measures the server, not the client's JSON.
     let start_time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
@@ -187,7 +238,9 @@ async fn run(total: usize, uploaders: usize) {
                     })
                 })
                 .collect();
-            bytes::Bytes::from(serde_json::to_vec(&json!({ "measurements": measurements })).unwrap())
+            bytes::Bytes::from(
+                serde_json::to_vec(&json!({ "measurements": measurements })).unwrap(),
+            )
         })
         .collect();
     let batch_bytes = batches.iter().map(|b| b.len()).sum::<usize>() / batches.len();
@@ -216,7 +269,9 @@ async fn run(total: usize, uploaders: usize) {
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
-                let Some(body) = queue.lock().unwrap().next() else { break };
+                let Some(body) = queue.lock().unwrap().next() else {
+                    break;
+                };
                 let sent = Instant::now();
                 let response = device
                     .post(&target)
@@ -249,7 +304,9 @@ async fn run(total: usize, uploaders: usize) {
         peak_rss.store(0, Ordering::Relaxed);
         let began = Instant::now();
         let mut response = anonymous
-            .get(url(&format!("/management/export/measurements?format={format}")))
+            .get(url(&format!(
+                "/management/export/measurements?format={format}"
+            )))
             .bearer_auth(&researcher)
             .send()
             .await
@@ -280,9 +337,14 @@ async fn run(total: usize, uploaders: usize) {
     ));
     section.push_str(&format!("- Machine: {}\n", machine()));
     section.push_str("- Command: `cargo bench -p data-api --bench ingest` (BENCH_MEASUREMENTS, BENCH_UPLOADERS to vary)\n");
-    section.push_str(&format!("- Request body: {batch_bytes} bytes per batch on average\n\n"));
+    section.push_str(&format!(
+        "- Request body: {batch_bytes} bytes per batch on average\n\n"
+    ));
     section.push_str("| figure | value |\n|---|---|\n");
-    section.push_str(&format!("| ingest throughput (durable) | **{ingest_rate:.0} measurements/s** ({:.0} batches/s) |\n", ingest_rate / BATCH as f64));
+    section.push_str(&format!(
+        "| ingest throughput (durable) | **{ingest_rate:.0} measurements/s** ({:.0} batches/s) |\n",
+        ingest_rate / BATCH as f64
+    ));
     section.push_str(&format!(
         "| batch latency p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |\n",
         percentile(&latencies, 0.5),
@@ -290,22 +352,43 @@ async fn run(total: usize, uploaders: usize) {
         latencies.last().copied().unwrap_or_default()
     ));
     for (format, rows, bytes, secs, _) in &exports {
-        let unit = if *format == "csv" { "rows (one per data point)" } else { "lines (one per measurement)" };
+        let unit = if *format == "csv" {
+            "rows (one per data point)"
+        } else {
+            "lines (one per measurement)"
+        };
         section.push_str(&format!(
             "| export {format} | **{:.0} {unit}/s**, {rows} rows, {:.1} MiB in {secs:.2} s |\n",
             *rows as f64 / secs,
             *bytes as f64 / 1024.0 / 1024.0
         ));
     }
-    section.push_str(&format!("| server RSS idle → peak during ingest | {:.0} MiB → {:.0} MiB |\n", mib(rss_before), mib(rss_ingest_peak)));
+    section.push_str(&format!(
+        "| server RSS idle → peak during ingest | {:.0} MiB → {:.0} MiB |\n",
+        mib(rss_before),
+        mib(rss_ingest_peak)
+    ));
     for (format, _, _, _, peak) in &exports {
-        section.push_str(&format!("| server RSS peak during {format} export | {:.0} MiB |\n", mib(*peak)));
+        section.push_str(&format!(
+            "| server RSS peak during {format} export | {:.0} MiB |\n",
+            mib(*peak)
+        ));
     }
-    section.push_str(&format!("| server RSS high-water mark (VmHWM) | {:.0} MiB |\n", mib(rss_high_water)));
-    section.push_str(&format!("| database size on disk | {:.0} MiB |\n", db_size as f64 / 1024.0 / 1024.0));
+    section.push_str(&format!(
+        "| server RSS high-water mark (VmHWM) | {:.0} MiB |\n",
+        mib(rss_high_water)
+    ));
+    section.push_str(&format!(
+        "| database size on disk | {:.0} MiB |\n",
+        db_size as f64 / 1024.0 / 1024.0
+    ));
     section.push_str(&format!(
         "\nTarget ≥ 20,000 measurements/s: **{}**.\n",
-        if ingest_rate >= 20_000.0 { "met" } else { "not met" }
+        if ingest_rate >= 20_000.0 {
+            "met"
+        } else {
+            "not met"
+        }
     ));
     print!("{section}");
     write_section(&section);
@@ -319,7 +402,11 @@ fn walk_size(path: &Path) -> u64 {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            total += if meta.is_dir() { walk_size(&entry.path()) } else { meta.len() };
+            total += if meta.is_dir() {
+                walk_size(&entry.path())
+            } else {
+                meta.len()
+            };
         }
     }
     total
