@@ -5,13 +5,18 @@
 //!
 //! **Finding the binaries.** A test of this crate cannot name another package's binaries
 //! (`CARGO_BIN_EXE_*` only covers its own), and artifact dependencies are not stable
-//! Cargo. So the first test in a test binary that needs them runs
-//! `cargo build -p meter-reader -p data-api --bins` with the profile and target directory
-//! of the running test, and takes the executables' paths from Cargo's JSON messages
-//! rather than guessing the layout. When everything is built already (CI builds the whole
-//! workspace before it tests) that step is a quick no-op; concurrent test binaries wait on
-//! Cargo's own lock. `SURVEY_BIN_DIR=<dir>` skips the build and uses prebuilt binaries
-//! from that directory instead.
+//! Cargo. The first test in a test binary that needs them looks, in this order:
+//!
+//! 1. `SURVEY_BIN_DIR=<dir>`: prebuilt binaries from that directory;
+//! 2. the running test's own profile directory (`target/debug/`), if all three binaries
+//!    are there and newer than every file of the two crates, `Cargo.toml` and
+//!    `Cargo.lock`. A workspace test run (CI: `cargo nextest run --workspace`) has just
+//!    built them there for the crates' own tests, so nothing is built twice;
+//! 3. otherwise it runs `cargo build -p meter-reader -p data-api --bins` with the profile
+//!    and target directory of the running test and takes the executables' paths from
+//!    Cargo's JSON messages rather than guessing the layout (concurrent test binaries
+//!    wait on Cargo's own lock). That is what a developer gets who changed a crate and
+//!    runs only `cargo test -p system-tests`.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -56,8 +61,60 @@ pub fn survey_binaries() -> &'static SurveyBinaries {
             }
             binaries
         }
-        None => build_survey_binaries(),
+        None => fresh_binaries().unwrap_or_else(build_survey_binaries),
     })
+}
+
+/// The binaries beside the running test, if they are newer than the sources they are
+/// built from (see the module documentation).
+fn fresh_binaries() -> Option<SurveyBinaries> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let binaries = SurveyBinaries {
+        data_api: profile_dir.join("data-api"),
+        meter_reader: profile_dir.join("meter-reader"),
+        meter_sim: profile_dir.join("meter-sim"),
+    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = [
+        &binaries.data_api,
+        &binaries.meter_reader,
+        &binaries.meter_sim,
+    ]
+    .into_iter()
+    .map(|p| modified(p))
+    .collect::<Option<Vec<_>>>()?
+    .into_iter()
+    .min()?;
+    let root = crate::docker::repo_root();
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for file in [root.join("Cargo.toml"), root.join("Cargo.lock")] {
+        newest = newest.max(modified(&file)?);
+    }
+    for dir in ["workloads/meter-reader", "workloads/data-api"] {
+        newest = newest.max(newest_in(&root.join(dir))?);
+    }
+    (built > newest).then_some(binaries)
+}
+
+/// The latest modification time of the files under `dir` (build output skipped).
+fn newest_in(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let metadata = entry.metadata().ok()?;
+        let time = if metadata.is_dir() {
+            newest_in(&entry.path())?
+        } else {
+            metadata.modified().ok()?
+        };
+        newest = newest.max(time);
+    }
+    Some(newest)
 }
 
 /// Where the running test executable was built: `<target dir>[/<triple>]/<profile>/deps/`.

@@ -355,17 +355,35 @@ async fn participant_grants_consent_sees_measurements_and_revokes() {
     .as_u64()
     .unwrap_or(0);
     assert!(shown >= 8, "{shown}");
+    // The device's own view: measuring, both probes connected.
+    wait_js(
+        &client,
+        "both probes shown as connected",
+        "document.getElementById('device').textContent.split('probe connected').length - 1 === 2",
+    )
+    .await;
     screenshot(&client, "measurements").await;
 
     // Phone-sized: nothing wider than the screen, charts still drawn.
     client.set_window_size(390, 1400).await.expect("resize");
     wait_js(
         &client,
-        "the layout to fit a phone",
-        "document.documentElement.scrollWidth <= window.innerWidth + 1 && window.innerWidth < 500",
+        "the layout and the charts to fit a phone",
+        "window.innerWidth < 500
+            && document.documentElement.scrollWidth <= window.innerWidth + 1
+            && [...document.querySelectorAll('.chart svg')].every(
+                c => c.viewBox.baseVal.width <= Math.max(320, c.parentElement.clientWidth + 1))",
     )
     .await;
     screenshot(&client, "phone").await;
+    client
+        .execute(
+            "document.getElementById('energy-chart').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .expect("scroll to the charts");
+    screenshot(&client, "phone-chart").await;
     client.set_window_size(1280, 1700).await.expect("resize");
 
     // FR-02/03: revoke — a confirmation explains that it is final and anonymizes.

@@ -163,7 +163,8 @@ async function revoke() {
     showNotice(`Consent was not revoked: ${message(answer)}`, "error");
   }
   await refresh();
-  $("main").focus();
+  // The dialog's button is gone: put the focus on the outcome.
+  $("consent-title").focus();
 }
 
 // ------------------------------------------------------- registration, devices (FR-04)
@@ -177,8 +178,9 @@ function renderRegistration(account, household) {
   const box = $("registration-details");
   const h = household.ok ? household.body : null;
   const parts = [];
+  let contact = [];
   if (account.ok) {
-    parts.push(facts([["Name", account.body.name], ["Email", account.body.email]]));
+    contact = [["Name", account.body.name], ["Email", account.body.email]];
   } else if (account.body?.error === "account_deleted") {
     parts.push(el("p", { class: "muted" }, "Contact details were deleted when consent was revoked."));
   } else {
@@ -189,6 +191,7 @@ function renderRegistration(account, household) {
     const m = h.metadata ?? {};
     parts.push(
       facts([
+        ...contact,
         ["Address", a ? `${a.street} ${a.house_number}, ${a.postal_code} ${a.city}, ${a.country}` : h.anonymized ? "deleted (anonymized)" : null],
         [
           h.anonymized ? "Location (displaced)" : "Location",
@@ -204,6 +207,7 @@ function renderRegistration(account, household) {
       ]),
     );
   } else {
+    if (contact.length > 0) parts.push(facts(contact));
     parts.push(el("p", { class: "bad" }, `Household details not available: ${message(household)}`));
   }
   box.replaceChildren(...parts);
@@ -245,12 +249,6 @@ function renderDevices(devices, meters, pvSystems, reader) {
       const sameKind = all.filter((o) => meterName(o) === meterName(m)).length > 1;
       const label = sameKind ? `${meterName(m)} (${m.uuid.slice(0, 8)})` : meterName(m);
       meterLabels.set(m.uuid, label);
-      const probe = probes.get(m.uuid);
-      const probeText = !probe
-        ? "not read by this device"
-        : probe.connected
-          ? `connected (${probe.probe}), ${probe.good_frames} transmissions read, ${probe.bad_frames} damaged`
-          : `not connected (${probe.probe})${reader?.consent === "GRANTED" ? "" : " — read only while consent is granted"}`;
       return el(
         "article",
         { class: "item", "data-meter": m.uuid },
@@ -258,7 +256,7 @@ function renderDevices(devices, meters, pvSystems, reader) {
         facts([
           ["Meter", m.uuid],
           ["Read by", deviceNames.get(m.measurement_device) ?? m.measurement_device],
-          ["Probe", probeText],
+          ["On this device", probes.has(m.uuid) ? "yes" : "no (read by another device)"],
           ["Last measurement", when(m.last_measurement)],
         ]),
       );
@@ -295,10 +293,39 @@ function renderDevices(devices, meters, pvSystems, reader) {
 }
 
 function renderReader(reader) {
-  if (!reader) return;
+  const box = $("device-status");
+  if (!reader) {
+    box.replaceChildren(el("p", { class: "bad" }, "This device's status is not available."));
+    return;
+  }
+  const measuring = reader.consent === "GRANTED";
   const pending = reader.pending_measurements ?? 0;
-  $("reader-summary").textContent =
-    pending === 1 ? "1 measurement is waiting to be sent." : `${pending} measurements are waiting to be sent.`;
+  const probes = (reader.meters ?? []).map((m) => {
+    const label = meterLabels.get(m.meter) ?? `Meter ${String(m.meter).slice(0, 8)}`;
+    let state;
+    if (!measuring) state = el("span", { class: "muted" }, "not read (no consent)");
+    else if (m.connected) state = el("span", { class: "ok" }, "probe connected");
+    else state = el("span", { class: "bad" }, "probe not connected — check its position on the meter");
+    return el(
+      "article",
+      { class: "item", "data-probe": m.meter },
+      el("h4", {}, label),
+      facts([
+        ["State", state],
+        ["Probe", m.probe],
+        ["Transmissions", `${m.good_frames} read, ${m.bad_frames} damaged`],
+        ["Last reading", when(m.last_reading)],
+      ]),
+    );
+  });
+  box.replaceChildren(
+    facts([
+      ["Measuring", measuring ? "yes" : reader.consent === "REVOKED" ? "no, stopped for good" : "no, waiting for consent"],
+      ["Waiting to be sent", pending === 1 ? "1 measurement" : `${pending} measurements`],
+      ["Last cycle", when(reader.written_at)],
+    ]),
+    el("div", { class: "items" }, ...probes),
+  );
 }
 
 async function loadOverview() {
@@ -356,6 +383,25 @@ function ticks(min, max, count) {
   return { min: start, max: end, values };
 }
 
+// Decimals that tell ticks `step` apart.
+function decimals(step) {
+  return Math.max(0, Math.ceil(-Math.log10(step) - 1e-9));
+}
+
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800].map(
+  (s) => s * 1000,
+);
+
+// Time ticks at round steps (whole seconds, minutes, hours, days), at most `count`.
+function timeTicks(t0, t1, count) {
+  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= count) ?? TIME_STEPS[TIME_STEPS.length - 1];
+  // Round to the local clock, not to UTC, for steps of an hour and more.
+  const offset = step >= 3600_000 ? new Date(t0).getTimezoneOffset() * 60_000 : 0;
+  const values = [];
+  for (let t = Math.ceil((t0 - offset) / step) * step + offset; t <= t1; t += step) values.push(t);
+  return values;
+}
+
 function timeFormat(span) {
   if (span <= 10 * 60 * 1000) return new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   if (span <= 2 * 86400 * 1000) return new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -377,7 +423,7 @@ function drawChart(container, legend, series, unit, title) {
   }
   const width = Math.max(320, Math.round(container.clientWidth || 640));
   const height = 240;
-  const margin = { left: 62, right: 14, top: 12, bottom: 30 };
+  const margin = { left: 62, right: 16, top: 22, bottom: 30 };
   const all = drawn.flatMap((s) => s.points);
   let t0 = Math.min(...all.map((p) => p[0]));
   let t1 = Math.max(...all.map((p) => p[0]));
@@ -386,6 +432,7 @@ function drawChart(container, legend, series, unit, title) {
     t1 += 30_000;
   }
   const y = ticks(Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1])), 5);
+  const yDigits = decimals(y.values.length > 1 ? y.values[1] - y.values[0] : 1);
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
   const sx = (t) => margin.left + ((t - t0) / (t1 - t0)) * plotW;
@@ -402,23 +449,23 @@ function drawChart(container, legend, series, unit, title) {
     const py = sy(v);
     grid.append(svg("line", { x1: margin.left, x2: width - margin.right, y1: py, y2: py }));
     const label = svg("text", { x: margin.left - 6, y: py + 4, "text-anchor": "end" });
-    label.textContent = `${number(v, 3)}`;
+    label.textContent = v.toLocaleString(undefined, { minimumFractionDigits: yDigits, maximumFractionDigits: yDigits });
     axis.append(label);
   }
   const format = timeFormat(t1 - t0);
   const xCount = Math.max(2, Math.min(6, Math.floor(plotW / 110)));
-  for (let i = 0; i <= xCount; i++) {
-    const t = t0 + ((t1 - t0) * i) / xCount;
+  for (const t of timeTicks(t0, t1, xCount)) {
     const px = sx(t);
     grid.append(svg("line", { x1: px, x2: px, y1: margin.top, y2: height - margin.bottom }));
-    const anchor = i === 0 ? "start" : i === xCount ? "end" : "middle";
+    // Labels at the edges stay inside the picture.
+    const anchor = px > width - margin.right - 45 ? "end" : px < margin.left + 45 ? "start" : "middle";
     const label = svg("text", { x: px, y: height - margin.bottom + 18, "text-anchor": anchor });
     label.textContent = format.format(new Date(t));
     axis.append(label);
   }
   axis.append(svg("line", { x1: margin.left, x2: margin.left, y1: margin.top, y2: height - margin.bottom }));
   axis.append(svg("line", { x1: margin.left, x2: width - margin.right, y1: height - margin.bottom, y2: height - margin.bottom }));
-  const unitLabel = svg("text", { x: 4, y: margin.top + 4 });
+  const unitLabel = svg("text", { x: margin.left - 6, y: 12, "text-anchor": "end" });
   unitLabel.textContent = unit;
   axis.append(unitLabel);
   chart.append(grid, axis);
@@ -472,19 +519,24 @@ function renderMeasurements(result) {
 
   rows.sort((a, b) => Date.parse(b.m.measured_at) - Date.parse(a.m.measured_at));
   const shown = rows.slice(0, 50);
-  $("measurement-table").tBodies[0].replaceChildren(
-    ...shown.map(({ m, label }) =>
-      el(
-        "tr",
-        {},
-        el("td", {}, when(m.measured_at)),
-        el("td", {}, label),
-        el("td", { class: "num" }, number(value(m, IMPORT_ENERGY))),
-        el("td", { class: "num" }, number(value(m, EXPORT_ENERGY))),
-        el("td", { class: "num" }, number(power(m))),
+  const body = $("measurement-table").tBodies[0];
+  if (shown.length === 0) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "none" }, "No measurements in this period.")));
+  } else {
+    body.replaceChildren(
+      ...shown.map(({ m, label }) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, when(m.measured_at)),
+          el("td", {}, label),
+          el("td", { class: "num" }, number(value(m, IMPORT_ENERGY))),
+          el("td", { class: "num" }, number(value(m, EXPORT_ENERGY))),
+          el("td", { class: "num" }, number(power(m))),
+        ),
       ),
-    ),
-  );
+    );
+  }
   $("table-caption").textContent =
     rows.length > shown.length ? `Latest ${shown.length} of ${rows.length} measurements` : "Latest measurements";
   const state = overview?.household?.body?.consent?.state ?? overview?.reader?.consent;
