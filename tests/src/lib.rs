@@ -3,11 +3,13 @@
 //! image (no image can be pulled from outside, so tests build their own).
 //!
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
-//! free ports, polling with a deadline and a local image registry.
+//! free ports, polling with a deadline, a local image registry, and the metering survey's
+//! processes (`survey`).
 
 pub mod bench;
 pub mod docker;
 pub mod registry;
+pub mod survey;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

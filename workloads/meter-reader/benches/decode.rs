@@ -87,6 +87,8 @@ fn reader_rss(seconds: u64) -> (u64, u64, usize) {
             extra: vec![
                 ("METER_READER_MEASUREMENT_INTERVAL", "1".into()),
                 ("METER_READER_REPORT_INTERVAL", "5".into()),
+                // As deployed: with the device frontend listening.
+                ("METER_READER_UI_LISTEN", "127.0.0.1:0".into()),
             ],
         };
         let reader = support::start_reader(&setup);
@@ -171,7 +173,7 @@ Decode throughput over the field capture corpus (`tests/data/libsml-testing`: {f
 {kib:.1} KiB, {n} decodable transmissions), each decoder framing, CRC-checking and parsing every \
 transmission; sml-rs 0.4 side by side. Then the resident memory of `meter-reader run` (release \
 build) reading `meter-sim` on a pty once a second, measuring every second and uploading every \
-5 s to the mutual-TLS Data API stand-in, sampled every 0.5 s for {rss_seconds} s.\n\n\
+5 s to the mutual-TLS Data API stand-in, with the device frontend listening, sampled every 0.5 s for {rss_seconds} s.\n\n\
 - Machine: {machine}\n\
 - Command: `cargo bench -p meter-reader --bench decode -- {seconds}`\n\n\
 | decoder | transmissions/s | MB/s |\n|---|---|---|\n\

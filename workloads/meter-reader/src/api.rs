@@ -66,6 +66,11 @@ struct ConsentBody {
     state: ConsentState,
 }
 
+#[derive(serde::Deserialize)]
+struct HouseholdBody {
+    consent: ConsentBody,
+}
+
 #[derive(serde::Deserialize, Default)]
 struct ErrorBody {
     #[serde(default)]
@@ -144,14 +149,42 @@ impl ApiClient {
         })
     }
 
-    /// `GET /household/consent`.
+    /// `GET /household/consent`; a device without the `consent` scope learns the state
+    /// from `GET /household` instead, which carries it too.
     pub async fn consent(&self) -> Result<ConsentState, ApiError> {
         let resp = self
             .request(reqwest::Method::GET, "/household/consent")
             .send()
             .await?;
-        let body: ConsentBody = Self::check(resp).await?.json().await?;
-        Ok(body.state)
+        match Self::check(resp).await {
+            Ok(resp) => Ok(resp.json::<ConsentBody>().await?.state),
+            Err(ApiError::Rejected {
+                status: 403, code, ..
+            }) if code == "insufficient_scope" => {
+                let resp = self
+                    .request(reqwest::Method::GET, "/household")
+                    .send()
+                    .await?;
+                let body: HouseholdBody = Self::check(resp).await?.json().await?;
+                Ok(body.consent.state)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Any participant endpoint, answered as it came: the status and the JSON body
+    /// (`null` if there is none). Only a missing answer is an error. The device frontend
+    /// shows the Data API's own answers this way.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> Result<(u16, serde_json::Value), ApiError> {
+        let resp = self.request(method, path_and_query).send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
     }
 
     /// `POST /household/meter/measurement` with up to [`MAX_BATCH`] measurements.

@@ -276,6 +276,28 @@ pub struct Config {
     pub reading_max_age: Duration,
     /// Factor on PIN entry timing (1 for real meters).
     pub timing_scale: f64,
+    /// Where the device frontend listens; `None` switches it off.
+    pub ui_listen: Option<std::net::SocketAddr>,
+    /// Host names the device frontend answers to besides IP addresses and home-network
+    /// names.
+    pub ui_hosts: Vec<String>,
+}
+
+/// Parses the device frontend's address: `host:port`, or `off` (also `none`, empty).
+pub fn parse_ui_listen(
+    value: &str,
+    key: &str,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() || value.eq_ignore_ascii_case("off") || value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?}: expected ip:port (0.0.0.0:8080) or off"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -336,6 +358,16 @@ mod tests {
         assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_obis_list("", "K").unwrap(), SURVEY_CODES.to_vec());
         assert!(parse_obis_list("0100", "K").is_err());
+        assert_eq!(
+            parse_ui_listen("0.0.0.0:8080", "K").unwrap(),
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(parse_ui_listen("off", "K").unwrap(), None);
+        assert_eq!(parse_ui_listen("", "K").unwrap(), None);
+        assert!(parse_ui_listen("8080", "METER_READER_UI_LISTEN")
+            .unwrap_err()
+            .to_string()
+            .starts_with("METER_READER_UI_LISTEN"));
     }
 
     #[test]

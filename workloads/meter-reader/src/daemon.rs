@@ -51,6 +51,8 @@ struct Daemon {
     consent: Consent,
     api: ApiClient,
     probes: std::sync::Mutex<Vec<(MeterConfig, Probe)>>,
+    /// Woken when the device frontend learned a new consent state.
+    consent_changed: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -166,15 +168,24 @@ impl Daemon {
         }
     }
 
-    fn write_status(&self, consent: ConsentState) {
+    /// What the device knows about itself: consent, pending measurements and every
+    /// configured meter with its probe (read only while consent is granted).
+    fn status(&self, consent: ConsentState) -> serde_json::Value {
+        let probes = self.probes();
         let meters: Vec<_> = self
-            .probes()
+            .config
+            .meters
             .iter()
-            .map(|(m, p)| {
-                let s = lock(&p.status).clone();
+            .map(|m| {
+                let s = probes
+                    .iter()
+                    .find(|(running, _)| running.meter == m.meter)
+                    .map(|(_, p)| lock(&p.status).clone())
+                    .unwrap_or_default();
                 serde_json::json!({
                     "meter": m.meter,
                     "probe": m.probe.to_string(),
+                    "model": m.model.map(|model| model.name()),
                     "connected": s.connected,
                     "good_frames": s.good_frames,
                     "bad_frames": s.bad_frames,
@@ -183,18 +194,36 @@ impl Daemon {
                 })
             })
             .collect();
-        let status = serde_json::json!({
+        serde_json::json!({
+            // Changes every cycle, so that an observer can count cycles.
+            "written_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "consent": consent,
             "return_device": consent == ConsentState::Revoked,
             "pending_measurements": self.store.pending(),
             "meters": meters,
-        });
+        })
+    }
+
+    fn write_status(&self, consent: ConsentState) {
+        let status = self.status(consent);
         let path = self.config.data_dir.join("status.json");
         let tmp = self.config.data_dir.join("status.json.tmp");
         let written =
             std::fs::write(&tmp, status.to_string()).and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(error = %e, path = %path.display(), "status file not written");
+        }
+    }
+
+    /// A consent state the Data API gave in an answer to the device frontend: taken at
+    /// once, so that a grant starts the probes and a revocation stops them without
+    /// waiting for the next measurement cycle.
+    fn consent_seen(&self, state: ConsentState) {
+        let before = self.consent.current();
+        match self.consent.update(state) {
+            Ok(now) if now != before => self.consent_changed.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot persist consent"),
         }
     }
 }
@@ -204,6 +233,37 @@ fn revoked_notice() {
         consent = "REVOKED",
         "consent revoked: measuring stopped for good; this device should be returned to the research group"
     );
+}
+
+/// Serves the device frontend until it fails; a frontend that cannot start is logged and
+/// left out, since measuring matters more than the web interface.
+async fn serve_frontend(d: Arc<Daemon>) {
+    let Some(listen) = d.config.ui_listen else {
+        return;
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %listen, error = %e, "device frontend not started");
+            return;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let hooks = {
+        let (status_of, consent_of) = (d.clone(), d.clone());
+        crate::frontend::DeviceHooks {
+            status: Box::new(move || status_of.status(status_of.consent.current())),
+            consent_seen: Box::new(move |state| consent_of.consent_seen(state)),
+        }
+    };
+    let router = crate::frontend::router(d.api.clone(), hooks, d.config.ui_hosts.clone());
+    tracing::info!(addr = %addr, "device frontend listening");
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "device frontend stopped");
+    }
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -226,6 +286,7 @@ pub async fn run(
         consent,
         api,
         probes: std::sync::Mutex::new(Vec::new()),
+        consent_changed: tokio::sync::Notify::new(),
     });
     tracing::info!(
         meters = d.config.meters.len(),
@@ -250,18 +311,28 @@ pub async fn run(
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let cycle = tokio::select! {
+                    _ = tick.tick() => true,
+                    _ = d.consent_changed.notified() => false,
+                };
                 if state == ConsentState::Revoked {
                     // Final: never ask again, never measure again.
                     d.write_status(state);
                     continue;
                 }
-                state = d.refresh_consent().await;
+                state = if cycle {
+                    d.refresh_consent().await
+                } else {
+                    d.consent.current()
+                };
                 if state == ConsentState::Revoked {
                     revoked_notice();
                 }
                 d.apply_consent(state)?;
-                if state == ConsentState::Granted {
+                if !cycle {
+                    // The frontend changed the consent: the probes follow now, the next
+                    // measurement comes with the next cycle.
+                } else if state == ConsentState::Granted {
                     d.measure();
                 } else {
                     tracing::info!(consent = %state, "consent not granted: nothing measured");
@@ -305,9 +376,18 @@ pub async fn run(
             }
         }
     };
+    let frontend = {
+        let d = d.clone();
+        async move {
+            serve_frontend(d).await;
+            // Without a frontend the reader goes on measuring.
+            std::future::pending::<()>().await
+        }
+    };
     let result = tokio::select! {
         r = measuring => r,
         _ = reporting => Ok(()),
+        _ = frontend => Ok(()),
         _ = shutdown => {
             tracing::info!("shutting down");
             Ok(())

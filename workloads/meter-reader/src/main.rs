@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use meter_reader::config::{parse_meters, parse_obis_list, parse_seconds, Config};
+use meter_reader::config::{parse_meters, parse_obis_list, parse_seconds, parse_ui_listen, Config};
 
 #[derive(Debug, Parser)]
 #[command(name = "meter-reader", version, about = "EnergieBroker meter reader")]
@@ -62,6 +62,13 @@ struct RunArgs {
     /// Factor on the PIN entry timing (1 for real meters).
     #[arg(long, env = "METER_READER_TIMING_SCALE", default_value_t = 1.0)]
     timing_scale: f64,
+    /// Address of the device frontend (web interface for the household), or `off`.
+    #[arg(long, env = "METER_READER_UI_LISTEN", default_value = "0.0.0.0:8080")]
+    ui_listen: String,
+    /// Host names the device frontend answers to, comma-separated, besides IP addresses,
+    /// `localhost`, single-label names and names under .local, .lan and .home.arpa.
+    #[arg(long, env = "METER_READER_UI_HOSTS", default_value = "")]
+    ui_hosts: String,
     /// Log format: text or json.
     #[arg(long, env = "METER_READER_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -91,6 +98,13 @@ impl RunArgs {
             unlock_after: self.unlock_after,
             reading_max_age: self.reading_max_age,
             timing_scale: self.timing_scale,
+            ui_listen: parse_ui_listen(&self.ui_listen, "METER_READER_UI_LISTEN")?,
+            ui_hosts: self
+                .ui_hosts
+                .split([',', ' '])
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }

@@ -374,6 +374,7 @@ pub fn start_reader(setup: &ReaderSetup<'_>) -> Proc {
         .env("METER_READER_MEASUREMENT_INTERVAL", "0.5")
         .env("METER_READER_REPORT_INTERVAL", "1")
         .env("METER_READER_RETRY_MAX", "1")
+        .env("METER_READER_UI_LISTEN", "off")
         .env("METER_READER_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
