@@ -381,3 +381,65 @@ async fn data_api_outage_of_several_report_cycles_delivers_every_measurement_onc
         .sum();
     assert_eq!(acknowledged as usize, taken.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_unknown_to_the_household_does_not_hold_up_the_others() {
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "lena@example.org").await;
+    let participant = Participant::new(&survey, &api, &household.device);
+    let (status, _) = participant.call(Method::POST, "/household/consent").await;
+    assert_eq!(status, 200);
+
+    // The installer mistyped one meter's uuid.
+    let mistyped = "0b4a3e91-1d2c-4f5e-8a6b-7c8d9e0f1a2b";
+    let (_grid, grid_pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let (_other, other_pty) = survey.start_sim(&["--interval-ms", "250", "--serial", "99"]);
+    let setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![
+            (mistyped.to_owned(), format!("serial://{other_pty}")),
+            (
+                household.consumption.clone(),
+                format!("serial://{grid_pty}"),
+            ),
+        ],
+        // One measurement per batch would hide the problem: mix both meters in each.
+        vec![("METER_READER_BATCH_SIZE", "50")],
+    );
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for(
+        "the registered meter's measurements to arrive",
+        PATIENCE,
+        || {
+            let participant = &participant;
+            let meter = &household.consumption;
+            async move { (participant.measurements(meter).await.len() >= 5).then_some(()) }
+        },
+    )
+    .await;
+    let refusals = reader.events(
+        "the Data API does not know this meter for the household: its measurements stay on this device and are not sent; check METER_READER_METERS",
+    );
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["meter"], mistyped);
+    let status = reader.status();
+    let meters = status["meters"].as_array().expect("meters in the status");
+    let flagged: Vec<&Value> = meters
+        .iter()
+        .filter(|m| m["refused_by_data_api"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{status}");
+    assert_eq!(flagged[0]["meter"], mistyped);
+    // Kept on the device, not lost.
+    assert!(
+        status["pending_measurements"].as_u64() > Some(0),
+        "{status}"
+    );
+    let exported = api.export(&survey, &household.id).await;
+    assert!(exported
+        .iter()
+        .all(|m| m["meter"] == household.consumption.as_str()));
+}
