@@ -445,3 +445,40 @@ async fn a_meter_unknown_to_the_household_does_not_hold_up_the_others() {
         .iter()
         .all(|m| m["meter"] == household.consumption.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_without_the_consent_scope_learns_the_consent_from_the_household() {
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "jonas@example.org").await;
+    // The participant grants consent with a full certificate; the reader's certificate
+    // may only see the household and write measurements.
+    let participant = Participant::new(&survey, &api, &household.device);
+    let (status, _) = participant.call(Method::POST, "/household/consent").await;
+    assert_eq!(status, 200);
+    let limited = survey.issue_device_with_scopes(
+        "jonas@example.org",
+        "jonas-reader",
+        Some("household,measurement-write"),
+    );
+    let (_sim, pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let mut setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![(household.consumption.clone(), format!("serial://{pty}"))],
+        vec![],
+    );
+    setup.device = limited;
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for("measurements from the limited device", PATIENCE, || {
+        let participant = &participant;
+        let meter = &household.consumption;
+        async move { (participant.measurements(meter).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(reader.status()["consent"], "GRANTED");
+    assert!(reader
+        .events("consent not fetched, using the last known state")
+        .is_empty());
+}
