@@ -55,6 +55,8 @@ struct Daemon {
     consent_changed: tokio::sync::Notify,
     /// Meters the Data API refused as not the household's (until restarted).
     refused_meters: std::sync::Mutex<HashSet<uuid::Uuid>>,
+    /// Whether the revocation has been logged in this run.
+    revocation_told: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -257,11 +259,21 @@ impl Daemon {
     }
 }
 
-fn revoked_notice() {
-    tracing::error!(
-        consent = "REVOKED",
-        "consent revoked: measuring stopped for good; this device should be returned to the research group"
-    );
+impl Daemon {
+    /// Tells, once per run, that the device is done; the measuring cycle and a refused
+    /// upload may both be the first to learn of the revocation.
+    fn revoked_notice(&self) {
+        if self
+            .revocation_told
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        tracing::error!(
+            consent = "REVOKED",
+            "consent revoked: measuring stopped for good; this device should be returned to the research group"
+        );
+    }
 }
 
 /// Serves the device frontend until it fails; a frontend that cannot start is logged and
@@ -317,6 +329,7 @@ pub async fn run(
         probes: std::sync::Mutex::new(Vec::new()),
         consent_changed: tokio::sync::Notify::new(),
         refused_meters: std::sync::Mutex::new(HashSet::new()),
+        revocation_told: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(
         meters = d.config.meters.len(),
@@ -333,7 +346,7 @@ pub async fn run(
                 state = d.refresh_consent().await;
             }
             if state == ConsentState::Revoked {
-                revoked_notice();
+                d.revoked_notice();
             }
             d.apply_consent(state)?;
             d.write_status(state);
@@ -356,7 +369,7 @@ pub async fn run(
                     d.consent.current()
                 };
                 if state == ConsentState::Revoked {
-                    revoked_notice();
+                    d.revoked_notice();
                 }
                 d.apply_consent(state)?;
                 if !cycle {
@@ -395,7 +408,7 @@ pub async fn run(
                     Err(e) => {
                         if let Some(state) = e.consent() {
                             if let Ok(ConsentState::Revoked) = d.consent.update(state) {
-                                revoked_notice();
+                                d.revoked_notice();
                             }
                         }
                         tracing::warn!(error = %e, pending = d.store.pending(), retry_in_s = backoff.as_secs_f64(), "upload failed, will retry");
