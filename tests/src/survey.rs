@@ -398,7 +398,22 @@ impl Survey {
 
     /// Issues a measurement device's certificate for the participant `email`.
     pub fn issue_device(&self, email: &str, name: &str) -> DeviceIdentity {
-        self.pki(&["issue-device", "--email", email, "--out", name]);
+        self.issue_device_with_scopes(email, name, None)
+    }
+
+    /// Issues a device certificate limited to `scopes` (comma-separated), or with the
+    /// default scopes.
+    pub fn issue_device_with_scopes(
+        &self,
+        email: &str,
+        name: &str,
+        scopes: Option<&str>,
+    ) -> DeviceIdentity {
+        let mut args = vec!["issue-device", "--email", email, "--out", name];
+        if let Some(scopes) = scopes {
+            args.extend(["--scopes", scopes]);
+        }
+        self.pki(&args);
         DeviceIdentity {
             email: email.to_owned(),
             cert: self.pki_dir().join(format!("{name}.pem")),

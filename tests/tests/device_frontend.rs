@@ -572,4 +572,31 @@ async fn frontend_refuses_foreign_hosts_and_cross_site_consent_changes() {
         .to_owned();
     assert!(policy.contains("script-src 'self'"), "{policy}");
     assert!(page.text().await.unwrap().contains("/app.js"));
+
+    // Without the Data API the frontend still answers, with what the device knows.
+    let mut rig = rig;
+    rig.api.kill9();
+    let answer = http
+        .get(format!("{}/api/overview", rig.ui))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let overview: Value = answer.json().await.unwrap();
+    assert_eq!(overview["household"]["ok"], false);
+    assert_eq!(overview["household"]["status"], 502);
+    assert_eq!(
+        overview["household"]["body"]["error"],
+        "data_api_unreachable"
+    );
+    assert_eq!(overview["reader"]["consent"], "GRANTED");
+    let answer = http
+        .delete(format!("{}/api/consent", rig.ui))
+        .header("x-device-frontend", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "data_api_unreachable");
 }

@@ -18,6 +18,7 @@ use system_tests::wait_for;
 const IMPORT_ENERGY: &str = "0100010800ff";
 const EXPORT_ENERGY: &str = "0100020800ff";
 const SUM_POWER: &str = "0100100700ff";
+const REVOKED_NOTICE: &str = "consent revoked: measuring stopped for good; this device should be returned to the research group";
 
 /// A registered household with its device certificate and meter uuids.
 struct Household {
@@ -212,31 +213,31 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
     })
     .await;
     assert_eq!(reader.status()["return_device"], true);
-    assert_eq!(
-        reader
-            .events("consent revoked: measuring stopped for good; this device should be returned to the research group")
-            .len(),
-        1
-    );
+    // Told once, whether the consent check or a refused upload learned it first.
+    assert_eq!(reader.events(REVOKED_NOTICE).len(), 1);
     let stored_at_revocation = reader.stored();
-    let activity_at_revocation = device_activity(&api, &survey, &household.id).await;
     reader.pass_cycles(5).await;
     assert_eq!(
         reader.stored(),
         stored_at_revocation,
         "measured after revocation"
     );
+    // Taken after those cycles, so that no request from before the revocation is
+    // still under way.
+    let activity_at_revocation = device_activity(&api, &survey, &household.id).await;
 
     // For good: a restarted reader does not ask again and does not measure.
     reader.process.kill9();
     let reader = MeterReader::start(&survey, &setup);
-    wait_for("the restarted reader to report the revocation", PATIENCE, || {
-        let started = reader.events("meter reader started").len();
-        let notices = reader
-            .events("consent revoked: measuring stopped for good; this device should be returned to the research group")
-            .len();
-        async move { (started == 2 && notices == 2).then_some(()) }
-    })
+    wait_for(
+        "the restarted reader to report the revocation",
+        PATIENCE,
+        || {
+            let started = reader.events("meter reader started").len();
+            let notices = reader.events(REVOKED_NOTICE).len();
+            async move { (started == 2 && notices == 2).then_some(()) }
+        },
+    )
     .await;
     reader.pass_cycles(5).await;
     assert_eq!(
@@ -380,4 +381,103 @@ async fn data_api_outage_of_several_report_cycles_delivers_every_measurement_onc
         .map(|e| e["accepted"].as_u64().unwrap_or(0) + e["duplicates"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(acknowledged as usize, taken.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_unknown_to_the_household_does_not_hold_up_the_others() {
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "lena@example.org").await;
+    let participant = Participant::new(&survey, &api, &household.device);
+    let (status, _) = participant.call(Method::POST, "/household/consent").await;
+    assert_eq!(status, 200);
+
+    // The installer mistyped one meter's uuid.
+    let mistyped = "0b4a3e91-1d2c-4f5e-8a6b-7c8d9e0f1a2b";
+    let (_grid, grid_pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let (_other, other_pty) = survey.start_sim(&["--interval-ms", "250", "--serial", "99"]);
+    let setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![
+            (mistyped.to_owned(), format!("serial://{other_pty}")),
+            (
+                household.consumption.clone(),
+                format!("serial://{grid_pty}"),
+            ),
+        ],
+        // One measurement per batch would hide the problem: mix both meters in each.
+        vec![("METER_READER_BATCH_SIZE", "50")],
+    );
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for(
+        "the registered meter's measurements to arrive",
+        PATIENCE,
+        || {
+            let participant = &participant;
+            let meter = &household.consumption;
+            async move { (participant.measurements(meter).await.len() >= 5).then_some(()) }
+        },
+    )
+    .await;
+    let refusals = reader.events(
+        "the Data API does not know this meter for the household: its measurements stay on this device and are not sent; check METER_READER_METERS",
+    );
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["meter"], mistyped);
+    let status = reader.status();
+    let meters = status["meters"].as_array().expect("meters in the status");
+    let flagged: Vec<&Value> = meters
+        .iter()
+        .filter(|m| m["refused_by_data_api"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{status}");
+    assert_eq!(flagged[0]["meter"], mistyped);
+    // Kept on the device, not lost.
+    assert!(
+        status["pending_measurements"].as_u64() > Some(0),
+        "{status}"
+    );
+    let exported = api.export(&survey, &household.id).await;
+    assert!(exported
+        .iter()
+        .all(|m| m["meter"] == household.consumption.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_without_the_consent_scope_learns_the_consent_from_the_household() {
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "jonas@example.org").await;
+    // The participant grants consent with a full certificate; the reader's certificate
+    // may only see the household and write measurements.
+    let participant = Participant::new(&survey, &api, &household.device);
+    let (status, _) = participant.call(Method::POST, "/household/consent").await;
+    assert_eq!(status, 200);
+    let limited = survey.issue_device_with_scopes(
+        "jonas@example.org",
+        "jonas-reader",
+        Some("household,measurement-write"),
+    );
+    let (_sim, pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let mut setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![(household.consumption.clone(), format!("serial://{pty}"))],
+        vec![],
+    );
+    setup.device = limited;
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for("measurements from the limited device", PATIENCE, || {
+        let participant = &participant;
+        let meter = &household.consumption;
+        async move { (participant.measurements(meter).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(reader.status()["consent"], "GRANTED");
+    assert!(reader
+        .events("consent not fetched, using the last known state")
+        .is_empty());
 }

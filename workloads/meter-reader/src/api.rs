@@ -33,6 +33,8 @@ pub enum ApiError {
         code: String,
         /// The `message` of the body.
         message: String,
+        /// The `field` of the body: the offending input, e.g. `measurements[3].meter`.
+        field: Option<String>,
     },
 }
 
@@ -46,6 +48,24 @@ impl ApiError {
             ApiError::Rejected {
                 status: 403, code, ..
             } if code == "consent_not_granted" => Some(ConsentState::NotGranted),
+            _ => None,
+        }
+    }
+
+    /// The position in the batch of a measurement whose meter the Data API does not know
+    /// for this household (403 `foreign_meter`, field `measurements[i].meter`).
+    pub fn foreign_meter_at(&self) -> Option<usize> {
+        match self {
+            ApiError::Rejected {
+                status: 403,
+                code,
+                field: Some(field),
+                ..
+            } if code == "foreign_meter" => field
+                .strip_prefix("measurements[")?
+                .strip_suffix("].meter")?
+                .parse()
+                .ok(),
             _ => None,
         }
     }
@@ -77,6 +97,8 @@ struct ErrorBody {
     error: String,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    field: Option<String>,
 }
 
 /// The Data API client.
@@ -146,6 +168,7 @@ impl ApiClient {
             status: status.as_u16(),
             code: body.error,
             message: body.message,
+            field: body.field,
         })
     }
 
@@ -208,6 +231,7 @@ mod tests {
             status,
             code: code.into(),
             message: String::new(),
+            field: None,
         };
         assert_eq!(
             e(403, "consent_revoked").consent(),
@@ -219,6 +243,29 @@ mod tests {
         );
         assert_eq!(e(403, "foreign_meter").consent(), None);
         assert_eq!(e(500, "consent_revoked").consent(), None);
+    }
+
+    #[test]
+    fn foreign_meters_are_located_in_the_batch() {
+        let e = |code: &str, field: Option<&str>| ApiError::Rejected {
+            status: 403,
+            code: code.into(),
+            message: String::new(),
+            field: field.map(str::to_owned),
+        };
+        assert_eq!(
+            e("foreign_meter", Some("measurements[17].meter")).foreign_meter_at(),
+            Some(17)
+        );
+        assert_eq!(e("foreign_meter", None).foreign_meter_at(), None);
+        assert_eq!(
+            e("foreign_meter", Some("measurements[x].meter")).foreign_meter_at(),
+            None
+        );
+        assert_eq!(
+            e("insufficient_scope", Some("measurements[1].meter")).foreign_meter_at(),
+            None
+        );
     }
 
     #[test]

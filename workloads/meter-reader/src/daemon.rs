@@ -1,7 +1,7 @@
 //! The reader daemon: consent check, measurement cycle (data aggregator) and report cycle
 //! (data transmitter) around the probe threads and the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,10 @@ struct Daemon {
     probes: std::sync::Mutex<Vec<(MeterConfig, Probe)>>,
     /// Woken when the device frontend learned a new consent state.
     consent_changed: tokio::sync::Notify,
+    /// Meters the Data API refused as not the household's (until restarted).
+    refused_meters: std::sync::Mutex<HashSet<uuid::Uuid>>,
+    /// Whether the revocation has been logged in this run.
+    revocation_told: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -132,14 +136,22 @@ impl Daemon {
         }
     }
 
+    fn refused_meters(&self) -> std::sync::MutexGuard<'_, HashSet<uuid::Uuid>> {
+        self.refused_meters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Uploads everything pending, oldest first, deleting each batch once acknowledged.
     async fn report(&self) -> Result<usize, ApiError> {
         let mut sent = 0;
         loop {
+            let refused = self.refused_meters().clone();
             let batch = match self
                 .store
-                .oldest(self.config.batch_size.clamp(1, MAX_BATCH))
-            {
+                .oldest_matching(self.config.batch_size.clamp(1, MAX_BATCH), |m| {
+                    !refused.contains(&m.meter)
+                }) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the store");
@@ -150,7 +162,24 @@ impl Daemon {
                 return Ok(sent);
             }
             let (keys, measurements): (Vec<u64>, Vec<Measurement>) = batch.into_iter().unzip();
-            let ack = self.api.upload(&measurements).await?;
+            let ack = match self.api.upload(&measurements).await {
+                Ok(ack) => ack,
+                Err(e) => {
+                    // A meter the household does not have (a wrong uuid in the
+                    // configuration) would hold up every other meter's measurements
+                    // for good: set its measurements aside and send the rest.
+                    let Some(meter) = e.foreign_meter_at().and_then(|i| measurements.get(i)) else {
+                        return Err(e);
+                    };
+                    if self.refused_meters().insert(meter.meter) {
+                        tracing::error!(
+                            meter = %meter.meter,
+                            "the Data API does not know this meter for the household: its measurements stay on this device and are not sent; check METER_READER_METERS"
+                        );
+                    }
+                    continue;
+                }
+            };
             if let Err(e) = self.store.remove(&keys) {
                 // Not fatal: the next upload repeats the batch and the Data API counts
                 // the repetitions as duplicates.
@@ -171,6 +200,7 @@ impl Daemon {
     /// What the device knows about itself: consent, pending measurements and every
     /// configured meter with its probe (read only while consent is granted).
     fn status(&self, consent: ConsentState) -> serde_json::Value {
+        let refused = self.refused_meters().clone();
         let probes = self.probes();
         let meters: Vec<_> = self
             .config
@@ -191,6 +221,7 @@ impl Daemon {
                     "bad_frames": s.bad_frames,
                     "unlock_attempts": s.unlock_attempts,
                     "last_reading": s.latest.map(|l| l.received_at.to_rfc3339()),
+                    "refused_by_data_api": refused.contains(&m.meter),
                 })
             })
             .collect();
@@ -228,11 +259,21 @@ impl Daemon {
     }
 }
 
-fn revoked_notice() {
-    tracing::error!(
-        consent = "REVOKED",
-        "consent revoked: measuring stopped for good; this device should be returned to the research group"
-    );
+impl Daemon {
+    /// Tells, once per run, that the device is done; the measuring cycle and a refused
+    /// upload may both be the first to learn of the revocation.
+    fn revoked_notice(&self) {
+        if self
+            .revocation_told
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        tracing::error!(
+            consent = "REVOKED",
+            "consent revoked: measuring stopped for good; this device should be returned to the research group"
+        );
+    }
 }
 
 /// Serves the device frontend until it fails; a frontend that cannot start is logged and
@@ -287,6 +328,8 @@ pub async fn run(
         api,
         probes: std::sync::Mutex::new(Vec::new()),
         consent_changed: tokio::sync::Notify::new(),
+        refused_meters: std::sync::Mutex::new(HashSet::new()),
+        revocation_told: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(
         meters = d.config.meters.len(),
@@ -303,7 +346,7 @@ pub async fn run(
                 state = d.refresh_consent().await;
             }
             if state == ConsentState::Revoked {
-                revoked_notice();
+                d.revoked_notice();
             }
             d.apply_consent(state)?;
             d.write_status(state);
@@ -326,7 +369,7 @@ pub async fn run(
                     d.consent.current()
                 };
                 if state == ConsentState::Revoked {
-                    revoked_notice();
+                    d.revoked_notice();
                 }
                 d.apply_consent(state)?;
                 if !cycle {
@@ -365,7 +408,7 @@ pub async fn run(
                     Err(e) => {
                         if let Some(state) = e.consent() {
                             if let Ok(ConsentState::Revoked) = d.consent.update(state) {
-                                revoked_notice();
+                                d.revoked_notice();
                             }
                         }
                         tracing::warn!(error = %e, pending = d.store.pending(), retry_in_s = backoff.as_secs_f64(), "upload failed, will retry");

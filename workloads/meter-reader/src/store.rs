@@ -70,6 +70,15 @@ impl Store {
     /// The oldest `limit` measurements with their keys. Records that cannot be read
     /// (which only a damaged disk produces) are dropped with an error log, not retried.
     pub fn oldest(&self, limit: usize) -> Result<Vec<(u64, Measurement)>, StoreError> {
+        self.oldest_matching(limit, |_| true)
+    }
+
+    /// The oldest `limit` measurements that `wanted` accepts, with their keys.
+    pub fn oldest_matching(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&Measurement) -> bool,
+    ) -> Result<Vec<(u64, Measurement)>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(1000));
         for item in self.measurements.iter() {
             if out.len() >= limit {
@@ -77,8 +86,9 @@ impl Store {
             }
             let (k, v) = item?;
             let key = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            match serde_json::from_slice(&v) {
-                Ok(m) => out.push((key, m)),
+            match serde_json::from_slice::<Measurement>(&v) {
+                Ok(m) if wanted(&m) => out.push((key, m)),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(key, error = %e, "unreadable measurement record dropped");
                     self.measurements.remove(k)?;

@@ -303,7 +303,10 @@ function renderReader(reader) {
   const probes = (reader.meters ?? []).map((m) => {
     const label = meterLabels.get(m.meter) ?? `Meter ${String(m.meter).slice(0, 8)}`;
     let state;
-    if (!measuring) state = el("span", { class: "muted" }, "not read (no consent)");
+    if (m.refused_by_data_api)
+      state = el("span", { class: "bad" }, "unknown to the survey — this meter's measurements are not sent; the device's configuration needs correcting");
+    else if (reader.consent === "REVOKED") state = el("span", { class: "muted" }, "not read any more (consent revoked)");
+    else if (!measuring) state = el("span", { class: "muted" }, "not read until consent is granted");
     else if (m.connected) state = el("span", { class: "ok" }, "probe connected");
     else state = el("span", { class: "bad" }, "probe not connected — check its position on the meter");
     return el(
