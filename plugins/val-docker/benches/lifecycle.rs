@@ -6,15 +6,12 @@
 //! writes them into the `val-docker` section of BENCHMARKS.md at the repository root.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use motey_val::{labels, ContainerSpec, Privileges, RestartPolicy, VirtualizationEngine};
 use motey_val_docker::DockerEngine;
-
-const IMAGE: &str = "motey/testbox:latest";
-const SECTION: &str = "val-docker";
+use system_tests::bench::{machine, write_section, Figures};
+use system_tests::docker::{docker, ensure_testbox, TESTBOX as IMAGE};
 
 #[tokio::main]
 async fn main() {
@@ -22,18 +19,7 @@ async fn main() {
         .skip(1)
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(20);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root");
-    if docker(&["image", "inspect", IMAGE]).is_err() {
-        let built = Command::new(root.join("scripts/build-images.sh"))
-            .arg("testbox")
-            .current_dir(&root)
-            .status()
-            .expect("run scripts/build-images.sh");
-        assert!(built.success(), "building {IMAGE} failed");
-    }
+    ensure_testbox();
     let engine = DockerEngine::connect(None).expect("connect to Docker");
     let engine_version = engine.ping().await.expect("Docker answers");
     let run_id = format!("valbench-{}", std::process::id());
@@ -59,21 +45,14 @@ async fn main() {
          - Machine: {machine}\n\
          - Docker Engine {engine_version}\n\
          - Command: `cargo bench -p motey-val-docker --bench lifecycle -- {rounds}`\n\n\
-         | path | median | mean | min | max |\n|---|---|---|---|---|\n\
-         | plugin | {} | {} | {} | {} |\n| docker CLI | {} | {} | {} | {} |\n\n\
+         | path | median | mean | min | max |\n|---|---|---|---|---|\n{}\n{}\n\n\
          Plugin / CLI (medians): **{ratio:.2}**\n",
-        ms(plugin.median),
-        ms(plugin.mean),
-        ms(plugin.min),
-        ms(plugin.max),
-        ms(cli.median),
-        ms(cli.mean),
-        ms(cli.min),
-        ms(cli.max),
+        plugin.table_row("plugin"),
+        cli.table_row("docker CLI"),
         machine = machine(),
     );
     println!("{report}");
-    write_section(&root.join("BENCHMARKS.md"), &report);
+    write_section("val-docker", &report);
 }
 
 async fn plugin_round(engine: &DockerEngine, run_id: &str, round: usize) -> Duration {
@@ -110,81 +89,4 @@ fn cli_round(run_id: &str, round: usize) -> Duration {
     docker(&["stop", "-t", "10", &name]).expect("docker stop");
     docker(&["rm", &name]).expect("docker rm");
     started.elapsed()
-}
-
-fn docker(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-struct Figures {
-    median: Duration,
-    mean: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Figures {
-    fn of(mut samples: Vec<Duration>) -> Figures {
-        samples.sort();
-        let total: Duration = samples.iter().sum();
-        Figures {
-            median: samples[samples.len() / 2],
-            mean: total / samples.len() as u32,
-            min: samples[0],
-            max: samples[samples.len() - 1],
-        }
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name"))
-        .and_then(|rest| rest.split(':').nth(1))
-        .map_or("unknown CPU".to_owned(), |model| model.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_kib: u64 = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cores} cores (nproc), {cpu}, {:.1} GiB memory",
-        memory_kib as f64 / (1024.0 * 1024.0)
-    )
-}
-
-/// Replaces the content between this section's markers, appending the section if missing.
-fn write_section(path: &PathBuf, content: &str) {
-    let begin = format!("<!-- BEGIN {SECTION} -->");
-    let end = format!("<!-- END {SECTION} -->");
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{begin}\n## {SECTION}\n\n{content}{end}");
-    let updated = match (existing.find(&begin), existing.find(&end)) {
-        (Some(start), Some(stop)) if stop > start => {
-            format!(
-                "{}{block}{}",
-                &existing[..start],
-                &existing[stop + end.len()..]
-            )
-        }
-        _ => format!("{}\n{block}\n", existing.trim_end()),
-    };
-    std::fs::write(path, updated).expect("write BENCHMARKS.md");
-    println!("wrote section {SECTION} of {}", path.display());
 }
