@@ -96,7 +96,7 @@ function nodeRow(node, ownCapabilities) {
       h('code', { class: 'node-id' }, node.id),
       node.version ? h('span', { class: 'version' }, ` motey ${node.version}`) : null,
     ),
-    h('td', { dataset: { label: 'State' } }, stateBadge(node.state), phaseBadge(node.phase, node.phase_reason)),
+    h('td', { dataset: { label: 'State' } }, stateBadge(node.state), phaseBadge(node.phase, node.phase_reason, !node.this_node && node.state !== 'alive')),
     h(
       'td',
       { dataset: { label: 'Last seen' } },
