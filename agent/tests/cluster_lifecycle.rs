@@ -7,7 +7,8 @@
 //!   recreated elsewhere; a killed node's image is rescheduled after it, and the killed
 //!   node, restarted, removes its orphaned container;
 //! - a node whose engine is unreachable is recovering and refuses deployments (REST and
-//!   peer protocol); `motey decommission --wipe` drains a node and wipes its store.
+//!   peer protocol), as is one that lost its broker; `motey decommission --wipe` drains
+//!   a node and wipes its store.
 
 mod support;
 
@@ -243,7 +244,7 @@ async fn probes_come_and_go_nodes_are_cut_off_killed_and_restarted() {
 
 #[tokio::test]
 async fn a_recovering_node_refuses_deployments_and_decommissioning_drains() {
-    let broker = cluster::Mosquitto::start();
+    let mut broker = cluster::Mosquitto::start();
     let env = fog_env(&broker.port().to_string());
     let hub = start("lc-hub2", &env).await;
     // A socket nobody listens on any more: the engine is there, but dead.
@@ -339,4 +340,53 @@ async fn a_recovering_node_refuses_deployments_and_decommissioning_drains() {
     assert!(log.contains("node phase changed"), "{}", tail(&edge));
     hub.delete(&format!("/v1/services/{id}")).await;
     hub.wait_for_state(&id, "TERMINATED").await;
+
+    // The broker is lost: the hub is recovering and refuses deployments until it is back.
+    broker.stop();
+    let phase_of = |agent: &AgentProcess| {
+        let url = agent.url("/v1/nodestatus");
+        async move {
+            let status: Value = support::client()
+                .get(url)
+                .bearer_auth(support::TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(status)
+        }
+    };
+    let recovering = wait_for(
+        "the hub to lose the broker",
+        Duration::from_secs(60),
+        || async { phase_of(&hub).await.filter(|s| s["phase"] == "recovering") },
+    )
+    .await;
+    assert!(
+        recovering["phase_reason"]
+            .as_str()
+            .unwrap()
+            .contains("MQTT broker lost"),
+        "{recovering:#}"
+    );
+    let (status, refused) = hub
+        .post_blueprint("name: web\nimages:\n  - {name: web, image: nginx}\n")
+        .await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("MQTT broker lost"),
+        "{refused}"
+    );
+    broker.restart();
+    wait_for(
+        "the hub to operate again",
+        Duration::from_secs(60),
+        || async { phase_of(&hub).await.filter(|s| s["phase"] == "operating") },
+    )
+    .await;
 }
