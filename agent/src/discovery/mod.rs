@@ -4,7 +4,7 @@
 //! | topic | message (`type`) | when |
 //! |---|---|---|
 //! | `<prefix>/nodes/request` | `node_request` | a node (re)connects: every node, itself included, answers with its metadata |
-//! | `<prefix>/nodes/meta/<id>` | `node_meta` | answer to a request, on connecting, on a metadata change, and every heartbeat interval |
+//! | `<prefix>/nodes/meta/<id>` | `node_meta` (metadata and lifecycle phase) | answer to a request, on connecting, on a metadata or phase change, and every heartbeat interval |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: leave`) | the node stops gracefully: the others forget it |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: lost`) | the node's MQTT last will: the broker publishes it when the connection breaks without a goodbye; the others mark the node gone |
 //!
