@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -16,9 +16,11 @@ use crate::capabilities::events::CapabilityEvents;
 use crate::config::Config;
 use crate::discovery::embedded_broker::{self, BrokerSettings, EmbeddedBroker};
 use crate::discovery::{
-    capabilities_digest, Discovery, DiscoverySettings, Liveness, PeerDirectory,
+    capabilities_digest, Announcer, BrokerStatus, Discovery, DiscoverySettings, Liveness,
+    PeerDirectory,
 };
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
+use crate::lifecycle::{self, Health, NodePhase};
 use crate::orchestrator::remote::RemoteNodes;
 use crate::orchestrator::Orchestrator;
 use crate::peer::{load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer};
@@ -61,6 +63,8 @@ pub struct Agent {
     peer_server: PeerServer,
     capability_events: CapabilityEvents,
     capability_changes: watch::Receiver<u64>,
+    /// Drain timeouts of `POST /v1/decommission`.
+    decommission_requests: mpsc::Receiver<Duration>,
     /// Stops what was started in [`Agent::bind`] (the event socket) when the agent ends.
     stopping: CancellationToken,
 }
@@ -134,6 +138,18 @@ impl Agent {
             remote,
             config.orchestrator.clone(),
         );
+        orchestrator
+            .set_reschedule_grace(Duration::from_secs(config.cluster.reschedule_grace_secs));
+        // Identity and keys are in place; with a plausible clock the node starts joining.
+        let (phase, reason) = match lifecycle::clock_problem() {
+            Some(problem) => (NodePhase::Commissioning, Some(problem)),
+            None => (
+                NodePhase::Provisioning,
+                Some("joining the fog (waiting for the MQTT broker)".into()),
+            ),
+        };
+        orchestrator.lifecycle().set(phase, reason);
+        directory.set_this_phase(orchestrator.lifecycle().current());
         let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
         let peer_server = PeerServer::bind(
             &peer_endpoint,
@@ -152,6 +168,7 @@ impl Agent {
         )
         .await?;
         let (capabilities_changed, capability_changes) = watch::channel(0);
+        let (decommission_listener, decommission_requests) = mpsc::channel(1);
         let nodes: Arc<dyn NodeDirectory> = Arc::new(directory.clone());
         let state = ApiState::new(
             orchestrator.clone(),
@@ -161,7 +178,8 @@ impl Agent {
             &config,
             token,
         )
-        .with_capability_listener(capabilities_changed);
+        .with_capability_listener(capabilities_changed)
+        .with_decommission_listener(decommission_listener);
         Ok(Agent {
             config,
             store,
@@ -174,6 +192,7 @@ impl Agent {
             peer_server,
             capability_events,
             capability_changes,
+            decommission_requests,
             stopping,
         })
     }
@@ -226,6 +245,7 @@ impl Agent {
             peer_server,
             capability_events,
             mut capability_changes,
+            mut decommission_requests,
             stopping,
         } = self;
         let mut settings = DiscoverySettings::from_config(&config.mqtt);
@@ -241,6 +261,35 @@ impl Agent {
                 error!(%error, "node discovery cannot start; running without peers");
                 None
             }
+        };
+        // The node's phase follows its health: the first check before serving, so that a
+        // node that reaches its broker at once is operating when its API answers.
+        let broker_status = discovery.as_ref().map(|d| d.status());
+        let announcer = discovery.as_ref().map(|d| d.announcer());
+        if let Some(mut status) = broker_status.clone() {
+            let connected = status.wait_for(|s| matches!(s, BrokerStatus::Connected { .. }));
+            let _ = tokio::time::timeout(Duration::from_secs(5), connected).await;
+        }
+        let mut health_monitor = HealthMonitor {
+            orchestrator: orchestrator.clone(),
+            directory: directory.clone(),
+            broker: broker_status,
+            announcer,
+            data_dir: config.general.data_dir.clone(),
+            broker_ever_connected: false,
+        };
+        health_monitor.check().await;
+        let health = tokio::spawn(health_monitor.run(stopping.clone()));
+        let drain = {
+            let orchestrator = orchestrator.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let Some(timeout) = decommission_requests.recv().await else {
+                    return;
+                };
+                drain_and_leave(&orchestrator, timeout).await;
+                shutdown.cancel();
+            })
         };
         info!(
             node = %orchestrator.node(),
@@ -287,11 +336,122 @@ impl Agent {
             discovery.leave().await;
         }
         stopping.cancel();
+        drain.abort();
+        let _ = health.await;
         let _ = announcer.await;
         capability_events.join().await;
         peer_server.shutdown().await;
         info!("agent stopped");
         served
+    }
+}
+
+/// Waits until the owners took back the images this node hosts and its own services are
+/// terminated (at most `timeout`), then removes whatever is left, so that the node leaves
+/// nothing running behind.
+async fn drain_and_leave(orchestrator: &Orchestrator, timeout: Duration) {
+    info!(
+        timeout_secs = timeout.as_secs(),
+        "decommissioning: draining the images of this node"
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match orchestrator.drain_progress() {
+            Ok(progress) if progress.is_drained() => {
+                info!("decommissioning: drained");
+                break;
+            }
+            Ok(progress) if tokio::time::Instant::now() >= deadline => {
+                warn!(
+                    own_services = progress.own_services,
+                    hosted_images = progress.hosted_images,
+                    "decommissioning: not drained in time; removing what is left"
+                );
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "decommissioning: cannot read the store"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    orchestrator.abandon_hosted_images().await;
+    orchestrator.remove_all_containers().await;
+    info!("decommissioning: leaving the fog");
+}
+
+/// Derives this node's phase from its health, every few seconds and whenever the broker
+/// link changes, and announces it.
+struct HealthMonitor {
+    orchestrator: Orchestrator,
+    directory: PeerDirectory,
+    broker: Option<watch::Receiver<BrokerStatus>>,
+    announcer: Option<Announcer>,
+    data_dir: std::path::PathBuf,
+    broker_ever_connected: bool,
+}
+
+impl HealthMonitor {
+    async fn run(mut self, stopping: CancellationToken) {
+        let mut phases = self.orchestrator.lifecycle().subscribe();
+        loop {
+            let broker_changed = async {
+                match self.broker.as_mut() {
+                    Some(status) => {
+                        if status.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = broker_changed => {}
+                _ = phases.changed() => {}
+                _ = tokio::time::sleep(lifecycle::HEALTH_CHECK_INTERVAL) => {}
+            }
+            self.check().await;
+        }
+    }
+
+    async fn check(&mut self) {
+        let broker_problem = match self.broker.as_ref().map(|status| status.borrow().clone()) {
+            Some(BrokerStatus::Connected { .. }) => {
+                self.broker_ever_connected = true;
+                None
+            }
+            Some(BrokerStatus::Disconnected { error, .. }) => Some(error),
+            Some(BrokerStatus::Connecting) => None,
+            Some(BrokerStatus::Stopped) => Some("node discovery stopped".into()),
+            None => Some("node discovery did not start".into()),
+        };
+        let engine = self.orchestrator.engine();
+        let engine_problem = match tokio::time::timeout(Duration::from_secs(5), engine.ping()).await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("no answer within 5 s".into()),
+        };
+        let health = Health {
+            clock_problem: lifecycle::clock_problem(),
+            broker_ever_connected: self.broker_ever_connected,
+            broker_problem,
+            engine_problem,
+            disk_problem: lifecycle::disk_problem(&self.data_dir),
+        };
+        let (phase, reason) = lifecycle::phase_of(&health);
+        let lifecycle = self.orchestrator.lifecycle();
+        if lifecycle.set(phase, reason) && lifecycle.current().accepts_deployments() {
+            // Images waiting for a node in norm may be placed now.
+            self.orchestrator.wake();
+        }
+        let current = lifecycle.current();
+        if self.directory.this_phase().as_ref() != Some(&current) {
+            self.directory.set_this_phase(current);
+            if let Some(announcer) = &self.announcer {
+                announcer.announce();
+            }
+        }
     }
 }
 
@@ -327,6 +487,17 @@ impl PeerHandler for HostedImages {
             .await
             .map_err(|error| error.to_string())
     }
+
+    async fn image_assignment(
+        &self,
+        service: &ServiceId,
+        image_id: &str,
+        node: &NodeId,
+    ) -> Result<bool, String> {
+        self.0
+            .assigns(service, image_id, node)
+            .map_err(|error| error.to_string())
+    }
 }
 
 impl NodeDirectory for PeerDirectory {
@@ -344,6 +515,8 @@ impl NodeDirectory for PeerDirectory {
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
                 this_node: false,
+                phase_reason: peer.phase.as_ref().and_then(|p| p.reason.clone()),
+                phase: peer.phase.map(|p| p.phase),
             })
             .collect()
     }

@@ -108,6 +108,9 @@ pub struct Cluster {
     /// The shared secret; `None`: generated once and kept in the data directory.
     pub key: Option<String>,
     pub request_timeout_ms: u64,
+    /// Seconds a gone peer keeps the images it runs for this node before they are placed
+    /// elsewhere (0: at once).
+    pub reschedule_grace_secs: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -116,6 +119,7 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("reschedule_grace_secs", &self.reschedule_grace_secs)
             .finish()
     }
 }
@@ -526,9 +530,15 @@ impl RawConfig {
                 "expected milliseconds (1 or more)",
             ));
         }
+        let reschedule_grace_secs = self.parse(
+            "CLUSTER",
+            "reschedule_grace",
+            "expected seconds (0 or more)",
+        )?;
         Ok(Cluster {
             key,
             request_timeout_ms,
+            reschedule_grace_secs,
         })
     }
 }
@@ -633,6 +643,7 @@ mod tests {
         assert!(config.mqtt.peer_suspect_after_secs < config.mqtt.peer_gone_after_secs);
         assert!(config.cluster.key.is_none());
         assert_eq!(config.cluster.request_timeout_ms, 5000);
+        assert_eq!(config.cluster.reschedule_grace_secs, 30);
 
         let mut raw = RawConfig::defaults();
         raw.set("MQTT", "topic_prefix", "fog/#");

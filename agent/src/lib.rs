@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod domain;
+pub mod lifecycle;
 pub mod logging;
 pub mod orchestrator;
 pub mod peer;

@@ -42,6 +42,17 @@ enum Command {
     },
     /// Tell whether the agent runs (exit code 0) or not (3).
     Status,
+    /// Take this node out of the fog for good: it refuses deployments, terminates the
+    /// services it owns, waits until its peers moved the images it runs for them to other
+    /// capable nodes, announces its removal and stops.
+    Decommission {
+        /// Then delete the node's sensitive data: cluster key, API token and store.
+        #[arg(long)]
+        wipe: bool,
+        /// Seconds to wait for the peers to take their images back before removing them.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Tell the running agent that a capability appeared or vanished (a hardware event,
     /// as a udev rule would send when a probe is plugged in or out).
     Capability {
@@ -87,7 +98,104 @@ fn main() -> ExitCode {
         },
         Command::Status => status(&config),
         Command::Capability { action } => capability_event(&config, action),
+        Command::Decommission { wipe, timeout } => decommission(&config, wipe, timeout),
     }
+}
+
+/// Asks the running agent to drain and leave, waits until it has stopped, then wipes.
+fn decommission(config: &Config, wipe: bool, timeout_secs: u64) -> ExitCode {
+    let Some(pid) = daemon::running_pid(&config.general.pid_file) else {
+        eprintln!(
+            "motey: no agent runs (pid file {}); it must run to hand its images over",
+            config.general.pid_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(ask_to_decommission(config, timeout_secs)));
+    match asked {
+        Ok(answer) => println!("decommissioning: {answer}"),
+        Err(error) => {
+            eprintln!("motey: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // The agent stops by itself once drained (or at the timeout).
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs + 60);
+    while daemon::running_pid(&config.general.pid_file) == Some(pid) {
+        if std::time::Instant::now() > deadline {
+            eprintln!("motey: the agent (pid {pid}) did not stop; nothing was wiped");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("motey (pid {pid}) drained and left the fog");
+    if wipe {
+        let data_dir = &config.general.data_dir;
+        let sensitive = [
+            config.database.path.clone(),
+            data_dir.join(motey::peer::KEY_FILE),
+            data_dir.join("api-token"),
+        ];
+        for path in sensitive {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => println!("wiped {}", path.display()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    eprintln!("motey: cannot wipe {}: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn ask_to_decommission(config: &Config, timeout_secs: u64) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let token = match &config.webserver.token {
+        Some(token) => token.clone(),
+        None => {
+            let path = config.general.data_dir.join("api-token");
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the API token {}", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    let host = if config.webserver.ip.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        config.webserver.ip.to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let url = format!("http://{host}:{}/v1/decommission", config.webserver.port);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "timeout_secs": timeout_secs }))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent at {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("the agent refused ({status}): {body}");
+    }
+    Ok(body)
 }
 
 fn capability_event(config: &Config, action: CapabilityCommand) -> ExitCode {

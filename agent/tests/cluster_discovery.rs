@@ -102,6 +102,7 @@ async fn a_silent_node_becomes_suspect_then_gone_and_returns() {
             node: cluster::node_info("silent"),
             epoch: 1,
             instance: "silent".into(),
+            phase: None,
         };
         Envelope::new(
             kinds::NODE_META,

@@ -406,6 +406,7 @@ async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
             )
             .await;
         assert!(this_node.contains("hub"), "{this_node}");
+        assert!(this_node.contains("operating"), "phase: {this_node}");
         for (peer, name, state) in [
             (&staying, "edge-1", "alive"),
             (&silent, "edge-2", "suspect"),
@@ -421,7 +422,12 @@ async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
             assert!(row.contains(&format!("127.0.0.1:{}", peer.port)), "{row}");
             assert!(row.contains("ago"), "last seen: {row}");
             assert!(row.contains("motey 0.1.0"), "version: {row}");
+            assert!(row.contains("operating"), "phase as last announced: {row}");
         }
+        let phase = browser
+            .wait_for_text("[data-stat='phase']", "operating")
+            .await;
+        assert!(phase.contains("operating"), "{phase}");
         let colours = browser
             .execute(
                 "return ['alive', 'suspect', 'gone'].map(s => getComputedStyle(document.querySelector(`#node-rows .state-${s}`)).color)",

@@ -4,6 +4,19 @@ import { h } from './dom.js';
 
 const SERVICE_STATES = ['INITIAL', 'INSTANTIATING', 'RUNNING', 'STOPPING', 'TERMINATED', 'ERROR'];
 const NODE_STATES = ['alive', 'suspect', 'gone'];
+const NODE_PHASES = ['commissioning', 'provisioning', 'operating', 'recovering', 'decommissioning'];
+
+/** A node's lifecycle phase in words (and colour), with why it is there if not operating. */
+export function phaseBadge(phase, reason, stale = false) {
+  if (!phase) return h('span', { class: 'phase phase-unknown', dataset: { phase: '' } }, 'phase not announced');
+  const name = NODE_PHASES.includes(phase) ? phase : 'unknown';
+  return h(
+    'span',
+    { class: `phase phase-${name}`, dataset: { phase: String(phase) }, title: reason || null },
+    stale ? `last announced: ${phase}` : String(phase),
+    reason ? h('span', { class: 'phase-reason' }, reason) : null,
+  );
+}
 
 /** A coloured badge that also says the state in words, so colour is never the only cue. */
 export function stateBadge(state) {

@@ -1,9 +1,9 @@
 // Nodes: this node's statistics (/v1/nodestatus) and every known node (/v1/nodes) with its
-// liveness, last contact and capabilities.
+// liveness, lifecycle phase, last contact and capabilities.
 
 import { api, describe, isAbort } from './api.js';
 import { every, fill, h, pageHeading, showMessage } from './dom.js';
-import { ago, bytes, duration, percent, stateBadge } from './format.js';
+import { ago, bytes, duration, percent, phaseBadge, stateBadge } from './format.js';
 
 export const title = 'Nodes';
 
@@ -96,7 +96,7 @@ function nodeRow(node, ownCapabilities) {
       h('code', { class: 'node-id' }, node.id),
       node.version ? h('span', { class: 'version' }, ` motey ${node.version}`) : null,
     ),
-    h('td', { dataset: { label: 'State' } }, stateBadge(node.state)),
+    h('td', { dataset: { label: 'State' } }, stateBadge(node.state), phaseBadge(node.phase, node.phase_reason, !node.this_node && node.state !== 'alive')),
     h(
       'td',
       { dataset: { label: 'Last seen' } },
@@ -153,5 +153,6 @@ function statistics(s) {
     item('Uptime', 'uptime', duration(s.uptime_secs)),
     item('Engine', 'engine', `${s.engine}${s.engine_version ? ` ${s.engine_version}` : ' (not reachable)'}`),
     item('Agent', 'version', `motey ${s.version}`),
+    item('Phase', 'phase', phaseBadge(s.phase, s.phase_reason)),
   ];
 }

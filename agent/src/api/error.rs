@@ -94,7 +94,29 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::NotOwner { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_owner", error.to_string())
             }
+            OrchestratorError::NotOperating(refusal) => refusal.into(),
             OrchestratorError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A node that is not operating refuses deployments: 409 while it is being
+/// decommissioning (it will not take any again), 503 while it is joining or recovering
+/// (it will, once in norm).
+impl From<crate::lifecycle::NotOperating> for ApiError {
+    fn from(refusal: crate::lifecycle::NotOperating) -> ApiError {
+        use crate::lifecycle::NodePhase;
+        match refusal.report.phase {
+            NodePhase::Decommissioning => ApiError::new(
+                StatusCode::CONFLICT,
+                "node_decommissioning",
+                refusal.to_string(),
+            ),
+            _ => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_not_operating",
+                refusal.to_string(),
+            ),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod capabilities;
+pub mod decommission;
 pub mod error;
 mod nodes;
 mod services;
@@ -13,7 +14,7 @@ mod webclient;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::trace::TraceLayer;
 
@@ -38,6 +39,8 @@ pub struct ApiState {
     capabilities_changed: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     /// `None` where the platform gives no statistics.
     system: Arc<Mutex<Option<sysinfo::System>>>,
+    /// Where `POST /v1/decommission` hands its drain timeout to the agent.
+    decommission: Option<tokio::sync::mpsc::Sender<std::time::Duration>>,
 }
 
 impl ApiState {
@@ -61,6 +64,7 @@ impl ApiState {
             security: Arc::new(config.security.clone()),
             capabilities_changed: None,
             system: Arc::new(Mutex::new(sysinfo::System::new().ok())),
+            decommission: None,
         }
     }
 }
@@ -72,6 +76,15 @@ impl ApiState {
         listener: tokio::sync::watch::Sender<u64>,
     ) -> ApiState {
         self.capabilities_changed = Some(Arc::new(listener));
+        self
+    }
+
+    /// Lets `POST /v1/decommission` ask the agent to drain and leave, within the given time.
+    pub fn with_decommission_listener(
+        mut self,
+        listener: tokio::sync::mpsc::Sender<std::time::Duration>,
+    ) -> ApiState {
+        self.decommission = Some(listener);
         self
     }
 
@@ -106,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/nodes", get(nodes::list))
         .route("/nodestatus", get(status::node_status))
+        .route("/decommission", post(decommission::decommission))
         .route("/heartbeat", get(status::heartbeat))
         .route("/openapi.json", get(status::openapi))
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })

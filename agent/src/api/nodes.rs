@@ -24,6 +24,13 @@ pub struct NodeView {
     pub state: String,
     /// Whether this is the node answering.
     pub this_node: bool,
+    /// Lifecycle phase: `commissioning`, `provisioning`, `operating`, `recovering` or
+    /// `decommissioning`; absent for nodes that do not announce one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::lifecycle::NodePhase>,
+    /// Why the node is in its phase (what is out of norm while recovering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_reason: Option<String>,
 }
 
 /// Peers as last stored, all shown alive: the single-node case, where nothing refreshes them.
@@ -40,16 +47,21 @@ impl NodeDirectory for StoredNodes {
                 info,
                 state: "alive".into(),
                 this_node: false,
+                phase: None,
+                phase_reason: None,
             })
             .collect()
     }
 }
 
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let phase = state.orchestrator.lifecycle().current();
     let me = NodeView {
         info: (*state.this_node).clone(),
         state: "alive".into(),
         this_node: true,
+        phase: Some(phase.phase),
+        phase_reason: phase.reason,
     };
     let mut nodes = vec![me];
     nodes.extend(

@@ -25,6 +25,10 @@ pub struct NodeStatus {
     pub uptime_secs: u64,
     pub engine: String,
     pub engine_version: Option<String>,
+    /// Lifecycle phase of this node, why it is there and since when.
+    pub phase: crate::lifecycle::NodePhase,
+    pub phase_reason: Option<String>,
+    pub phase_since: chrono::DateTime<chrono::Utc>,
 }
 
 pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatus>, ApiError> {
@@ -50,6 +54,7 @@ pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatu
     let (disk_total_bytes, disk_available_bytes) = data_disk();
     let load = System::load_average().ok();
     let engine = state.orchestrator.engine();
+    let phase = state.orchestrator.lifecycle().current();
     Ok(Json(NodeStatus {
         node_id: state.this_node.id.to_string(),
         node_name: state.this_node.name.clone(),
@@ -64,6 +69,9 @@ pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatu
         uptime_secs: System::uptime().unwrap_or_default(),
         engine: engine.name().to_owned(),
         engine_version: engine.ping().await.ok(),
+        phase: phase.phase,
+        phase_reason: phase.reason,
+        phase_since: phase.since,
     }))
 }
 

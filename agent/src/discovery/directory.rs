@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::domain::{NodeId, NodeInfo};
+use crate::lifecycle::PhaseReport;
 use crate::store::{Repository, StoreError};
 
 /// How alive a peer is believed to be.
@@ -40,6 +41,10 @@ pub struct Peer {
     /// Why the node is suspect or gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The node's lifecycle phase as it last announced it (`None` for nodes that do not
+    /// announce one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PhaseReport>,
 }
 
 /// What changed about a peer.
@@ -94,10 +99,13 @@ struct Entry {
     heard_at: Instant,
     /// Connection epoch of the node's latest announcement (see `discovery`).
     epoch: u64,
+    phase: Option<PhaseReport>,
 }
 
 struct Inner {
     this_node: NodeInfo,
+    /// This node's phase, announced with its metadata.
+    this_phase: Option<PhaseReport>,
     peers: HashMap<NodeId, Entry>,
     /// Silence is only counted from here on: a node that was itself cut off from the broker
     /// cannot tell whether the others were silent.
@@ -149,6 +157,7 @@ impl PeerDirectory {
                     reason: Some("not heard of since this node started".into()),
                     heard_at: now,
                     epoch: 0,
+                    phase: None,
                 },
             );
         }
@@ -159,6 +168,7 @@ impl PeerDirectory {
         Ok(PeerDirectory {
             inner: Arc::new(Mutex::new(Inner {
                 this_node: stored_self,
+                this_phase: None,
                 peers,
                 counting_since: now,
                 listening: false,
@@ -206,6 +216,17 @@ impl PeerDirectory {
         info
     }
 
+    /// This node's phase as announced.
+    pub fn this_phase(&self) -> Option<PhaseReport> {
+        self.lock().this_phase.clone()
+    }
+
+    /// Records this node's phase; the discovery announces it at its next heartbeat, or
+    /// at once through `DiscoveryHandle::announce`.
+    pub fn set_this_phase(&self, phase: PhaseReport) {
+        self.lock().this_phase = Some(phase);
+    }
+
     /// Every known node, this node first, then the others by id.
     pub fn list(&self) -> Vec<Peer> {
         let inner = self.lock();
@@ -218,6 +239,7 @@ impl PeerDirectory {
                 last_seen: entry.last_seen,
                 this_node: false,
                 reason: entry.reason.clone(),
+                phase: entry.phase.clone(),
             })
             .collect();
         peers.sort_by(|a, b| a.info.id.cmp(&b.info.id));
@@ -229,6 +251,7 @@ impl PeerDirectory {
                 last_seen: None,
                 this_node: true,
                 reason: None,
+                phase: inner.this_phase.clone(),
             },
         );
         peers
@@ -265,7 +288,18 @@ impl PeerDirectory {
     }
 
     /// A node announced itself (on request, on connecting or as its heartbeat).
-    pub fn observe(&self, mut info: NodeInfo, epoch: u64, now: Instant) {
+    pub fn observe(&self, info: NodeInfo, epoch: u64, now: Instant) {
+        self.observe_with_phase(info, None, epoch, now);
+    }
+
+    /// As [`PeerDirectory::observe`], with the lifecycle phase the node announced.
+    pub fn observe_with_phase(
+        &self,
+        mut info: NodeInfo,
+        phase: Option<PhaseReport>,
+        epoch: u64,
+        now: Instant,
+    ) {
         let this_id = self.lock().this_node.id.clone();
         if info.id == this_id {
             return;
@@ -286,6 +320,7 @@ impl PeerDirectory {
                         last_seen: Some(seen_at),
                         heard_at: now,
                         epoch,
+                        phase,
                     },
                 );
                 Some(PeerEvent::Alive {
@@ -297,7 +332,13 @@ impl PeerDirectory {
                 entry.heard_at = now;
                 entry.last_seen = Some(seen_at);
                 entry.epoch = epoch;
-                let changed = !same_metadata(&entry.info, &info);
+                let phase_changed = entry.phase.as_ref().map(|p| (p.phase, &p.reason))
+                    != phase.as_ref().map(|p| (p.phase, &p.reason));
+                if phase_changed {
+                    tracing::info!(node = %info.id, phase = ?phase.as_ref().map(|p| p.phase), "node phase changed");
+                }
+                entry.phase = phase;
+                let changed = !same_metadata(&entry.info, &info) || phase_changed;
                 entry.info = info.clone();
                 if entry.state != PeerState::Alive {
                     let previous = entry.state;

@@ -4,7 +4,7 @@
 //! | topic | message (`type`) | when |
 //! |---|---|---|
 //! | `<prefix>/nodes/request` | `node_request` | a node (re)connects: every node, itself included, answers with its metadata |
-//! | `<prefix>/nodes/meta/<id>` | `node_meta` | answer to a request, on connecting, on a metadata change, and every heartbeat interval |
+//! | `<prefix>/nodes/meta/<id>` | `node_meta` (metadata and lifecycle phase) | answer to a request, on connecting, on a metadata or phase change, and every heartbeat interval |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: leave`) | the node stops gracefully: the others forget it |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: lost`) | the node's MQTT last will: the broker publishes it when the connection breaks without a goodbye; the others mark the node gone |
 //!
@@ -221,6 +221,9 @@ pub struct MetaPayload {
     pub epoch: u64,
     /// Random per agent start: two agents claiming one node id are told apart by it.
     pub instance: String,
+    /// The node's lifecycle phase (absent from nodes that do not announce one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::lifecycle::PhaseReport>,
 }
 
 /// Why a node leaves.
@@ -396,6 +399,11 @@ impl DiscoveryHandle {
         let _ = self.commands.try_send(Command::Announce);
     }
 
+    /// Something that announces this node's metadata now, usable after the handle is gone.
+    pub fn announcer(&self) -> Announcer {
+        Announcer(self.commands.clone())
+    }
+
     /// Records this node's new capabilities digest and announces it.
     pub fn set_capabilities(&self, capabilities: &[Capability]) {
         let digest = capabilities_digest(capabilities);
@@ -423,6 +431,16 @@ impl DiscoveryHandle {
     /// Waits until discovery has stopped (after the shutdown token was cancelled).
     pub async fn join(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Announces this node's metadata on request (e.g. after its phase changed).
+#[derive(Clone)]
+pub struct Announcer(mpsc::Sender<Command>);
+
+impl Announcer {
+    pub fn announce(&self) {
+        let _ = self.0.try_send(Command::Announce);
     }
 }
 
@@ -660,6 +678,7 @@ impl Worker {
             node,
             epoch: self.epoch.load(Ordering::SeqCst),
             instance: self.instance.clone(),
+            phase: self.directory.this_phase(),
         };
         self.publish(
             topic,
@@ -733,8 +752,12 @@ impl Worker {
                     }
                     return;
                 }
-                self.directory
-                    .observe(meta.node, meta.epoch, Instant::now());
+                self.directory.observe_with_phase(
+                    meta.node,
+                    meta.phase,
+                    meta.epoch,
+                    Instant::now(),
+                );
             }
             (Topic::Leave(id), kinds::NODE_LEAVE) => {
                 let leave: LeavePayload = match serde_json::from_value(envelope.payload.clone()) {

@@ -19,6 +19,10 @@ pub enum HostedImageError {
     #[error("this node lacks the capabilities {0}")]
     MissingCapabilities(String),
     #[error(transparent)]
+    NotOperating(#[from] crate::lifecycle::NotOperating),
+    #[error("node {0} {decommissioning}; place the image elsewhere", decommissioning = super::lifecycle::DECOMMISSIONING)]
+    Decommissioning(crate::domain::NodeId),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -33,6 +37,9 @@ impl Orchestrator {
         &self,
         deployment: ImageDeployment,
     ) -> Result<ImageStatus, HostedImageError> {
+        self.inner
+            .lifecycle
+            .check_accepts_deployments(self.inner.node.as_str())?;
         let offered: Vec<String> = self
             .capabilities()?
             .into_iter()
@@ -89,7 +96,13 @@ impl Orchestrator {
         service: &ServiceId,
         image: &str,
     ) -> Result<ImageStatus, HostedImageError> {
+        if self.inner.lifecycle.current().phase == crate::lifecycle::NodePhase::Decommissioning {
+            return Err(HostedImageError::Decommissioning(self.inner.node.clone()));
+        }
         let found = self.inner.store.services.get(service.as_str())?;
+        if found.as_ref().is_some_and(|s| s.image(image).is_some()) {
+            self.owner_showed_interest(service, image);
+        }
         found
             .filter(|s| s.image(image).is_some())
             .map(|s| status_of(&s, image, &self.inner.node))

@@ -7,13 +7,18 @@
 
 pub mod container;
 mod hosted;
+mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod placement;
 mod reconcile;
 pub mod remote;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,10 +29,12 @@ use tracing::{debug, info, warn};
 
 use crate::config;
 use crate::domain::{Blueprint, DesiredState, NodeId, Service, ServiceId, ServiceState};
+use crate::lifecycle::{NodeLifecycle, NodePhase, NotOperating};
 use crate::store::{Store, StoreError};
 use remote::RemoteNodes;
 
 pub use hosted::HostedImageError;
+pub use lifecycle::DrainProgress;
 
 /// Why an orchestration request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,8 @@ pub enum OrchestratorError {
     NotFound(ServiceId),
     #[error("service {service} is owned by node {owner}; terminate it there")]
     NotOwner { service: ServiceId, owner: NodeId },
+    #[error(transparent)]
+    NotOperating(#[from] NotOperating),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,6 +66,16 @@ struct Inner {
     /// Serializes read-modify-write of service records between the API, peers and the
     /// loop, so that an update made while a pass pulls an image is not overwritten.
     records: Mutex<()>,
+    /// This node's phase: only an operating node accepts deployments.
+    lifecycle: NodeLifecycle,
+    /// Milliseconds a peer may be gone before the images it runs for us are placed
+    /// elsewhere (`[CLUSTER] reschedule_grace`).
+    reschedule_grace_ms: AtomicU64,
+    /// When this node first found each peer gone (reset once it answers again).
+    gone_since: SyncMutex<HashMap<NodeId, std::time::Instant>>,
+    /// When the owner of each hosted image last showed that it still wants it here
+    /// (it asked for its status, or said so when asked).
+    confirmed: SyncMutex<HashMap<(ServiceId, String), std::time::Instant>>,
 }
 
 impl Orchestrator {
@@ -76,6 +95,10 @@ impl Orchestrator {
                 settings,
                 wake: Notify::new(),
                 records: Mutex::new(()),
+                lifecycle: NodeLifecycle::new(NodePhase::Operating),
+                reschedule_grace_ms: AtomicU64::new(0),
+                gone_since: SyncMutex::new(HashMap::new()),
+                confirmed: SyncMutex::new(HashMap::new()),
             }),
         }
     }
@@ -92,10 +115,30 @@ impl Orchestrator {
         &self.inner.remote
     }
 
+    /// This node's phase (operating unless the agent's health checks say otherwise).
+    pub fn lifecycle(&self) -> &NodeLifecycle {
+        &self.inner.lifecycle
+    }
+
+    /// How long a gone peer keeps the images it runs for this node before they are
+    /// placed elsewhere; a peer back within it is re-adopted, not churned.
+    pub fn set_reschedule_grace(&self, grace: Duration) {
+        self.inner
+            .reschedule_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn reschedule_grace(&self) -> Duration {
+        Duration::from_millis(self.inner.reschedule_grace_ms.load(Ordering::Relaxed))
+    }
+
     /// Accepts a validated blueprint as a new service owned by this node. The service is
     /// stored (so it survives a crash) before this returns; the loop then places and
     /// starts its images.
     pub async fn submit(&self, blueprint: Blueprint) -> Result<Service, OrchestratorError> {
+        self.inner
+            .lifecycle
+            .check_accepts_deployments(self.inner.node.as_str())?;
         let service = Service::new(ServiceId::generate(), blueprint, self.inner.node.clone());
         {
             let _guard = self.inner.records.lock().await;

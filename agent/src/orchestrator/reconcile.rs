@@ -10,6 +10,7 @@ use motey_val::{labels, ContainerStatus, ImageState, PullProgress};
 use tracing::{debug, error, info, warn};
 
 use super::container;
+use super::lifecycle::DECOMMISSIONING;
 use super::placement::{place, Placement};
 use super::remote::RemoteError;
 use super::Orchestrator;
@@ -112,6 +113,17 @@ impl Orchestrator {
     /// it on its peer.
     async fn converge_image(&self, service: &Service, mut record: ImageRecord) -> ImageRecord {
         let me = self.inner.node.clone();
+        if record.node.as_ref() == Some(&me) {
+            let missing = self.missing_capabilities(&record);
+            if !missing.is_empty() {
+                record = self.take_off_this_node(service, record, &missing).await;
+                if service.owner != me {
+                    return record;
+                }
+            } else if service.owner != me && !self.owner_still_assigns(service, &record).await {
+                return self.remove_unassigned(service, record).await;
+            }
+        }
         if record.node.is_none() {
             match self.place_image(service, &record).await {
                 Ok(node) => {
@@ -141,7 +153,11 @@ impl Orchestrator {
     }
 
     /// Chooses a node and, for a peer, hands the image over to it.
-    async fn place_image(&self, service: &Service, record: &ImageRecord) -> Result<NodeId, String> {
+    pub(super) async fn place_image(
+        &self,
+        service: &Service,
+        record: &ImageRecord,
+    ) -> Result<NodeId, String> {
         let local: BTreeSet<String> = match self.inner.store.capabilities.list() {
             Ok(capabilities) => capabilities.into_iter().map(|c| c.capability).collect(),
             Err(error) => return Err(format!("cannot read this node's capabilities: {error}")),
@@ -201,7 +217,11 @@ impl Orchestrator {
     }
 
     /// Makes exactly one container match the image's specification on this node.
-    async fn converge_local(&self, service: &Service, mut record: ImageRecord) -> ImageRecord {
+    pub(super) async fn converge_local(
+        &self,
+        service: &Service,
+        mut record: ImageRecord,
+    ) -> ImageRecord {
         let engine = &self.inner.engine;
         let me = &self.inner.node;
         let spec = container::spec(service, &record.blueprint, me);
@@ -293,6 +313,7 @@ impl Orchestrator {
         let remote = &self.inner.remote;
         match remote.image_status(&node, &service.id, record.id()).await {
             Ok(status) => {
+                self.peer_answered(&node);
                 record.state = status.state;
                 record.reason = status.reason;
                 record.container_id = status.container_id;
@@ -304,21 +325,38 @@ impl Orchestrator {
                     format!("node {node} lost the image; placing it again"),
                 );
             }
-            Err(error) => {
-                let alive = remote
-                    .alive_peers()
-                    .await
-                    .iter()
-                    .any(|peer| peer.id == node);
-                if !alive {
+            Err(RemoteError::Refused { reason, .. }) if reason.contains(DECOMMISSIONING) => {
+                let moved = self.move_off(service, record, node).await;
+                return match moved.node.clone() {
+                    Some(node) if node == self.inner.node => {
+                        self.converge_local(service, moved).await
+                    }
+                    _ => moved,
+                };
+            }
+            Err(error) => match self.grace_left(&node).await {
+                None => {
                     warn!(service = %service.id, image = %record.id(), %node, "node is gone; placing its image again");
                     return unplaced(
                         record,
                         format!("node {node} is gone; placing the image again"),
                     );
                 }
-                record.reason = Some(format!("state unknown: {error}"));
-            }
+                Some(Some(left)) => {
+                    if !record
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("is gone"))
+                    {
+                        info!(service = %service.id, image = %record.id(), %node, grace_left_secs = left.as_secs(), "node is gone; waiting for it before placing its image elsewhere");
+                    }
+                    record.reason = Some(format!(
+                        "node {node} is gone; the image is placed elsewhere unless the node is back within {} s",
+                        left.as_secs().max(1)
+                    ));
+                }
+                Some(None) => record.reason = Some(format!("state unknown: {error}")),
+            },
         }
         record
     }
@@ -408,7 +446,7 @@ impl Orchestrator {
         }
     }
 
-    async fn stop_and_remove(&self, container_id: &str) {
+    pub(super) async fn stop_and_remove(&self, container_id: &str) {
         let engine = &self.inner.engine;
         if let Err(error) = engine
             .stop(container_id, self.inner.settings.stop_grace_secs)
@@ -422,7 +460,7 @@ impl Orchestrator {
     }
 }
 
-fn unplaced(mut record: ImageRecord, reason: String) -> ImageRecord {
+pub(super) fn unplaced(mut record: ImageRecord, reason: String) -> ImageRecord {
     record.node = None;
     record.state = ImageState::Initial;
     record.reason = Some(reason);

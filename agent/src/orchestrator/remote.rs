@@ -43,6 +43,23 @@ pub trait RemoteNodes: Send + Sync + 'static {
         image_id: &str,
     ) -> Result<ImageStatus, RemoteError>;
 
+    /// Whether a peer is gone (crashed, cut off for the gone time, or unknown), rather
+    /// than merely slow or suspect.
+    async fn is_gone(&self, node: &NodeId) -> bool {
+        !self.alive_peers().await.iter().any(|peer| &peer.id == node)
+    }
+
+    /// Asks the owner of a service whether it still places `image_id` on this node
+    /// (asked by a node that hosts the image, e.g. after it was cut off or restarted).
+    async fn image_assigned(
+        &self,
+        owner: &NodeId,
+        _service_id: &ServiceId,
+        _image_id: &str,
+    ) -> Result<bool, RemoteError> {
+        Err(RemoteError::UnknownNode(owner.clone()))
+    }
+
     /// Asks a peer to stop and remove an image it runs on this node's behalf.
     async fn terminate_image(
         &self,

@@ -403,6 +403,29 @@ impl RemoteNodes for PeerClient {
         }
     }
 
+    async fn is_gone(&self, node: &NodeId) -> bool {
+        self.directory
+            .get(node)
+            .is_none_or(|peer| peer.state == PeerState::Gone)
+    }
+
+    async fn image_assigned(
+        &self,
+        owner: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<bool, RemoteError> {
+        let request = Request::ImageAssignment {
+            service_id: service_id.clone(),
+            image_id: image_id.to_owned(),
+            node: self.directory.this_node().id,
+        };
+        match self.call(owner, &request).await? {
+            Reply::Assignment { assigned } => Ok(assigned),
+            other => Err(unexpected(owner, &other)),
+        }
+    }
+
     async fn terminate_image(
         &self,
         node: &NodeId,

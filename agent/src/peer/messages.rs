@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::domain::{Capability, ImageDeployment, ImageStatus, ServiceId};
+use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
 
 /// Envelope types of the requests.
 pub mod kinds {
@@ -12,10 +12,12 @@ pub mod kinds {
     pub const DEPLOY_IMAGE: &str = "deploy_image";
     pub const IMAGE_STATUS: &str = "image_status";
     pub const TERMINATE_IMAGE: &str = "terminate_image";
+    pub const IMAGE_ASSIGNMENT: &str = "image_assignment";
     pub const CAPABILITY_REPLY: &str = "capability_reply";
     pub const DEPLOY_IMAGE_REPLY: &str = "deploy_image_reply";
     pub const IMAGE_STATUS_REPLY: &str = "image_status_reply";
     pub const TERMINATE_IMAGE_REPLY: &str = "terminate_image_reply";
+    pub const IMAGE_ASSIGNMENT_REPLY: &str = "image_assignment_reply";
     pub const ERROR: &str = "error";
 }
 
@@ -36,6 +38,25 @@ pub enum Request {
         service_id: ServiceId,
         image_id: String,
     },
+    /// Asked of a service's owner by a node hosting one of its images: do you still
+    /// want `node` to run this image?
+    ImageAssignment {
+        service_id: ServiceId,
+        image_id: String,
+        node: NodeId,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AssignmentRef {
+    service_id: ServiceId,
+    image_id: String,
+    node: NodeId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AssignmentPayload {
+    assigned: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +73,7 @@ impl Request {
             Request::DeployImage(_) => kinds::DEPLOY_IMAGE,
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE,
+            Request::ImageAssignment { .. } => kinds::IMAGE_ASSIGNMENT,
         }
     }
 
@@ -62,6 +84,7 @@ impl Request {
             Request::DeployImage(_) => kinds::DEPLOY_IMAGE_REPLY,
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS_REPLY,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE_REPLY,
+            Request::ImageAssignment { .. } => kinds::IMAGE_ASSIGNMENT_REPLY,
         }
     }
 
@@ -79,6 +102,11 @@ impl Request {
                 service_id,
                 image_id,
             } => json!({ "service_id": service_id, "image_id": image_id }),
+            Request::ImageAssignment {
+                service_id,
+                image_id,
+                node,
+            } => json!({ "service_id": service_id, "image_id": image_id, "node": node }),
         }
     }
 
@@ -111,6 +139,18 @@ impl Request {
                 Ok(Request::TerminateImage {
                     service_id,
                     image_id,
+                })
+            }
+            kinds::IMAGE_ASSIGNMENT => {
+                let AssignmentRef {
+                    service_id,
+                    image_id,
+                    node,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageAssignment {
+                    service_id,
+                    image_id,
+                    node,
                 })
             }
             other => Err(DecodeError::UnknownType(other.to_owned())),
@@ -169,6 +209,10 @@ pub enum Reply {
     Deployed(ImageStatus),
     ImageStatus(ImageStatus),
     Terminated,
+    /// Whether the owner still places the image on the asking node.
+    Assignment {
+        assigned: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -196,6 +240,7 @@ impl Reply {
             Reply::Deployed(_) => kinds::DEPLOY_IMAGE_REPLY,
             Reply::ImageStatus(_) => kinds::IMAGE_STATUS_REPLY,
             Reply::Terminated => kinds::TERMINATE_IMAGE_REPLY,
+            Reply::Assignment { .. } => kinds::IMAGE_ASSIGNMENT_REPLY,
             Reply::Error { .. } => kinds::ERROR,
         }
     }
@@ -218,6 +263,9 @@ impl Reply {
             }),
             Reply::Deployed(status) | Reply::ImageStatus(status) => serde_json::to_value(status),
             Reply::Terminated => Ok(json!({})),
+            Reply::Assignment { assigned } => serde_json::to_value(AssignmentPayload {
+                assigned: *assigned,
+            }),
             Reply::Error { code, message } => serde_json::to_value(ErrorPayload {
                 code: *code,
                 message: message.clone(),
@@ -249,6 +297,11 @@ impl Reply {
                 serde_json::from_value(payload).map_err(bad)?,
             )),
             kinds::TERMINATE_IMAGE_REPLY => Ok(Reply::Terminated),
+            kinds::IMAGE_ASSIGNMENT_REPLY => {
+                let AssignmentPayload { assigned } =
+                    serde_json::from_value(payload).map_err(bad)?;
+                Ok(Reply::Assignment { assigned })
+            }
             kinds::ERROR => {
                 let ErrorPayload { code, message } =
                     serde_json::from_value(payload).map_err(bad)?;
@@ -271,7 +324,7 @@ pub enum DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ImageBlueprint, ImageState, NodeId};
+    use crate::domain::{ImageBlueprint, ImageState};
 
     fn status() -> ImageStatus {
         ImageStatus {
@@ -306,6 +359,11 @@ mod tests {
                 service_id: ServiceId("s1".into()),
                 image_id: "web".into(),
             },
+            Request::ImageAssignment {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+                node: NodeId("n2".into()),
+            },
         ];
         for request in requests {
             let decoded = Request::from_parts(request.kind(), request.payload()).unwrap();
@@ -326,6 +384,7 @@ mod tests {
             Reply::Deployed(status()),
             Reply::ImageStatus(status()),
             Reply::Terminated,
+            Reply::Assignment { assigned: false },
             Reply::error(ErrorCode::Refused, "no space left"),
         ];
         for reply in replies {

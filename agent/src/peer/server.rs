@@ -37,6 +37,16 @@ pub trait PeerHandler: Send + Sync {
         image_id: &str,
     ) -> Result<ImageStatus, String>;
     async fn terminate_image(&self, service: &ServiceId, image_id: &str) -> Result<(), String>;
+    /// Whether this node, as the service's owner, still places the image on `node`.
+    async fn image_assignment(
+        &self,
+        service: &ServiceId,
+        image_id: &str,
+        node: &NodeId,
+    ) -> Result<bool, String> {
+        let _ = (service, image_id, node);
+        Err("this node does not answer image assignments".into())
+    }
 }
 
 /// Limits of a peer server.
@@ -335,6 +345,14 @@ async fn dispatch(handler: &dyn PeerHandler, request: Request) -> Reply {
             .terminate_image(&service_id, &image_id)
             .await
             .map_or_else(refused, |()| Reply::Terminated),
+        Request::ImageAssignment {
+            service_id,
+            image_id,
+            node,
+        } => handler
+            .image_assignment(&service_id, &image_id, &node)
+            .await
+            .map_or_else(refused, |assigned| Reply::Assignment { assigned }),
     }
 }
 

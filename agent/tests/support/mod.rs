@@ -103,6 +103,11 @@ impl AgentProcess {
         }
     }
 
+    /// Process id of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the agent again on the same data directory, port and node id.
     pub async fn restart(&mut self) {
         self.kill();
