@@ -95,6 +95,18 @@ impl From<OrchestratorError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "not_owner", error.to_string())
             }
             OrchestratorError::Store(error) => error.into(),
+            OrchestratorError::UpdateRefused {
+                code,
+                field,
+                message,
+            } => match field {
+                Some(field) => ApiError::invalid(
+                    code,
+                    format!("{field}: {message}"),
+                    vec![FieldError::new(field, message)],
+                ),
+                None => ApiError::new(StatusCode::CONFLICT, code, message),
+            },
         }
     }
 }

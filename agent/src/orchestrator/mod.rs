@@ -5,11 +5,13 @@
 //! is idempotent, so a pass may be repeated, interrupted or run by a freshly restarted
 //! agent without creating a second container.
 
+pub mod access;
 pub mod container;
 mod hosted;
 pub mod placement;
 mod reconcile;
 pub mod remote;
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +40,13 @@ pub enum OrchestratorError {
     NotOwner { service: ServiceId, owner: NodeId },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An update cannot start; `code` is the API's error code, `field` the offending one.
+    #[error("{message}")]
+    UpdateRefused {
+        code: &'static str,
+        field: Option<String>,
+        message: String,
+    },
 }
 
 /// Runs the services of this node and of the peers that placed images here.

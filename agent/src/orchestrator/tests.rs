@@ -14,6 +14,8 @@ fn settings() -> config::Orchestrator {
     config::Orchestrator {
         reconcile_interval_secs: 1,
         stop_grace_secs: 0,
+        update_settle_secs: 0,
+        update_timeout_secs: 60,
     }
 }
 

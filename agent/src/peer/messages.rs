@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
+
 use crate::domain::{Capability, ImageDeployment, ImageStatus, ServiceId};
 
 /// Envelope types of the requests.
@@ -17,7 +19,17 @@ pub mod kinds {
     pub const IMAGE_STATUS_REPLY: &str = "image_status_reply";
     pub const TERMINATE_IMAGE_REPLY: &str = "terminate_image_reply";
     pub const ERROR: &str = "error";
+    // Device access (FR-11), added in the same protocol version: a node that does not
+    // know them answers `unknown_type`.
+    pub const IMAGE_LOGS: &str = "image_logs";
+    pub const IMAGE_LOGS_REPLY: &str = "image_logs_reply";
+    pub const IMAGE_EXEC: &str = "image_exec";
+    pub const IMAGE_EXEC_REPLY: &str = "image_exec_reply";
 }
+
+/// Most bytes of log text one `image_logs_reply` carries, well inside the envelope's
+/// 1 MiB; older lines are left out (the owner asks again from the last one it got).
+pub const MAX_LOG_REPLY_BYTES: usize = 512 * 1024;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +48,41 @@ pub enum Request {
         service_id: ServiceId,
         image_id: String,
     },
+    /// The log lines of this image (only its owner may ask).
+    ImageLogs {
+        service_id: ServiceId,
+        image_id: String,
+        query: LogQuery,
+    },
+    /// Run a diagnostic command in this image's container (only its owner may ask).
+    ImageExec {
+        service_id: ServiceId,
+        image_id: String,
+        exec: ExecRequest,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogsPayload {
+    service_id: ServiceId,
+    image_id: String,
+    tail: usize,
+    #[serde(default)]
+    since_ns: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExecPayload {
+    service_id: ServiceId,
+    image_id: String,
+    command: Vec<String>,
+    timeout_secs: u64,
+    max_output_bytes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogLinesPayload {
+    lines: Vec<LogLine>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +99,8 @@ impl Request {
             Request::DeployImage(_) => kinds::DEPLOY_IMAGE,
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE,
+            Request::ImageLogs { .. } => kinds::IMAGE_LOGS,
+            Request::ImageExec { .. } => kinds::IMAGE_EXEC,
         }
     }
 
@@ -62,6 +111,8 @@ impl Request {
             Request::DeployImage(_) => kinds::DEPLOY_IMAGE_REPLY,
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS_REPLY,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE_REPLY,
+            Request::ImageLogs { .. } => kinds::IMAGE_LOGS_REPLY,
+            Request::ImageExec { .. } => kinds::IMAGE_EXEC_REPLY,
         }
     }
 
@@ -79,6 +130,29 @@ impl Request {
                 service_id,
                 image_id,
             } => json!({ "service_id": service_id, "image_id": image_id }),
+            Request::ImageLogs {
+                service_id,
+                image_id,
+                query,
+            } => serde_json::to_value(LogsPayload {
+                service_id: service_id.clone(),
+                image_id: image_id.clone(),
+                tail: query.tail,
+                since_ns: query.since_ns,
+            })
+            .expect("a log request serializes to JSON"),
+            Request::ImageExec {
+                service_id,
+                image_id,
+                exec,
+            } => serde_json::to_value(ExecPayload {
+                service_id: service_id.clone(),
+                image_id: image_id.clone(),
+                command: exec.command.clone(),
+                timeout_secs: exec.timeout_secs,
+                max_output_bytes: exec.max_output_bytes,
+            })
+            .expect("an exec request serializes to JSON"),
         }
     }
 
@@ -111,6 +185,37 @@ impl Request {
                 Ok(Request::TerminateImage {
                     service_id,
                     image_id,
+                })
+            }
+            kinds::IMAGE_LOGS => {
+                let LogsPayload {
+                    service_id,
+                    image_id,
+                    tail,
+                    since_ns,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageLogs {
+                    service_id,
+                    image_id,
+                    query: LogQuery { tail, since_ns },
+                })
+            }
+            kinds::IMAGE_EXEC => {
+                let ExecPayload {
+                    service_id,
+                    image_id,
+                    command,
+                    timeout_secs,
+                    max_output_bytes,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageExec {
+                    service_id,
+                    image_id,
+                    exec: ExecRequest {
+                        command,
+                        timeout_secs,
+                        max_output_bytes,
+                    },
                 })
             }
             other => Err(DecodeError::UnknownType(other.to_owned())),
@@ -169,6 +274,8 @@ pub enum Reply {
     Deployed(ImageStatus),
     ImageStatus(ImageStatus),
     Terminated,
+    ImageLogs(Vec<LogLine>),
+    ImageExec(ExecOutput),
     Error {
         code: ErrorCode,
         message: String,
@@ -196,6 +303,8 @@ impl Reply {
             Reply::Deployed(_) => kinds::DEPLOY_IMAGE_REPLY,
             Reply::ImageStatus(_) => kinds::IMAGE_STATUS_REPLY,
             Reply::Terminated => kinds::TERMINATE_IMAGE_REPLY,
+            Reply::ImageLogs(_) => kinds::IMAGE_LOGS_REPLY,
+            Reply::ImageExec(_) => kinds::IMAGE_EXEC_REPLY,
             Reply::Error { .. } => kinds::ERROR,
         }
     }
@@ -218,6 +327,10 @@ impl Reply {
             }),
             Reply::Deployed(status) | Reply::ImageStatus(status) => serde_json::to_value(status),
             Reply::Terminated => Ok(json!({})),
+            Reply::ImageLogs(lines) => serde_json::to_value(LogLinesPayload {
+                lines: lines.clone(),
+            }),
+            Reply::ImageExec(output) => serde_json::to_value(output),
             Reply::Error { code, message } => serde_json::to_value(ErrorPayload {
                 code: *code,
                 message: message.clone(),
@@ -249,6 +362,13 @@ impl Reply {
                 serde_json::from_value(payload).map_err(bad)?,
             )),
             kinds::TERMINATE_IMAGE_REPLY => Ok(Reply::Terminated),
+            kinds::IMAGE_LOGS_REPLY => {
+                let LogLinesPayload { lines } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Reply::ImageLogs(lines))
+            }
+            kinds::IMAGE_EXEC_REPLY => Ok(Reply::ImageExec(
+                serde_json::from_value(payload).map_err(bad)?,
+            )),
             kinds::ERROR => {
                 let ErrorPayload { code, message } =
                     serde_json::from_value(payload).map_err(bad)?;
@@ -306,6 +426,23 @@ mod tests {
                 service_id: ServiceId("s1".into()),
                 image_id: "web".into(),
             },
+            Request::ImageLogs {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+                query: LogQuery {
+                    tail: 100,
+                    since_ns: Some(1_700_000_000_000_000_001),
+                },
+            },
+            Request::ImageExec {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+                exec: ExecRequest {
+                    command: vec!["cat".into(), "/etc/hostname".into()],
+                    timeout_secs: 10,
+                    max_output_bytes: 4096,
+                },
+            },
         ];
         for request in requests {
             let decoded = Request::from_parts(request.kind(), request.payload()).unwrap();
@@ -326,6 +463,17 @@ mod tests {
             Reply::Deployed(status()),
             Reply::ImageStatus(status()),
             Reply::Terminated,
+            Reply::ImageLogs(vec![LogLine {
+                at_ns: Some(1),
+                stream: motey_val::LogStream::Stderr,
+                text: "probe not found".into(),
+            }]),
+            Reply::ImageExec(ExecOutput {
+                exit_code: Some(0),
+                output: "ok\n".into(),
+                truncated: false,
+                timed_out: false,
+            }),
             Reply::error(ErrorCode::Refused, "no space left"),
         ];
         for reply in replies {
