@@ -13,6 +13,8 @@ mod reconcile;
 pub mod remote;
 mod rollout;
 #[cfg(test)]
+mod rollout_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
