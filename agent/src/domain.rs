@@ -284,7 +284,11 @@ impl Service {
     pub fn blueprint(&self) -> Blueprint {
         Blueprint {
             service_name: self.name.clone(),
-            images: self.images.iter().map(|image| image.blueprint.clone()).collect(),
+            images: self
+                .images
+                .iter()
+                .map(|image| image.blueprint.clone())
+                .collect(),
         }
     }
 
@@ -434,10 +438,9 @@ impl Rollout {
                 "updating from version {} to {}{image}",
                 self.from_version, self.to_version
             ),
-            RolloutPhase::RollingBack => format!(
-                "rolling back to version {}{image}{why}",
-                self.from_version
-            ),
+            RolloutPhase::RollingBack => {
+                format!("rolling back to version {}{image}{why}", self.from_version)
+            }
             RolloutPhase::Completed => format!("updated to version {}", self.to_version),
             RolloutPhase::RolledBack => format!(
                 "update to version {} rolled back; version {} runs{why}",

@@ -91,7 +91,12 @@ fn configured_or_file(configured: Option<&str>, path: &Path, key: &str) -> anyho
     }
     std::fs::read_to_string(path)
         .map(|token| token.trim().to_owned())
-        .map_err(|error| anyhow!("no token: set {key} or let the agent generate {} ({error})", path.display()))
+        .map_err(|error| {
+            anyhow!(
+                "no token: set {key} or let the agent generate {} ({error})",
+                path.display()
+            )
+        })
 }
 
 /// Runs one client command on a small runtime and turns its outcome into an exit code.
@@ -115,7 +120,12 @@ where
 
 /// `motey update SERVICE_ID FILE [--wait]`: sends the new blueprint version; with
 /// `--wait`, follows the update to its end (exit 0 updated, 1 rolled back).
-pub async fn update(config: Config, service: String, file: std::path::PathBuf, wait: bool) -> anyhow::Result<ExitCode> {
+pub async fn update(
+    config: Config,
+    service: String,
+    file: std::path::PathBuf,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     let client = RestClient::new(&config, Token::Api)?;
     let yaml = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read the blueprint {}", file.display()))?;
@@ -139,7 +149,9 @@ pub async fn update(config: Config, service: String, file: std::path::PathBuf, w
     let mut last = String::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let service_view = client.json(client.request(reqwest::Method::GET, &path)).await?;
+        let service_view = client
+            .json(client.request(reqwest::Method::GET, &path))
+            .await?;
         let update = &service_view["update"];
         let message = update["message"].as_str().unwrap_or("").to_owned();
         if message != last {
@@ -158,7 +170,10 @@ pub async fn update(config: Config, service: String, file: std::path::PathBuf, w
 pub async fn history(config: Config, service: String) -> anyhow::Result<ExitCode> {
     let client = RestClient::new(&config, Token::Api)?;
     let entries = client
-        .json(client.request(reqwest::Method::GET, &format!("/v1/services/{service}/history")))
+        .json(client.request(
+            reqwest::Method::GET,
+            &format!("/v1/services/{service}/history"),
+        ))
         .await?;
     println!("{:<8} {:<15} {:<26} images", "version", "event", "at");
     for entry in entries.as_array().into_iter().flatten() {

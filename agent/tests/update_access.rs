@@ -176,7 +176,10 @@ async fn good_update_replaces_the_image_with_no_moment_where_neither_runs() {
     assert_eq!(events, ["deployed", "update_started", "updated"]);
     let output = motey_cli(&agent, &["history", &id]);
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(printed.contains("updated") && printed.contains("web=motey/testbox:latest"), "{printed}");
+    assert!(
+        printed.contains("updated") && printed.contains("web=motey/testbox:latest"),
+        "{printed}"
+    );
 
     // The same blueprint again is not an update.
     let (status, refused) = put_blueprint(&agent, &id, &blueprint("v2", ""), TOKEN).await;
@@ -264,7 +267,13 @@ async fn agent_killed_mid_update_converges_to_one_version() {
     assert_eq!(containers_with_label(labels::SERVICE_ID, &id).len(), 1);
 }
 
-async fn logs(agent: &AgentProcess, id: &str, image: &str, query: &str, token: &str) -> (u16, String) {
+async fn logs(
+    agent: &AgentProcess,
+    id: &str,
+    image: &str,
+    query: &str,
+    token: &str,
+) -> (u16, String) {
     let response = client()
         .get(agent.url(&format!("/v1/services/{id}/images/{image}/logs{query}")))
         .bearer_auth(token)
@@ -274,7 +283,13 @@ async fn logs(agent: &AgentProcess, id: &str, image: &str, query: &str, token: &
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn exec(agent: &AgentProcess, id: &str, image: &str, command: &[&str], token: &str) -> (u16, Value) {
+async fn exec(
+    agent: &AgentProcess,
+    id: &str,
+    image: &str,
+    command: &[&str],
+    token: &str,
+) -> (u16, Value) {
     let response = client()
         .post(agent.url(&format!("/v1/services/{id}/images/{image}/exec")))
         .bearer_auth(token)
@@ -289,7 +304,12 @@ async fn exec(agent: &AgentProcess, id: &str, image: &str, command: &[&str], tok
 }
 
 /// Follows a log until `needle` shows up in it after `trigger` ran.
-async fn follow_until(agent: &AgentProcess, path: &str, trigger: impl FnOnce(), needle: &str) -> String {
+async fn follow_until(
+    agent: &AgentProcess,
+    path: &str,
+    trigger: impl FnOnce(),
+    needle: &str,
+) -> String {
     let response = client()
         .get(agent.url(path))
         .bearer_auth(ADMIN)
@@ -354,7 +374,10 @@ async fn check_access(agent: &AgentProcess, id: &str, image: &str, body: &str, c
     let (status, ran) = exec(agent, id, image, &["/usr/local/bin/testbox"], ADMIN).await;
     assert_eq!(status, 200, "{ran}");
     let output = ran["output"].as_str().unwrap();
-    assert!(output.contains(&format!("env TESTBOX_BODY={body}")), "{ran}");
+    assert!(
+        output.contains(&format!("env TESTBOX_BODY={body}")),
+        "{ran}"
+    );
     assert_eq!(ran["timed_out"], true, "{ran}");
     let (status, missing) = exec(agent, id, image, &["/bin/sh", "-c", "true"], ADMIN).await;
     assert_eq!(status, 200, "{missing}");
@@ -390,7 +413,10 @@ async fn logs_and_exec_for_a_local_image_need_the_admin_token() {
     let output = motey_cli(&agent, &["logs", &id, "web", "--tail", "20"]);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("env TESTBOX_BODY=local"));
-    let output = motey_cli(&agent, &["exec", &id, "web", "--", "/usr/local/bin/testbox"]);
+    let output = motey_cli(
+        &agent,
+        &["exec", &id, "web", "--", "/usr/local/bin/testbox"],
+    );
     assert_eq!(output.status.code(), Some(124), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("testbox started"));
     assert!(agent.log().contains("diagnostic command run"));
@@ -398,6 +424,16 @@ async fn logs_and_exec_for_a_local_image_need_the_admin_token() {
     check_access(&agent, &id, "web", "local", container).await;
     let (status, _) = logs(&agent, &id, "nope", "", ADMIN).await;
     assert_eq!(status, 404);
+    // The OpenAPI document names the new endpoints.
+    let (_, openapi) = agent.get("/v1/openapi.json").await;
+    for path in [
+        "/v1/services/{id}/history",
+        "/v1/services/{id}/images/{image}/logs",
+        "/v1/services/{id}/images/{image}/exec",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "{path}");
+    }
+    assert!(openapi["paths"]["/v1/services/{id}"]["put"].is_object());
 }
 
 #[tokio::test]
@@ -417,14 +453,18 @@ async fn logs_and_exec_for_a_peer_hosted_image_go_through_the_owner() {
         .output()
         .unwrap();
     assert!(added.status.success(), "{added:?}");
-    wait_for("the edge node to be known", Duration::from_secs(60), || async {
-        let (_, nodes) = owner.get("/v1/nodes").await;
-        nodes
-            .as_array()?
-            .iter()
-            .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
-            .then_some(())
-    })
+    wait_for(
+        "the edge node to be known",
+        Duration::from_secs(60),
+        || async {
+            let (_, nodes) = owner.get("/v1/nodes").await;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
+                .then_some(())
+        },
+    )
     .await;
 
     let (_, created) = owner
@@ -438,5 +478,7 @@ async fn logs_and_exec_for_a_peer_hosted_image_go_through_the_owner() {
 
     check_access(&owner, &id, "reader", "on-edge", &container).await;
     // The edge logged the command as run for its owner.
-    assert!(edge.log().contains("diagnostic command run for the owner node"));
+    assert!(edge
+        .log()
+        .contains("diagnostic command run for the owner node"));
 }

@@ -391,7 +391,9 @@ async fn update_through_the_page_see_progress_rollback_history_and_logs() {
         .await;
     let textarea = format!("#update-{id}-blueprint");
     browser.type_into(&textarea, &blueprint("v2", "")).await;
-    browser.screenshot(&format!("services-update-{desktop}")).await;
+    browser
+        .screenshot(&format!("services-update-{desktop}"))
+        .await;
     browser.click(&format!("#update-{id}-submit")).await;
     browser.wait_for(&format!("#update-{id}-started")).await;
     browser
@@ -451,7 +453,10 @@ async fn update_through_the_page_see_progress_rollback_history_and_logs() {
     let history = browser
         .wait_for_text(&format!("#history-{id}"), "rolled back")
         .await;
-    assert!(history.contains("updated") && history.contains("deployed"), "{history}");
+    assert!(
+        history.contains("updated") && history.contains("deployed"),
+        "{history}"
+    );
     browser
         .screenshot(&format!("services-history-{desktop}"))
         .await;
@@ -473,7 +478,9 @@ async fn update_through_the_page_see_progress_rollback_history_and_logs() {
         .wait_for_text(&format!("#logs-{id}-output"), "testbox started")
         .await;
     assert!(log.contains("env TESTBOX_BODY=v2"), "{log}");
-    browser.screenshot(&format!("services-logs-{desktop}")).await;
+    browser
+        .screenshot(&format!("services-logs-{desktop}"))
+        .await;
     browser
         .assert_clean_console(&[
             &refused(&format!("/v1/services/{id}"), 400),

@@ -70,7 +70,8 @@ fn render(line: &LogLine, timestamps: bool) -> String {
     match (timestamps, line.at_ns) {
         (true, Some(at)) => format!(
             "{} {}\n",
-            chrono::DateTime::from_timestamp_nanos(at).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            chrono::DateTime::from_timestamp_nanos(at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             line.text
         ),
         _ => format!("{}\n", line.text),
@@ -177,7 +178,11 @@ pub async fn exec(
             vec![FieldError::new("command", "expected a list of strings")],
         )
     })?;
-    if request.command.first().is_none_or(|program| program.trim().is_empty()) {
+    if request
+        .command
+        .first()
+        .is_none_or(|program| program.trim().is_empty())
+    {
         return Err(ApiError::invalid(
             "invalid_exec",
             "command: names no program",

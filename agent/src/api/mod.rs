@@ -106,10 +106,7 @@ pub fn router(state: ApiState) -> Router {
                 .put(services::update),
         )
         .route("/services/{id}/history", get(services::history))
-        .route(
-            "/services/{id}/images/{image}/logs",
-            get(access::logs),
-        )
+        .route("/services/{id}/images/{image}/logs", get(access::logs))
         .route(
             "/services/{id}/images/{image}/exec",
             axum::routing::post(access::exec),

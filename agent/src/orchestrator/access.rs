@@ -128,32 +128,29 @@ impl Orchestrator {
                     tail,
                     since_ns: None,
                 };
-                let polls = stream::unfold(
-                    (Some(first), None::<i64>),
-                    move |(query, cursor)| {
-                        let remote = remote.clone();
-                        let (node, service, image) = (node.clone(), service.clone(), image.clone());
-                        async move {
-                            let query = match query {
-                                Some(query) => query,
-                                None => {
-                                    tokio::time::sleep(FOLLOW_POLL).await;
-                                    LogQuery {
-                                        tail: 10_000,
-                                        since_ns: cursor,
-                                    }
+                let polls = stream::unfold((Some(first), None::<i64>), move |(query, cursor)| {
+                    let remote = remote.clone();
+                    let (node, service, image) = (node.clone(), service.clone(), image.clone());
+                    async move {
+                        let query = match query {
+                            Some(query) => query,
+                            None => {
+                                tokio::time::sleep(FOLLOW_POLL).await;
+                                LogQuery {
+                                    tail: 10_000,
+                                    since_ns: cursor,
                                 }
-                            };
-                            match remote.image_logs(&node, &service, &image, query).await {
-                                Ok(lines) => {
-                                    let next = lines.iter().filter_map(|l| l.at_ns).max().or(cursor);
-                                    Some((Ok(lines), (None, next)))
-                                }
-                                Err(error) => Some((Err(AccessError::from(error)), (None, cursor))),
                             }
+                        };
+                        match remote.image_logs(&node, &service, &image, query).await {
+                            Ok(lines) => {
+                                let next = lines.iter().filter_map(|l| l.at_ns).max().or(cursor);
+                                Some((Ok(lines), (None, next)))
+                            }
+                            Err(error) => Some((Err(AccessError::from(error)), (None, cursor))),
                         }
-                    },
-                );
+                    }
+                });
                 Ok(polls
                     .flat_map(|batch| match batch {
                         Ok(lines) => stream::iter(lines.into_iter().map(Ok)).boxed(),

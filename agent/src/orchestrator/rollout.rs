@@ -48,7 +48,10 @@ pub(super) fn image_being_replaced(service: &Service) -> Option<String> {
     service
         .images
         .iter()
-        .find(|image| goal.get(image.id()).is_some_and(|wanted| *wanted != &image.blueprint))
+        .find(|image| {
+            goal.get(image.id())
+                .is_some_and(|wanted| *wanted != &image.blueprint)
+        })
         .map(|image| image.id().to_owned())
 }
 
@@ -254,8 +257,10 @@ impl Orchestrator {
             // Not placed anywhere: nothing runs to be replaced; placing it is the loop's.
             None => Step::Replaced { container_id: None },
         };
-        self.record_step(snapshot, &rollout, &image_id, wanted, version, progress, step)
-            .await;
+        self.record_step(
+            snapshot, &rollout, &image_id, wanted, version, progress, step,
+        )
+        .await;
     }
 
     /// Makes the wanted version of a local image run beside the old one, then removes the
@@ -301,7 +306,10 @@ impl Orchestrator {
                 }
             }
             if let Err(error) = engine
-                .ensure_image(&new_spec.image, &super::reconcile::pull_logger(&new_spec.image))
+                .ensure_image(
+                    &new_spec.image,
+                    &super::reconcile::pull_logger(&new_spec.image),
+                )
                 .await
             {
                 return Step::Failed(error.to_string());
@@ -396,11 +404,11 @@ impl Orchestrator {
                     }
                 }
                 ImageState::Initial | ImageState::Instantiating => self.within_timeout(progress),
-                _ => Step::Failed(
-                    status
-                        .reason
-                        .unwrap_or_else(|| format!("the image is {:?} on node {node}", status.state)),
-                ),
+                _ => {
+                    Step::Failed(status.reason.unwrap_or_else(|| {
+                        format!("the image is {:?} on node {node}", status.state)
+                    }))
+                }
             },
             Err(error) => {
                 warn!(service = %service.id, image = %wanted.id, %node, %error, "cannot observe the updated image");

@@ -86,7 +86,11 @@ async fn update_starts_the_new_version_beside_the_old_then_stops_the_old() {
     // The unchanged image was left alone.
     assert_eq!(running_versions(&engine, "db"), vec!["1".to_owned()]);
     assert_eq!(engine.created_count(), 3);
-    let events: Vec<_> = updated.history.iter().map(|r| (r.event, r.version)).collect();
+    let events: Vec<_> = updated
+        .history
+        .iter()
+        .map(|r| (r.event, r.version))
+        .collect();
     assert_eq!(
         events,
         vec![
@@ -99,7 +103,12 @@ async fn update_starts_the_new_version_beside_the_old_then_stops_the_old() {
     // The new container carries its own name.
     let web = updated.images.iter().find(|i| i.id() == "web").unwrap();
     assert_eq!(web.version, 2);
-    let name = engine.containers().into_iter().find(|c| Some(&c.id) == web.container_id.as_ref()).unwrap().name;
+    let name = engine
+        .containers()
+        .into_iter()
+        .find(|c| Some(&c.id) == web.container_id.as_ref())
+        .unwrap()
+        .name;
     assert!(name.ends_with("-v2"), "{name}");
 }
 
@@ -125,7 +134,11 @@ async fn failing_new_version_is_rolled_back_and_says_why() {
         assert!(!running_versions(&engine, "db").is_empty());
     }
     let rolled_back = orchestrator.service(&id).unwrap();
-    assert_eq!(rolled_back.state, ServiceState::RolledBack, "{rolled_back:?}");
+    assert_eq!(
+        rolled_back.state,
+        ServiceState::RolledBack,
+        "{rolled_back:?}"
+    );
     let reason = rolled_back.reason.clone().unwrap();
     assert!(
         reason.contains("rolled back") && reason.contains("image db version 2: exited with code 1"),
@@ -156,7 +169,11 @@ async fn agent_restarted_mid_update_finishes_it_without_duplicates() {
     let (first, id) = deployed(&engine, &store).await;
     first.update(&id, blueprint("2", "1")).await.unwrap();
     first.reconcile_all().await;
-    assert_eq!(versions(&engine, "web").len(), 2, "both versions run for now");
+    assert_eq!(
+        versions(&engine, "web").len(),
+        2,
+        "both versions run for now"
+    );
 
     let second = orchestrator(&engine, &store);
     for _ in 0..4 {
@@ -227,7 +244,14 @@ async fn logs_and_exec_reach_the_image_and_peers_only_for_their_own_services() {
         engine.write_log(&web, &format!("line {n}"));
     }
     let (location, lines) = orchestrator
-        .image_logs(&id, "web", LogQuery { tail: 2, since_ns: None })
+        .image_logs(
+            &id,
+            "web",
+            LogQuery {
+                tail: 2,
+                since_ns: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(location, access::Location::Here(web.clone()));
@@ -239,7 +263,10 @@ async fn logs_and_exec_reach_the_image_and_peers_only_for_their_own_services() {
         timeout_secs: 5,
         max_output_bytes: 1024,
     };
-    let (_, output) = orchestrator.image_exec(&id, "web", exec.clone()).await.unwrap();
+    let (_, output) = orchestrator
+        .image_exec(&id, "web", exec.clone())
+        .await
+        .unwrap();
     assert_eq!(output.output, "hello\n");
     assert!(matches!(
         orchestrator.image_exec(&id, "nope", exec.clone()).await,

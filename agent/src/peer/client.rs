@@ -289,7 +289,8 @@ impl PeerClient {
     /// Sends a request to an alive peer, trying its addresses in order while they cannot
     /// be connected to.
     pub async fn call(&self, node: &NodeId, request: &Request) -> Result<Reply, RemoteError> {
-        self.call_within(node, request, self.requester.timeout).await
+        self.call_within(node, request, self.requester.timeout)
+            .await
     }
 
     /// As [`PeerClient::call`], answered within `timeout`.

@@ -310,13 +310,14 @@ fn accept(
     let sender = NodeId(envelope.sender);
     let mut answer = Box::pin(async move {
         let kind = request.kind();
-        let reply = std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request, &sender))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                tracing::error!(kind, "peer request handler panicked");
-                Reply::error(ErrorCode::Internal, "the handler failed")
-            });
+        let reply =
+            std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request, &sender))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(kind, "peer request handler panicked");
+                    Reply::error(ErrorCode::Internal, "the handler failed")
+                });
         drop(permit);
         frame_reply(identity, sign_reply(&state, &reply, id))
     });

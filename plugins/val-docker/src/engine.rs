@@ -4,14 +4,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use motey_val::{
     ContainerSpec, ContainerStatus, EngineEvent, ExecOutput, ExecRequest, LogLine, LogQuery,
     LogStream, PullProgress, ValError, VirtualizationEngine,
@@ -418,7 +418,11 @@ impl VirtualizationEngine for DockerEngine {
         .boxed()
     }
 
-    async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput, ValError> {
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
         let docker = self.client().await?;
         let failed = |error| to_val_error("exec", Subject::Container(container_id), error);
         let created = docker
@@ -440,9 +444,12 @@ impl VirtualizationEngine for DockerEngine {
         let mut output = Vec::new();
         let mut truncated = false;
         let mut timed_out = false;
-        if let StartExecResults::Attached { output: mut stream, .. } = started {
-            let deadline = tokio::time::Instant::now()
-                + std::time::Duration::from_secs(request.timeout_secs);
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = started
+        {
+            let deadline =
+                tokio::time::Instant::now() + std::time::Duration::from_secs(request.timeout_secs);
             loop {
                 match tokio::time::timeout_at(deadline, stream.next()).await {
                     Err(_) => {

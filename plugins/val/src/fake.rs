@@ -227,7 +227,12 @@ impl VirtualizationEngine for FakeEngine {
         container_id: &str,
         tail: usize,
     ) -> BoxStream<'static, Result<LogLine, ValError>> {
-        let lines = self.lock().logs.get(container_id).cloned().unwrap_or_default();
+        let lines = self
+            .lock()
+            .logs
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default();
         let skip = lines.len().saturating_sub(tail);
         stream::iter(lines.into_iter().skip(skip).map(Ok))
             .chain(stream::pending())
@@ -235,7 +240,11 @@ impl VirtualizationEngine for FakeEngine {
     }
 
     /// Answers `echo ARGS` with the arguments; any other command with its own words.
-    async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput, ValError> {
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
         let status = self.inspect(container_id).await?;
         if status.state != ImageState::Running {
             return Err(ValError::Refused {

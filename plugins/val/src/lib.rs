@@ -307,7 +307,11 @@ pub trait VirtualizationEngine: Send + Sync + 'static {
     }
 
     /// Runs a diagnostic command inside a running container, bounded in time and output.
-    async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput, ValError> {
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
         let _ = (container_id, request);
         Err(unsupported(self.name(), "running commands in containers"))
     }
