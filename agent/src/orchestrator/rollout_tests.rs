@@ -303,3 +303,152 @@ async fn logs_and_exec_reach_the_image_and_peers_only_for_their_own_services() {
         .is_err());
     assert_eq!(engine.execs().len(), 1);
 }
+
+/// A peer with the `optical-probe` capability that runs whatever it is given, except a
+/// blueprint whose `V` is `broken`, which exits.
+#[derive(Default)]
+struct ProbePeer {
+    deployed: std::sync::Mutex<Vec<crate::domain::ImageBlueprint>>,
+}
+
+impl ProbePeer {
+    fn running(&self) -> Option<String> {
+        self.deployed
+            .lock()
+            .unwrap()
+            .last()
+            .map(|image| image.env["V"].clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl super::remote::RemoteNodes for ProbePeer {
+    async fn alive_peers(&self) -> Vec<crate::domain::NodeInfo> {
+        vec![crate::domain::NodeInfo {
+            id: NodeId("edge".into()),
+            name: "edge".into(),
+            addresses: vec!["127.0.0.1".into()],
+            rest_port: 1,
+            peer_port: 2,
+            last_seen: None,
+            version: String::new(),
+            capabilities_digest: String::new(),
+        }]
+    }
+    async fn capabilities(
+        &self,
+        _node: &NodeId,
+    ) -> Result<Vec<crate::domain::Capability>, super::remote::RemoteError> {
+        Ok(vec![crate::domain::Capability {
+            capability: "optical-probe".into(),
+            capability_type: "hardware".into(),
+        }])
+    }
+    async fn deploy_image(
+        &self,
+        node: &NodeId,
+        deployment: crate::domain::ImageDeployment,
+    ) -> Result<crate::domain::ImageStatus, super::remote::RemoteError> {
+        self.deployed.lock().unwrap().push(deployment.image.clone());
+        Ok(crate::domain::ImageStatus {
+            service_id: deployment.service_id,
+            image_id: deployment.image.id,
+            node: node.clone(),
+            state: ImageState::Instantiating,
+            reason: None,
+            container_id: None,
+        })
+    }
+    async fn image_status(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+    ) -> Result<crate::domain::ImageStatus, super::remote::RemoteError> {
+        let broken = self.running().as_deref() == Some("broken");
+        Ok(crate::domain::ImageStatus {
+            service_id: service_id.clone(),
+            image_id: image_id.into(),
+            node: node.clone(),
+            state: if broken {
+                ImageState::Error
+            } else {
+                ImageState::Running
+            },
+            reason: broken.then(|| "exited with code 1".into()),
+            container_id: Some("remote".into()),
+        })
+    }
+    async fn terminate_image(
+        &self,
+        _node: &NodeId,
+        _service_id: &ServiceId,
+        _image_id: &str,
+    ) -> Result<(), super::remote::RemoteError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let peer = Arc::new(ProbePeer::default());
+    let orchestrator = Orchestrator::new(
+        NodeId("here".into()),
+        store.clone(),
+        Arc::new(engine.clone()),
+        peer.clone(),
+        config::Orchestrator {
+            reconcile_interval_secs: 1,
+            stop_grace_secs: 0,
+            update_settle_secs: 0,
+            update_timeout_secs: 60,
+        },
+    );
+    let reader = |v: &str| {
+        crate::blueprint::parse(
+            &format!("name: metering\nimages:\n  - {{name: reader, image: busybox, env: {{V: {v}}}, capabilities: [optical-probe]}}\n"),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let service = orchestrator.submit(reader("1")).await.unwrap();
+    orchestrator.reconcile_all().await;
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        orchestrator.service(&service.id).unwrap().state,
+        ServiceState::Running
+    );
+    assert_eq!(peer.running().as_deref(), Some("1"));
+    assert!(engine.containers().is_empty());
+
+    orchestrator.update(&service.id, reader("2")).await.unwrap();
+    for _ in 0..4 {
+        orchestrator.reconcile_all().await;
+    }
+    let updated = orchestrator.service(&service.id).unwrap();
+    assert_eq!(updated.state, ServiceState::Running, "{updated:?}");
+    assert_eq!(updated.version, 2);
+    assert_eq!(peer.running().as_deref(), Some("2"));
+
+    orchestrator
+        .update(&service.id, reader("broken"))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        orchestrator.reconcile_all().await;
+    }
+    let rolled_back = orchestrator.service(&service.id).unwrap();
+    assert_eq!(
+        rolled_back.state,
+        ServiceState::RolledBack,
+        "{rolled_back:?}"
+    );
+    assert!(rolled_back
+        .reason
+        .unwrap()
+        .contains("image reader version 3: exited with code 1"));
+    // The peer was given version 2 again.
+    assert_eq!(peer.running().as_deref(), Some("2"));
+    assert_eq!(rolled_back.images[0].blueprint.env["V"], "2");
+}
