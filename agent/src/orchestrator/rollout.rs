@@ -422,6 +422,9 @@ impl Orchestrator {
         (Utc::now() - since).num_milliseconds() >= settle * 1000
     }
 
+    /// The new version does not run (yet): wait, unless it has had its time. Seen not
+    /// running, it must run a full `update_settle` again — a container its restart
+    /// policy keeps restarting does not pass by being caught running twice.
     fn within_timeout(&self, progress: &Rollout) -> Step {
         let timeout = self.inner.settings.update_timeout_secs;
         match progress.step_started_at {
@@ -430,7 +433,10 @@ impl Orchestrator {
                     "the new version did not run within {timeout} s ([ORCHESTRATOR] update_timeout)"
                 ))
             }
-            _ => waiting(progress),
+            _ => Step::Waiting {
+                step_started_at: progress.step_started_at,
+                running_since: None,
+            },
         }
     }
 
