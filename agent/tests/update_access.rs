@@ -436,17 +436,18 @@ async fn logs_and_exec_for_a_local_image_need_the_admin_token() {
     assert!(openapi["paths"]["/v1/services/{id}"]["put"].is_object());
 }
 
-#[tokio::test]
-async fn logs_and_exec_for_a_peer_hosted_image_go_through_the_owner() {
+/// An owner running the broker and an edge node with the `optical-probe` capability,
+/// peers of each other.
+async fn fog(test: &str) -> (AgentProcess, AgentProcess) {
     let mut env = update_env();
     env.push(("MOTEY_CLUSTER_KEY", KEY));
     env.push(("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1"));
-    let owner = AgentProcess::start_with("access-owner", &env).await;
+    let owner = AgentProcess::start_with(&format!("{test}-owner"), &env).await;
     let broker = owner.mqtt_port.to_string();
     let mut edge_env = env.clone();
     edge_env.push(("MOTEY_MQTT_EMBEDDED", "false"));
     edge_env.push(("MOTEY_MQTT_PORT", &broker));
-    let edge = AgentProcess::start_with("access-edge", &edge_env).await;
+    let edge = AgentProcess::start_with(&format!("{test}-edge"), &edge_env).await;
     let added = std::process::Command::new(env!("CARGO_BIN_EXE_motey"))
         .args(["capability", "add", "optical-probe"])
         .env("MOTEY_GENERAL_DATA_DIR", edge.data_dir())
@@ -466,7 +467,66 @@ async fn logs_and_exec_for_a_peer_hosted_image_go_through_the_owner() {
         },
     )
     .await;
+    (owner, edge)
+}
 
+fn reader(body: &str, extra_env: &str) -> String {
+    format!("name: probe\nimages:\n  - name: reader\n    image: motey/testbox:latest\n    env: {{TESTBOX_BODY: {body}{extra_env}}}\n    capabilities: [optical-probe]\n")
+}
+
+#[tokio::test]
+async fn peer_hosted_image_is_updated_on_its_peer_and_rolled_back_there() {
+    let (owner, edge) = fog("update-peer").await;
+    let (_, created) = owner.post_blueprint(&reader("edge-v1", "")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let running = owner.wait_for_state(&id, "RUNNING").await;
+    assert_eq!(running["images"][0]["node"], edge.node_id.as_str());
+    assert_eq!(running_bodies(&id), ["edge-v1"]);
+
+    let (status, _) = put_blueprint(&owner, &id, &reader("edge-v2", ""), TOKEN).await;
+    assert_eq!(status, 202);
+    wait_for_phase(&owner, &id, "COMPLETED").await;
+    assert_eq!(running_bodies(&id), ["edge-v2"]);
+    assert!(
+        owner.containers().is_empty(),
+        "the image stayed on the edge"
+    );
+
+    let (status, _) = put_blueprint(
+        &owner,
+        &id,
+        &reader(
+            "edge-v3",
+            ", TESTBOX_EXIT_AFTER_MS: 1000, TESTBOX_EXIT_CODE: 3",
+        ),
+        TOKEN,
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_phase(&owner, &id, "ROLLED_BACK").await;
+    let service = owner.wait_for_state(&id, "ROLLED_BACK").await;
+    assert!(
+        service["reason"]
+            .as_str()
+            .unwrap()
+            .contains("image reader version 3"),
+        "{service:#}"
+    );
+    wait_for(
+        "version 2 to run on the edge again",
+        Duration::from_secs(60),
+        || {
+            let id = id.clone();
+            async move { (running_bodies(&id) == ["edge-v2"]).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(edge.containers().len(), 1);
+}
+
+#[tokio::test]
+async fn logs_and_exec_for_a_peer_hosted_image_go_through_the_owner() {
+    let (owner, edge) = fog("access").await;
     let (_, created) = owner
         .post_blueprint("name: probe\nimages:\n  - name: reader\n    image: motey/testbox:latest\n    env: {TESTBOX_BODY: on-edge}\n    capabilities: [optical-probe]\n")
         .await;
