@@ -161,6 +161,9 @@ pub async fn update(
         match update["phase"].as_str() {
             Some("COMPLETED") => return Ok(ExitCode::SUCCESS),
             Some("ROLLED_BACK") => return Ok(ExitCode::FAILURE),
+            _ if service_view["desired"] == "TERMINATED" => {
+                bail!("service {service} was terminated during the update")
+            }
             _ => {}
         }
     }

@@ -199,7 +199,8 @@ function serviceCard(service, onTerminate, thisNode) {
       fill(version, String(next.version ?? 1));
       const phase = next.update?.phase || '';
       progress.dataset.phase = phase;
-      progress.hidden = !['UPDATING', 'ROLLING_BACK'].includes(phase);
+      progress.hidden =
+        next.desired === 'TERMINATED' || !['UPDATING', 'ROLLING_BACK'].includes(phase);
       progress.textContent = progress.hidden ? '' : next.update.message;
       // A service being terminated cannot be terminated again; keep the button (and a
       // focus on it) but say so.
