@@ -155,7 +155,7 @@ impl Agent {
             &peer_endpoint,
             node,
             key.clone(),
-            Arc::new(HostedImages(orchestrator.clone())),
+            Arc::new(HostedImages(orchestrator.clone(), config.access.clone())),
         )
         .await?;
         // The real port, when 0 was configured.
@@ -179,7 +179,8 @@ impl Agent {
             token,
         )
         .with_capability_listener(capabilities_changed)
-        .with_decommission_listener(decommission_listener);
+        .with_decommission_listener(decommission_listener)
+        .with_admin_token(admin_token(&config)?);
         Ok(Agent {
             config,
             store,
@@ -455,8 +456,9 @@ impl HealthMonitor {
     }
 }
 
-/// Answers peers' requests about images this node runs for them.
-struct HostedImages(Orchestrator);
+/// Answers peers' requests about images this node runs for them, giving device access
+/// within this node's own `[SECURITY]` limits.
+struct HostedImages(Orchestrator, crate::config::Access);
 
 #[async_trait::async_trait]
 impl PeerHandler for HostedImages {
@@ -496,6 +498,32 @@ impl PeerHandler for HostedImages {
     ) -> Result<bool, String> {
         self.0
             .assigns(service, image_id, node)
+            .map_err(|error| error.to_string())
+    }
+
+    async fn image_logs(
+        &self,
+        requester: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+        query: motey_val::LogQuery,
+    ) -> Result<Vec<motey_val::LogLine>, String> {
+        self.0
+            .hosted_image_logs(requester, service, image_id, query)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn image_exec(
+        &self,
+        requester: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+        exec: motey_val::ExecRequest,
+    ) -> Result<motey_val::ExecOutput, String> {
+        self.0
+            .hosted_image_exec(requester, service, image_id, exec, &self.1)
+            .await
             .map_err(|error| error.to_string())
     }
 }
@@ -558,6 +586,30 @@ fn api_token(config: &Config) -> Result<String, StartError> {
         Ok(_) => generate(),
         Err(reason) if reason.kind() == std::io::ErrorKind::NotFound => generate(),
         Err(reason) => Err(error(reason)),
+    }
+}
+
+/// The configured admin token, else the one kept in `<data_dir>/admin-token` (generated
+/// on the first start, readable by the owner only). It is not the API token: device
+/// access (logs, exec) reaches into workloads and households' devices.
+fn admin_token(config: &Config) -> Result<String, StartError> {
+    if let Some(token) = &config.access.admin_token {
+        return Ok(token.clone());
+    }
+    let path = config.general.data_dir.join("admin-token");
+    let error = |reason: std::io::Error| StartError::Token {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        Err(reason) if reason.kind() != std::io::ErrorKind::NotFound => Err(error(reason)),
+        _ => {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            write_private(&path, &token).map_err(error)?;
+            info!(path = %path.display(), "generated an admin token");
+            Ok(token)
+        }
     }
 }
 

@@ -145,6 +145,26 @@ pub struct Val {
 pub struct Orchestrator {
     pub reconcile_interval_secs: u64,
     pub stop_grace_secs: u32,
+    /// Seconds the new container of an updated image must keep running before the old
+    /// one is stopped (the "check it runs" of a rollout).
+    pub update_settle_secs: u64,
+    /// Seconds the new container may take to run (pull included) before the update is
+    /// rolled back.
+    pub update_timeout_secs: u64,
+}
+
+/// Device access for administrators (FR-11): logs and diagnostic commands in workload
+/// containers, behind a token of their own (`[SECURITY] admin_token`).
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// `None`: a token is generated once and kept in `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
+    /// Whether diagnostic commands may be run in workload containers at all.
+    pub allow_exec: bool,
+    /// Seconds a diagnostic command may run before its request ends.
+    pub exec_timeout_secs: u64,
+    /// Bytes of a diagnostic command's output kept (the rest is cut off).
+    pub exec_max_output: usize,
 }
 
 /// What a node allows blueprints to ask of its host.
@@ -170,6 +190,7 @@ pub struct Config {
     pub val: Val,
     pub orchestrator: Orchestrator,
     pub security: Security,
+    pub access: Access,
 }
 
 /// Section and key → raw value, after all layers are applied.
@@ -399,6 +420,18 @@ impl RawConfig {
         let orchestrator = Orchestrator {
             reconcile_interval_secs,
             stop_grace_secs: self.parse("ORCHESTRATOR", "stop_grace", "expected seconds")?,
+            update_settle_secs: self.parse("ORCHESTRATOR", "update_settle", "expected seconds")?,
+            update_timeout_secs: self.parse(
+                "ORCHESTRATOR",
+                "update_timeout",
+                "expected seconds",
+            )?,
+        };
+        let access = Access {
+            admin_token: self.optional("SECURITY", "admin_token"),
+            allow_exec: self.flag("SECURITY", "allow_exec")?,
+            exec_timeout_secs: self.parse("SECURITY", "exec_timeout", "expected seconds")?,
+            exec_max_output: self.parse("SECURITY", "exec_max_output", "expected bytes")?,
         };
         let bind_paths = self.list("SECURITY", "bind_paths");
         if bind_paths.iter().any(|path| !path.starts_with('/')) {
@@ -426,6 +459,7 @@ impl RawConfig {
             val,
             orchestrator,
             security,
+            access,
         })
     }
 }

@@ -67,6 +67,12 @@ pub enum ServiceState {
     Terminated,
     /// An image failed; the service's reason says which and why.
     Error,
+    /// A new blueprint version is being rolled out (or rolled back); the reason and the
+    /// service's `update` say how far.
+    Updating,
+    /// The last update failed and was rolled back: the previous version runs; the reason
+    /// says why the update failed.
+    RolledBack,
 }
 
 impl ServiceState {
@@ -195,6 +201,14 @@ pub struct ImageRecord {
     pub reason: Option<String>,
     /// The engine's container id, when the image runs on this node.
     pub container_id: Option<String>,
+    /// The blueprint version that last changed this image; it names the container, so
+    /// that an update can start the new container beside the old one.
+    #[serde(default = "first_version")]
+    pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl ImageRecord {
@@ -205,6 +219,7 @@ impl ImageRecord {
             state: ImageState::Initial,
             reason: None,
             container_id: None,
+            version: 1,
         }
     }
 
@@ -228,23 +243,84 @@ pub struct Service {
     pub owner: NodeId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Version of the blueprint that runs; 1 when deployed, one more per completed update.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// The latest update: under way, completed or rolled back.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// What happened to the service's versions, oldest first (at most [`HISTORY_LIMIT`]).
+    #[serde(default)]
+    pub history: Vec<Revision>,
 }
+
+/// Entries of a service's history kept; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 50;
 
 impl Service {
     /// A new service in state INITIAL, owned by `owner`.
     pub fn new(id: ServiceId, blueprint: Blueprint, owner: NodeId) -> Service {
         let now = Utc::now();
-        Service {
+        let mut service = Service {
             id,
-            name: blueprint.service_name,
+            name: blueprint.service_name.clone(),
             desired: DesiredState::Running,
             state: ServiceState::Initial,
             reason: None,
-            images: blueprint.images.into_iter().map(ImageRecord::new).collect(),
+            images: Vec::new(),
             owner,
             created_at: now,
             updated_at: now,
+            version: 1,
+            rollout: None,
+            history: Vec::new(),
+        };
+        service.record_history(RevisionEvent::Deployed, 1, &blueprint, None);
+        service.images = blueprint.images.into_iter().map(ImageRecord::new).collect();
+        service
+    }
+
+    /// The blueprint the service's images currently run.
+    pub fn blueprint(&self) -> Blueprint {
+        Blueprint {
+            service_name: self.name.clone(),
+            images: self
+                .images
+                .iter()
+                .map(|image| image.blueprint.clone())
+                .collect(),
         }
+    }
+
+    /// Whether an update is being rolled out or rolled back.
+    pub fn updating(&self) -> bool {
+        self.rollout.as_ref().is_some_and(Rollout::active)
+    }
+
+    /// Appends to the history, dropping the oldest entries beyond [`HISTORY_LIMIT`].
+    pub fn record_history(
+        &mut self,
+        event: RevisionEvent,
+        version: u32,
+        blueprint: &Blueprint,
+        reason: Option<String>,
+    ) {
+        self.history.push(Revision {
+            version,
+            event,
+            at: Utc::now(),
+            reason,
+            images: blueprint
+                .images
+                .iter()
+                .map(|image| RevisionImage {
+                    name: image.id.clone(),
+                    image: image.image.clone(),
+                })
+                .collect(),
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_LIMIT);
+        self.history.drain(..excess);
     }
 
     pub fn image(&self, image_id: &str) -> Option<&ImageRecord> {
@@ -276,8 +352,134 @@ impl Service {
             ),
             _ => None,
         };
+        // An update shows through the service state: UPDATING while it runs (unless an
+        // image failed outright), ROLLED_BACK once the previous version runs again.
+        if self.desired == DesiredState::Running {
+            if let Some(rollout) = &self.rollout {
+                match rollout.phase {
+                    RolloutPhase::Updating | RolloutPhase::RollingBack
+                        if self.state != ServiceState::Error =>
+                    {
+                        self.state = ServiceState::Updating;
+                        self.reason = Some(rollout.describe());
+                    }
+                    RolloutPhase::RolledBack if self.state == ServiceState::Running => {
+                        self.state = ServiceState::RolledBack;
+                        self.reason = Some(rollout.describe());
+                    }
+                    _ => {}
+                }
+            }
+        }
         self.updated_at = Utc::now();
     }
+}
+
+/// How far an update of a service is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutPhase {
+    /// Images are replaced by their new version, one at a time.
+    Updating,
+    /// A new version failed; images already replaced get their previous version back.
+    RollingBack,
+    /// Every image runs the new version.
+    Completed,
+    /// The previous version runs again; the reason says why the update failed.
+    RolledBack,
+}
+
+/// An update of a service from one blueprint version to the next (FR-10). Kept in the
+/// service record, so that an agent restarted in the middle goes on where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub from_version: u32,
+    pub to_version: u32,
+    pub phase: RolloutPhase,
+    /// The blueprint being rolled out.
+    pub target: Blueprint,
+    /// The blueprint it replaces, restored on failure.
+    pub previous: Blueprint,
+    /// The image being replaced now.
+    pub current_image: Option<String>,
+    /// When the replacement of the current image began (its new container was asked for).
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// Since when the current image's new container has been seen running.
+    pub running_since: Option<DateTime<Utc>>,
+    /// Why the update was rolled back.
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Rollout {
+    /// Whether images are still being replaced (forwards or back).
+    pub fn active(&self) -> bool {
+        matches!(
+            self.phase,
+            RolloutPhase::Updating | RolloutPhase::RollingBack
+        )
+    }
+
+    /// One line for the service's reason.
+    pub fn describe(&self) -> String {
+        let image = self
+            .current_image
+            .as_deref()
+            .map(|image| format!(" (image {image})"))
+            .unwrap_or_default();
+        let why = self
+            .reason
+            .as_deref()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default();
+        match self.phase {
+            RolloutPhase::Updating => format!(
+                "updating from version {} to {}{image}",
+                self.from_version, self.to_version
+            ),
+            RolloutPhase::RollingBack => {
+                format!("rolling back to version {}{image}{why}", self.from_version)
+            }
+            RolloutPhase::Completed => format!("updated to version {}", self.to_version),
+            RolloutPhase::RolledBack => format!(
+                "update to version {} rolled back; version {} runs{why}",
+                self.to_version, self.from_version
+            ),
+        }
+    }
+}
+
+/// What happened in one entry of a service's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevisionEvent {
+    /// The service was created with this version.
+    Deployed,
+    /// An update to this version began.
+    UpdateStarted,
+    /// Every image runs this version.
+    Updated,
+    /// The update to this version failed and was rolled back.
+    RolledBack,
+}
+
+/// One entry of a service's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub version: u32,
+    pub event: RevisionEvent,
+    pub at: DateTime<Utc>,
+    pub reason: Option<String>,
+    /// The images of that version: name and reference.
+    pub images: Vec<RevisionImage>,
+}
+
+/// An image as a history entry names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionImage {
+    pub name: String,
+    pub image: String,
 }
 
 /// An image a node asks a peer to run (ZeroMQ "deploy image").

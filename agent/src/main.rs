@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod rest_client;
+
 use clap::{Parser, Subcommand};
 use motey::config::{Config, LogFormat};
 use motey::{app, daemon, logging};
@@ -59,6 +61,37 @@ enum Command {
         #[command(subcommand)]
         action: CapabilityCommand,
     },
+    /// Update a service to a new version of its blueprint (images are replaced one at a
+    /// time; a version that does not run is rolled back).
+    Update {
+        service_id: String,
+        /// The new blueprint (YAML).
+        file: PathBuf,
+        /// Follow the update to its end: exit 0 when updated, 1 when rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the versions of a service: deployed, updates started, updated, rolled back.
+    History { service_id: String },
+    /// Print the log of an image of a service, wherever it runs (needs the admin token).
+    Logs {
+        service_id: String,
+        image: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Number of lines from the end to start with.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Run a diagnostic command in an image's container (needs the admin token).
+    Exec {
+        service_id: String,
+        image: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +132,25 @@ fn main() -> ExitCode {
         Command::Status => status(&config),
         Command::Capability { action } => capability_event(&config, action),
         Command::Decommission { wipe, timeout } => decommission(&config, wipe, timeout),
+        Command::Update {
+            service_id,
+            file,
+            wait,
+        } => rest_client::run(rest_client::update(config, service_id, file, wait)),
+        Command::History { service_id } => {
+            rest_client::run(rest_client::history(config, service_id))
+        }
+        Command::Logs {
+            service_id,
+            image,
+            follow,
+            tail,
+        } => rest_client::run(rest_client::logs(config, service_id, image, follow, tail)),
+        Command::Exec {
+            service_id,
+            image,
+            command,
+        } => rest_client::run(rest_client::exec(config, service_id, image, command)),
     }
 }
 

@@ -356,6 +356,143 @@ async fn deploy_through_the_page_follow_it_to_running_and_terminate_it_on_docker
 }
 
 #[tokio::test]
+async fn update_through_the_page_see_progress_rollback_history_and_logs() {
+    const ADMIN: &str = "web-admin-token-0123456789";
+    let agent = AgentProcess::start_with(
+        "web-update",
+        &[
+            ("MOTEY_SECURITY_ADMIN_TOKEN", ADMIN),
+            ("MOTEY_ORCHESTRATOR_UPDATE_SETTLE", "2"),
+        ],
+    )
+    .await;
+    let blueprint = |body: &str, extra: &str| {
+        format!(
+            "name: web-update\nimages:\n  - name: box\n    image: motey/testbox:latest\n    env: {{TESTBOX_BODY: {body}{extra}}}\n"
+        )
+    };
+    let (status, created) = agent.post_blueprint(&blueprint("v1", "")).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    agent.wait_for_state(&id, "RUNNING").await;
+
+    let browser = Browser::open(Viewport::Desktop).await;
+    let desktop = Viewport::Desktop.name();
+    browser.goto(&agent.url("/")).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("#sign-in").await;
+    browser.wait_for_text("h1", "Services").await;
+    wait_for_service_state(&browser, &id, "RUNNING").await;
+    let card = format!("li[data-service-id='{id}']");
+
+    // A good version 2, pasted into the update form: the card ends at version 2.
+    browser
+        .click(&format!("{card} button[data-action='update']"))
+        .await;
+    let textarea = format!("#update-{id}-blueprint");
+    browser.type_into(&textarea, &blueprint("v2", "")).await;
+    browser
+        .screenshot(&format!("services-update-{desktop}"))
+        .await;
+    browser.click(&format!("#update-{id}-submit")).await;
+    browser.wait_for(&format!("#update-{id}-started")).await;
+    browser
+        .wait_until("version 2 on the card", || async {
+            let text = browser.text(&format!("{card} dl.meta")).await?;
+            (text.contains("Version\n2") || text.contains("Version 2")).then_some(())
+        })
+        .await;
+    wait_for_service_state(&browser, &id, "RUNNING").await;
+
+    // A broken version 3 (exits after a second): the card shows the update, then the
+    // rollback and its reason.
+    browser
+        .click(&format!("{card} button[data-action='update']"))
+        .await;
+    browser
+        .click(&format!("{card} button[data-action='update']"))
+        .await;
+    browser
+        .type_into(
+            &textarea,
+            &blueprint("v3", ", TESTBOX_EXIT_AFTER_MS: 1000, TESTBOX_EXIT_CODE: 3"),
+        )
+        .await;
+    browser.click(&format!("#update-{id}-submit")).await;
+    wait_for_service_state(&browser, &id, "ROLLED_BACK").await;
+    let reason = browser
+        .wait_for_text(&format!("{card} .reason"), "rolled back")
+        .await;
+    assert!(reason.contains("exited with code 3"), "{reason}");
+    browser
+        .screenshot(&format!("services-rolled-back-{desktop}"))
+        .await;
+
+    // An invalid update is refused next to the text, naming the field.
+    browser
+        .click(&format!("{card} button[data-action='update']"))
+        .await;
+    browser
+        .click(&format!("{card} button[data-action='update']"))
+        .await;
+    browser
+        .type_into(
+            &textarea,
+            "name: web-update\nimages:\n  - {name: other, image: motey/testbox:latest}\n",
+        )
+        .await;
+    browser.click(&format!("#update-{id}-submit")).await;
+    browser
+        .wait_for_text(&format!("#update-{id}-errors"), "images[0].name")
+        .await;
+
+    // History: newest first, the rollback with its reason.
+    browser
+        .click(&format!("{card} button[data-action='history']"))
+        .await;
+    let history = browser
+        .wait_for_text(&format!("#history-{id}"), "rolled back")
+        .await;
+    assert!(
+        history.contains("updated") && history.contains("deployed"),
+        "{history}"
+    );
+    browser
+        .screenshot(&format!("services-history-{desktop}"))
+        .await;
+
+    // Logs: the API token is not enough; with the admin token the log shows.
+    browser
+        .click(&format!("{card} button[data-action='logs']"))
+        .await;
+    browser
+        .wait_for_text(&format!("#logs-{id}-error"), "admin token")
+        .await;
+    browser
+        .type_into(&format!("#logs-{id}-admin-token"), ADMIN)
+        .await;
+    browser
+        .click(&format!("#logs-{id}-admin button[type='submit']"))
+        .await;
+    let log = browser
+        .wait_for_text(&format!("#logs-{id}-output"), "testbox started")
+        .await;
+    assert!(log.contains("env TESTBOX_BODY=v2"), "{log}");
+    browser
+        .screenshot(&format!("services-logs-{desktop}"))
+        .await;
+    browser
+        .assert_clean_console(&[
+            &refused(&format!("/v1/services/{id}"), 400),
+            &refused(
+                &format!("/v1/services/{id}/images/box/logs?tail=100&follow=false"),
+                403,
+            ),
+        ])
+        .await;
+}
+
+#[tokio::test]
 async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
     // A fog: the hub and three agents; one stays, one falls silent, one crashes.
     let agent = hub().await;

@@ -2,6 +2,7 @@
 // it is gone when the tab closes, and no other site can read it.
 
 const TOKEN_KEY = 'motey.api-token';
+const ADMIN_TOKEN_KEY = 'motey.admin-token';
 
 /** A refusal of the API, with the fields it names (`{error, message, field, fields}`). */
 export class ApiError extends Error {
@@ -36,6 +37,14 @@ export const session = {
   },
   signOut() {
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(ADMIN_TOKEN_KEY);
+  },
+  /** Device access (logs) needs the admin token; an admin may sign in with either. */
+  adminToken() {
+    return sessionStorage.getItem(ADMIN_TOKEN_KEY) || sessionStorage.getItem(TOKEN_KEY);
+  },
+  setAdminToken(token) {
+    sessionStorage.setItem(ADMIN_TOKEN_KEY, token);
   },
 };
 
@@ -93,6 +102,33 @@ export const api = {
   deploy: (yaml) =>
     request('POST', '/v1/services', { body: yaml, contentType: 'application/x-yaml' }),
   terminate: (id) => request('DELETE', `/v1/services/${encodeURIComponent(id)}`),
+  update: (id, yaml) =>
+    request('PUT', `/v1/services/${encodeURIComponent(id)}`, {
+      body: yaml,
+      contentType: 'application/x-yaml',
+    }),
+  history: (id, signal) =>
+    request('GET', `/v1/services/${encodeURIComponent(id)}/history`, { signal }),
+  /** The log of an image as a streamed response (text lines; with `follow`, endless). */
+  async logs(id, image, { tail, follow, signal }) {
+    const path =
+      `/v1/services/${encodeURIComponent(id)}/images/${encodeURIComponent(image)}/logs` +
+      `?tail=${encodeURIComponent(tail)}&follow=${follow ? 'true' : 'false'}`;
+    const headers = { Accept: 'text/plain' };
+    const token = session.adminToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    let response;
+    try {
+      response = await fetch(path, { headers, signal, cache: 'no-store' });
+    } catch (error) {
+      if (isAbort(error)) throw error;
+      throw new NetworkError(error);
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, await response.json().catch(() => null));
+    }
+    return response;
+  },
   nodes: (signal) => request('GET', '/v1/nodes', { signal }),
   nodeStatus: (signal) => request('GET', '/v1/nodestatus', { signal }),
   capabilities: (signal) => request('GET', '/v1/capabilities', { signal }),

@@ -2,7 +2,16 @@
 
 import { h } from './dom.js';
 
-const SERVICE_STATES = ['INITIAL', 'INSTANTIATING', 'RUNNING', 'STOPPING', 'TERMINATED', 'ERROR'];
+const SERVICE_STATES = [
+  'INITIAL',
+  'INSTANTIATING',
+  'RUNNING',
+  'STOPPING',
+  'TERMINATED',
+  'ERROR',
+  'UPDATING',
+  'ROLLED_BACK',
+];
 const NODE_STATES = ['alive', 'suspect', 'gone'];
 const NODE_PHASES = ['commissioning', 'provisioning', 'operating', 'recovering', 'decommissioning'];
 

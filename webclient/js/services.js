@@ -4,6 +4,7 @@
 import { api, describe, isAbort } from './api.js';
 import { every, fill, h, pageHeading, showMessage } from './dom.js';
 import { ago, dateTime, shortId, stateBadge } from './format.js';
+import { accessPanel } from './service-access.js';
 
 export const title = 'Services';
 
@@ -130,17 +131,23 @@ function serviceCard(service, onTerminate, thisNode) {
     'Terminate',
   );
   const foreign = h('p', { class: 'hint', hidden: true });
+  // The latest update: under way, completed or rolled back (the reason says why).
+  const progress = h('p', { class: 'update-progress', hidden: true, dataset: { phase: '' } });
+  const version = h('dd', {});
   let current = service;
+  const access = accessPanel(() => current);
   terminateButton.addEventListener('click', () => onTerminate(current));
   const element = h(
     'li',
     { class: 'card service', dataset: { serviceId: service.id }, 'aria-labelledby': titleId },
     h('div', { class: 'card-head' }, h('h2', { id: titleId }, service.name), state),
     reason,
+    progress,
     h(
       'dl',
       { class: 'meta' },
       h('div', {}, h('dt', {}, 'Id'), h('dd', {}, h('code', {}, service.id))),
+      h('div', {}, h('dt', {}, 'Version'), version),
       h('div', {}, h('dt', {}, 'Owner'), h('dd', {}, service.owner)),
       h('div', {}, h('dt', {}, 'Created'), h('dd', {}, dateTime(service.created_at))),
       h('div', {}, h('dt', {}, 'Changed'), changed),
@@ -162,15 +169,25 @@ function serviceCard(service, onTerminate, thisNode) {
       ),
       images,
     ),
-    h('div', { class: 'actions' }, terminateButton, foreign),
+    h('div', { class: 'actions' }, ...access.buttons, terminateButton, foreign),
+    access.panel,
   );
+  const [updateButton] = access.buttons;
   let rendered = '';
   return {
     element,
     update(next) {
       current = next;
       const me = thisNode();
-      const snapshot = JSON.stringify([next.state, next.reason, next.images, next.desired, me]);
+      const snapshot = JSON.stringify([
+        next.state,
+        next.reason,
+        next.images,
+        next.desired,
+        next.update,
+        next.version,
+        me,
+      ]);
       fill(changed, ago(next.updated_at));
       if (snapshot === rendered) return;
       rendered = snapshot;
@@ -179,6 +196,12 @@ function serviceCard(service, onTerminate, thisNode) {
       reason.hidden = !next.reason;
       reason.textContent = next.reason || '';
       fill(images, next.images.map(imageRow));
+      fill(version, String(next.version ?? 1));
+      const phase = next.update?.phase || '';
+      progress.dataset.phase = phase;
+      progress.hidden =
+        next.desired === 'TERMINATED' || !['UPDATING', 'ROLLING_BACK'].includes(phase);
+      progress.textContent = progress.hidden ? '' : next.update.message;
       // A service being terminated cannot be terminated again; keep the button (and a
       // focus on it) but say so.
       const terminating = next.desired === 'TERMINATED';
@@ -187,6 +210,8 @@ function serviceCard(service, onTerminate, thisNode) {
       const ownedHere = !me || next.owner === me;
       terminateButton.hidden = next.state === 'TERMINATED' || !ownedHere;
       foreign.hidden = ownedHere || next.state === 'TERMINATED';
+      // Only the owner updates a service, and not while it is terminated.
+      updateButton.hidden = terminating || next.state === 'TERMINATED' || !ownedHere;
       foreign.textContent = ownedHere ? '' : `Runs here for node ${next.owner}; terminate it there.`;
     },
   };

@@ -26,7 +26,7 @@ pub async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if token_matches(presented, &state.token) {
+    if token_matches(presented, &state.token) || token_matches(presented, &state.admin_token) {
         Ok(next.run(request).await)
     } else {
         tracing::warn!(method = %request.method(), path = %request.uri().path(), "request without a valid API token");
@@ -34,7 +34,36 @@ pub async fn require_token(
     }
 }
 
-fn token_matches(presented: &str, expected: &str) -> bool {
+/// The bearer token a request presents, if any.
+pub(crate) fn presented_token(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
+/// Device access (logs, exec) needs the admin token: without a valid token 401, with the
+/// API token only 403.
+pub(crate) fn require_admin(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let presented = presented_token(headers);
+    if token_matches(presented, &state.admin_token) {
+        Ok(())
+    } else if token_matches(presented, &state.token) {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "admin_token_required",
+            "device access (logs, exec) needs the admin token ([SECURITY] admin_token), not the API token",
+        ))
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+pub(crate) fn token_matches(presented: &str, expected: &str) -> bool {
     !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 

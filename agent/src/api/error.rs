@@ -96,6 +96,18 @@ impl From<OrchestratorError> for ApiError {
             }
             OrchestratorError::NotOperating(refusal) => refusal.into(),
             OrchestratorError::Store(error) => error.into(),
+            OrchestratorError::UpdateRefused {
+                code,
+                field,
+                message,
+            } => match field {
+                Some(field) => ApiError::invalid(
+                    code,
+                    format!("{field}: {message}"),
+                    vec![FieldError::new(field, message)],
+                ),
+                None => ApiError::new(StatusCode::CONFLICT, code, message),
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 //! this node's status. Handlers translate HTTP to calls on the orchestrator and the store;
 //! no orchestration logic lives here.
 
+mod access;
 mod auth;
 mod capabilities;
 pub mod decommission;
@@ -31,6 +32,9 @@ pub struct ApiState {
     pub store: Store,
     pub nodes: Arc<dyn NodeDirectory>,
     pub token: Arc<str>,
+    /// Token for device access (logs, exec); also good for everything the API token is.
+    pub admin_token: Arc<str>,
+    pub access: Arc<crate::config::Access>,
     pub open_reads: bool,
     pub max_body_bytes: usize,
     pub this_node: Arc<NodeInfo>,
@@ -58,6 +62,8 @@ impl ApiState {
             store,
             nodes,
             token: token.into(),
+            admin_token: "".into(),
+            access: Arc::new(config.access.clone()),
             open_reads: webserver.open_reads,
             max_body_bytes: webserver.max_body_bytes,
             this_node: Arc::new(this_node),
@@ -70,6 +76,12 @@ impl ApiState {
 }
 
 impl ApiState {
+    /// Sets the token that device access (logs, exec) needs.
+    pub fn with_admin_token(mut self, token: String) -> ApiState {
+        self.admin_token = token.into();
+        self
+    }
+
     /// Tells `listener` about every capability change made through the API.
     pub fn with_capability_listener(
         mut self,
@@ -102,7 +114,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/services", get(services::list).post(services::create))
         .route(
             "/services/{id}",
-            get(services::show).delete(services::terminate),
+            get(services::show)
+                .delete(services::terminate)
+                .put(services::update),
+        )
+        .route("/services/{id}/history", get(services::history))
+        .route("/services/{id}/images/{image}/logs", get(access::logs))
+        .route(
+            "/services/{id}/images/{image}/exec",
+            axum::routing::post(access::exec),
         )
         .route(
             "/capabilities",

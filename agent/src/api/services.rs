@@ -11,7 +11,9 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::{read_body, ApiState};
 use crate::blueprint;
-use crate::domain::{DesiredState, ImageState, NodeId, Service, ServiceId, ServiceState};
+use crate::domain::{
+    DesiredState, ImageState, NodeId, Revision, RolloutPhase, Service, ServiceId, ServiceState,
+};
 
 /// Media types a blueprint may be sent as. JSON is YAML, so it is welcome too.
 const BLUEPRINT_TYPES: &[&str] = &[
@@ -34,7 +36,26 @@ pub struct ServiceView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub images: Vec<ImageView>,
+    /// Version of the blueprint that runs (1, then one more per completed update).
+    pub version: u32,
+    /// The latest update, if any: under way, completed or rolled back.
+    pub update: Option<UpdateView>,
     pub links: ServiceLinks,
+}
+
+/// An update as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct UpdateView {
+    pub from_version: u32,
+    pub to_version: u32,
+    pub phase: RolloutPhase,
+    /// The image being replaced now.
+    pub image: Option<String>,
+    /// What the update does now, or why it was rolled back.
+    pub message: String,
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// Where related resources are.
@@ -44,6 +65,7 @@ pub struct ServiceLinks {
     pub this: String,
     pub services: &'static str,
     pub nodes: &'static str,
+    pub history: String,
 }
 
 /// One image of a service: where it runs and how it is.
@@ -65,7 +87,19 @@ impl From<Service> for ServiceView {
                 this: format!("/v1/services/{}", service.id),
                 services: "/v1/services",
                 nodes: "/v1/nodes",
+                history: format!("/v1/services/{}/history", service.id),
             },
+            version: service.version,
+            update: service.rollout.map(|rollout| UpdateView {
+                message: rollout.describe(),
+                from_version: rollout.from_version,
+                to_version: rollout.to_version,
+                phase: rollout.phase,
+                image: rollout.current_image,
+                reason: rollout.reason,
+                started_at: rollout.started_at,
+                finished_at: rollout.finished_at,
+            }),
             images: service
                 .images
                 .into_iter()
@@ -110,41 +144,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    if !BLUEPRINT_TYPES.contains(&media_type.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "a blueprint is sent as application/x-yaml, not {:?}",
-                if media_type.is_empty() {
-                    "(no Content-Type)"
-                } else {
-                    &media_type
-                }
-            ),
-        ));
-    }
-    let body = read_body(&state, body).await?;
-    let text = std::str::from_utf8(&body).map_err(|error| {
-        ApiError::invalid(
-            "invalid_yaml",
-            format!("the blueprint is not UTF-8: {error}"),
-            Vec::new(),
-        )
-    })?;
-    let parsed = blueprint::parse(text, &state.security)?;
+    let parsed = read_blueprint(&state, &headers, body).await?;
     let service = state.orchestrator.submit(parsed).await?;
     let location = format!("/v1/services/{}", service.id);
     Ok((
@@ -153,6 +153,31 @@ pub async fn create(
         Json(ServiceView::from(service)),
     )
         .into_response())
+}
+
+/// `PUT /v1/services/{id}` with a new version of the service's blueprint: 202 and the
+/// service (state UPDATING); its images are then replaced one at a time, and the update
+/// is rolled back automatically if a new version does not run.
+pub async fn update(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
+    let id = ServiceId(id);
+    // A missing service is named before the body is judged.
+    state.orchestrator.service(&id)?;
+    let parsed = read_blueprint(&state, &headers, body).await?;
+    let service = state.orchestrator.update(&id, parsed).await?;
+    Ok((StatusCode::ACCEPTED, Json(service.into())))
+}
+
+/// `GET /v1/services/{id}/history`: the service's versions, oldest first.
+pub async fn history(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    Ok(Json(state.orchestrator.service(&ServiceId(id))?.history))
 }
 
 /// `DELETE /v1/services/{id}`: 202; the service goes STOPPING, then TERMINATED.
@@ -217,4 +242,47 @@ pub async fn terminate_by_blueprint(
         terminated.push(state.orchestrator.terminate(&id).await?.into());
     }
     Ok(Json(terminated))
+}
+
+/// A blueprint from a request body (YAML or JSON), parsed and validated.
+async fn read_blueprint(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::domain::Blueprint, ApiError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !BLUEPRINT_TYPES.contains(&media_type.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a blueprint is sent as application/x-yaml, not {:?}",
+                if media_type.is_empty() {
+                    "(no Content-Type)"
+                } else {
+                    &media_type
+                }
+            ),
+        ));
+    }
+    let body = read_body(state, body).await?;
+    let text = std::str::from_utf8(&body).map_err(|error| {
+        ApiError::invalid(
+            "invalid_yaml",
+            format!("the blueprint is not UTF-8: {error}"),
+            Vec::new(),
+        )
+    })?;
+    Ok(blueprint::parse(text, &state.security)?)
 }

@@ -43,6 +43,7 @@ const ASSETS: &[Asset] = &[
     asset!("/js/format.js", "js/format.js"),
     asset!("/js/signin.js", "js/signin.js"),
     asset!("/js/services.js", "js/services.js"),
+    asset!("/js/service-access.js", "js/service-access.js"),
     asset!("/js/nodes.js", "js/nodes.js"),
     asset!("/js/capabilities.js", "js/capabilities.js"),
     asset!("/js/deploy.js", "js/deploy.js"),

@@ -11,11 +11,27 @@ use crate::domain::{ImageBlueprint, NodeId, Service};
 
 /// The engine-neutral specification of the container for `image` of `service` on `node`.
 pub fn spec(service: &Service, image: &ImageBlueprint, node: &NodeId) -> ContainerSpec {
+    versioned_spec(service, image, node, 1)
+}
+
+/// As [`spec`], for the blueprint version `version` of the image. Versions after the
+/// first get their own default container name, so that an update can start the new
+/// container while the old one still runs.
+pub fn versioned_spec(
+    service: &Service,
+    image: &ImageBlueprint,
+    node: &NodeId,
+    version: u32,
+) -> ContainerSpec {
     let mut spec = ContainerSpec {
-        name: image
-            .container_name
-            .clone()
-            .unwrap_or_else(|| default_name(service, image, node)),
+        name: image.container_name.clone().unwrap_or_else(|| {
+            let name = default_name(service, image, node);
+            if version > 1 {
+                format!("{name}-v{version}")
+            } else {
+                name
+            }
+        }),
         image: image.image.clone(),
         command: image.command.clone(),
         env: image.env.clone(),

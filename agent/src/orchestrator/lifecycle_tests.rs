@@ -13,12 +13,7 @@ use super::remote::{RemoteError, RemoteNodes};
 use super::*;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeInfo};
 
-fn settings() -> config::Orchestrator {
-    config::Orchestrator {
-        reconcile_interval_secs: 1,
-        stop_grace_secs: 0,
-    }
-}
+use super::tests::settings;
 
 fn node(id: &str) -> NodeId {
     NodeId(id.into())

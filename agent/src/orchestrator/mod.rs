@@ -5,6 +5,7 @@
 //! is idempotent, so a pass may be repeated, interrupted or run by a freshly restarted
 //! agent without creating a second container.
 
+pub mod access;
 pub mod container;
 mod hosted;
 mod lifecycle;
@@ -13,6 +14,9 @@ mod lifecycle_tests;
 pub mod placement;
 mod reconcile;
 pub mod remote;
+mod rollout;
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +51,13 @@ pub enum OrchestratorError {
     NotOperating(#[from] NotOperating),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An update cannot start; `code` is the API's error code, `field` the offending one.
+    #[error("{message}")]
+    UpdateRefused {
+        code: &'static str,
+        field: Option<String>,
+        message: String,
+    },
 }
 
 /// Runs the services of this node and of the peers that placed images here.

@@ -18,8 +18,15 @@ use crate::domain::{DesiredState, ImageDeployment, ImageRecord, NodeId, Service,
 
 impl Orchestrator {
     pub(super) async fn reconcile_service(&self, snapshot: Service) {
+        // The image an update is replacing is the rollout's to converge (its old and new
+        // containers run side by side for a while); the others converge as always.
+        let replacing = super::rollout::image_being_replaced(&snapshot);
+        let images = snapshot
+            .images
+            .iter()
+            .filter(|image| Some(image.id()) != replacing.as_deref());
         // The images of a service are independent of each other: converge them together.
-        let observed = futures::future::join_all(snapshot.images.iter().map(|image| async {
+        let observed = futures::future::join_all(images.map(|image| async {
             match snapshot.desired {
                 DesiredState::Running => self.converge_image(&snapshot, image.clone()).await,
                 DesiredState::Terminated => self.retire_image(&snapshot, image.clone()).await,
@@ -27,6 +34,9 @@ impl Orchestrator {
         }))
         .await;
         self.record_observation(&snapshot, observed).await;
+        if snapshot.desired == DesiredState::Running && snapshot.updating() {
+            self.advance_rollout(&snapshot).await;
+        }
     }
 
     /// Stores what a pass observed, unless the service was changed meanwhile (then the
@@ -92,7 +102,7 @@ impl Orchestrator {
 
     /// Persists one image's progress at once (INSTANTIATING before a long pull), so that
     /// the API shows it while the pass goes on.
-    async fn record_progress(&self, snapshot: &Service, record: &ImageRecord) {
+    pub(super) async fn record_progress(&self, snapshot: &Service, record: &ImageRecord) {
         let inner = &self.inner;
         let _guard = inner.records.lock().await;
         if let Ok(Some(mut current)) = inner.store.services.get(snapshot.id.as_str()) {
@@ -224,7 +234,7 @@ impl Orchestrator {
     ) -> ImageRecord {
         let engine = &self.inner.engine;
         let me = &self.inner.node;
-        let spec = container::spec(service, &record.blueprint, me);
+        let spec = container::versioned_spec(service, &record.blueprint, me, record.version);
         let selector = container::selector(me, service.id.as_str(), record.id());
         let containers = match engine.list(&selector).await {
             Ok(containers) => containers,
@@ -470,7 +480,7 @@ pub(super) fn unplaced(mut record: ImageRecord, reason: String) -> ImageRecord {
 
 /// Logs pull progress at most every few seconds per image, so a slow pull on a Pi shows
 /// that it advances without flooding the log.
-fn pull_logger(image: &str) -> impl Fn(PullProgress) + Send + Sync {
+pub(super) fn pull_logger(image: &str) -> impl Fn(PullProgress) + Send + Sync {
     let image = image.to_owned();
     let last = Arc::new(SyncMutex::new(None::<Instant>));
     move |progress: PullProgress| {

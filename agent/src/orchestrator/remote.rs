@@ -2,6 +2,8 @@
 //! directly; it goes through [`RemoteNodes`], implemented over the ZeroMQ peer protocol in
 //! a cluster and by [`NoPeers`] on a single node.
 
+use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
+
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
 
 /// Why a request to a peer failed.
@@ -67,6 +69,30 @@ pub trait RemoteNodes: Send + Sync + 'static {
         service_id: &ServiceId,
         image_id: &str,
     ) -> Result<(), RemoteError>;
+
+    /// Log lines of an image a peer runs on this node's behalf.
+    async fn image_logs(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+        query: LogQuery,
+    ) -> Result<Vec<LogLine>, RemoteError> {
+        let _ = (service_id, image_id, query);
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
+
+    /// Runs a diagnostic command in an image a peer runs on this node's behalf.
+    async fn image_exec(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+        exec: ExecRequest,
+    ) -> Result<ExecOutput, RemoteError> {
+        let _ = (service_id, image_id, exec);
+        Err(RemoteError::UnknownNode(node.clone()))
+    }
 }
 
 /// A node alone: no peers, so every image runs here or nowhere.

@@ -10,10 +10,13 @@ use super::remote::{NoPeers, RemoteError, RemoteNodes};
 use super::*;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeInfo};
 
-fn settings() -> config::Orchestrator {
+/// Orchestrator settings of the unit tests: fast passes, no waiting.
+pub(super) fn settings() -> config::Orchestrator {
     config::Orchestrator {
         reconcile_interval_secs: 1,
         stop_grace_secs: 0,
+        update_settle_secs: 0,
+        update_timeout_secs: 60,
     }
 }
 

@@ -17,6 +17,7 @@ use super::messages::{ErrorCode, Reply, Request};
 use crate::discovery::{PeerDirectory, PeerState};
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
 use crate::orchestrator::remote::{RemoteError, RemoteNodes};
+use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 
 /// Idle sockets kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 8;
@@ -71,7 +72,18 @@ impl Requester {
     /// Sends one request to `endpoint` (e.g. `tcp://10.0.0.7:5091`) and returns its
     /// successful reply; error replies become [`CallError::Refused`].
     pub async fn call(&self, endpoint: &str, request: &Request) -> Result<Reply, CallError> {
-        let deadline = Instant::now() + self.timeout;
+        self.call_within(endpoint, request, self.timeout).await
+    }
+
+    /// As [`Requester::call`], with a deadline of its own (a diagnostic command that may
+    /// run longer than an ordinary request).
+    pub async fn call_within(
+        &self,
+        endpoint: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let deadline = Instant::now() + timeout;
         let id = uuid::Uuid::new_v4().to_string();
         let body = Envelope::new(
             request.kind(),
@@ -277,6 +289,17 @@ impl PeerClient {
     /// Sends a request to an alive peer, trying its addresses in order while they cannot
     /// be connected to.
     pub async fn call(&self, node: &NodeId, request: &Request) -> Result<Reply, RemoteError> {
+        self.call_within(node, request, self.requester.timeout)
+            .await
+    }
+
+    /// As [`PeerClient::call`], answered within `timeout`.
+    pub async fn call_within(
+        &self,
+        node: &NodeId,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, RemoteError> {
         let info = self.alive_peer(node)?;
         let endpoints = endpoints_of(&info);
         let mut last = RemoteError::Unreachable {
@@ -284,7 +307,7 @@ impl PeerClient {
             reason: "the node announces no address".into(),
         };
         for endpoint in endpoints.iter().take(3) {
-            match self.requester.call(endpoint, request).await {
+            match self.requester.call_within(endpoint, request, timeout).await {
                 Ok(reply) => return Ok(reply),
                 Err(error @ CallError::Connect(_)) => {
                     last = remote_error(node, error);
@@ -438,6 +461,44 @@ impl RemoteNodes for PeerClient {
         };
         match self.call(node, &request).await? {
             Reply::Terminated => Ok(()),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn image_logs(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+        query: LogQuery,
+    ) -> Result<Vec<LogLine>, RemoteError> {
+        let request = Request::ImageLogs {
+            service_id: service_id.clone(),
+            image_id: image_id.to_owned(),
+            query,
+        };
+        match self.call(node, &request).await? {
+            Reply::ImageLogs(lines) => Ok(lines),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn image_exec(
+        &self,
+        node: &NodeId,
+        service_id: &ServiceId,
+        image_id: &str,
+        exec: ExecRequest,
+    ) -> Result<ExecOutput, RemoteError> {
+        // The command may take its whole time on the peer; the request gets that on top.
+        let timeout = self.requester.timeout + Duration::from_secs(exec.timeout_secs);
+        let request = Request::ImageExec {
+            service_id: service_id.clone(),
+            image_id: image_id.to_owned(),
+            exec,
+        };
+        match self.call_within(node, &request, timeout).await? {
+            Reply::ImageExec(output) => Ok(output),
             other => Err(unexpected(node, &other)),
         }
     }

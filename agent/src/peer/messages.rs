@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
+
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
 
 /// Envelope types of the requests.
@@ -19,7 +21,17 @@ pub mod kinds {
     pub const TERMINATE_IMAGE_REPLY: &str = "terminate_image_reply";
     pub const IMAGE_ASSIGNMENT_REPLY: &str = "image_assignment_reply";
     pub const ERROR: &str = "error";
+    // Device access (FR-11), added in the same protocol version: a node that does not
+    // know them answers `unknown_type`.
+    pub const IMAGE_LOGS: &str = "image_logs";
+    pub const IMAGE_LOGS_REPLY: &str = "image_logs_reply";
+    pub const IMAGE_EXEC: &str = "image_exec";
+    pub const IMAGE_EXEC_REPLY: &str = "image_exec_reply";
 }
+
+/// Most bytes of log text one `image_logs_reply` carries, well inside the envelope's
+/// 1 MiB; older lines are left out (the owner asks again from the last one it got).
+pub const MAX_LOG_REPLY_BYTES: usize = 512 * 1024;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +57,18 @@ pub enum Request {
         image_id: String,
         node: NodeId,
     },
+    /// The log lines of this image (only its owner may ask).
+    ImageLogs {
+        service_id: ServiceId,
+        image_id: String,
+        query: LogQuery,
+    },
+    /// Run a diagnostic command in this image's container (only its owner may ask).
+    ImageExec {
+        service_id: ServiceId,
+        image_id: String,
+        exec: ExecRequest,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +81,29 @@ struct AssignmentRef {
 #[derive(Debug, Serialize, Deserialize)]
 struct AssignmentPayload {
     assigned: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogsPayload {
+    service_id: ServiceId,
+    image_id: String,
+    tail: usize,
+    #[serde(default)]
+    since_ns: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExecPayload {
+    service_id: ServiceId,
+    image_id: String,
+    command: Vec<String>,
+    timeout_secs: u64,
+    max_output_bytes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogLinesPayload {
+    lines: Vec<LogLine>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +121,8 @@ impl Request {
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE,
             Request::ImageAssignment { .. } => kinds::IMAGE_ASSIGNMENT,
+            Request::ImageLogs { .. } => kinds::IMAGE_LOGS,
+            Request::ImageExec { .. } => kinds::IMAGE_EXEC,
         }
     }
 
@@ -85,6 +134,8 @@ impl Request {
             Request::ImageStatus { .. } => kinds::IMAGE_STATUS_REPLY,
             Request::TerminateImage { .. } => kinds::TERMINATE_IMAGE_REPLY,
             Request::ImageAssignment { .. } => kinds::IMAGE_ASSIGNMENT_REPLY,
+            Request::ImageLogs { .. } => kinds::IMAGE_LOGS_REPLY,
+            Request::ImageExec { .. } => kinds::IMAGE_EXEC_REPLY,
         }
     }
 
@@ -107,6 +158,29 @@ impl Request {
                 image_id,
                 node,
             } => json!({ "service_id": service_id, "image_id": image_id, "node": node }),
+            Request::ImageLogs {
+                service_id,
+                image_id,
+                query,
+            } => serde_json::to_value(LogsPayload {
+                service_id: service_id.clone(),
+                image_id: image_id.clone(),
+                tail: query.tail,
+                since_ns: query.since_ns,
+            })
+            .expect("a log request serializes to JSON"),
+            Request::ImageExec {
+                service_id,
+                image_id,
+                exec,
+            } => serde_json::to_value(ExecPayload {
+                service_id: service_id.clone(),
+                image_id: image_id.clone(),
+                command: exec.command.clone(),
+                timeout_secs: exec.timeout_secs,
+                max_output_bytes: exec.max_output_bytes,
+            })
+            .expect("an exec request serializes to JSON"),
         }
     }
 
@@ -151,6 +225,37 @@ impl Request {
                     service_id,
                     image_id,
                     node,
+                })
+            }
+            kinds::IMAGE_LOGS => {
+                let LogsPayload {
+                    service_id,
+                    image_id,
+                    tail,
+                    since_ns,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageLogs {
+                    service_id,
+                    image_id,
+                    query: LogQuery { tail, since_ns },
+                })
+            }
+            kinds::IMAGE_EXEC => {
+                let ExecPayload {
+                    service_id,
+                    image_id,
+                    command,
+                    timeout_secs,
+                    max_output_bytes,
+                } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Request::ImageExec {
+                    service_id,
+                    image_id,
+                    exec: ExecRequest {
+                        command,
+                        timeout_secs,
+                        max_output_bytes,
+                    },
                 })
             }
             other => Err(DecodeError::UnknownType(other.to_owned())),
@@ -213,6 +318,8 @@ pub enum Reply {
     Assignment {
         assigned: bool,
     },
+    ImageLogs(Vec<LogLine>),
+    ImageExec(ExecOutput),
     Error {
         code: ErrorCode,
         message: String,
@@ -241,6 +348,8 @@ impl Reply {
             Reply::ImageStatus(_) => kinds::IMAGE_STATUS_REPLY,
             Reply::Terminated => kinds::TERMINATE_IMAGE_REPLY,
             Reply::Assignment { .. } => kinds::IMAGE_ASSIGNMENT_REPLY,
+            Reply::ImageLogs(_) => kinds::IMAGE_LOGS_REPLY,
+            Reply::ImageExec(_) => kinds::IMAGE_EXEC_REPLY,
             Reply::Error { .. } => kinds::ERROR,
         }
     }
@@ -266,6 +375,10 @@ impl Reply {
             Reply::Assignment { assigned } => serde_json::to_value(AssignmentPayload {
                 assigned: *assigned,
             }),
+            Reply::ImageLogs(lines) => serde_json::to_value(LogLinesPayload {
+                lines: lines.clone(),
+            }),
+            Reply::ImageExec(output) => serde_json::to_value(output),
             Reply::Error { code, message } => serde_json::to_value(ErrorPayload {
                 code: *code,
                 message: message.clone(),
@@ -302,6 +415,13 @@ impl Reply {
                     serde_json::from_value(payload).map_err(bad)?;
                 Ok(Reply::Assignment { assigned })
             }
+            kinds::IMAGE_LOGS_REPLY => {
+                let LogLinesPayload { lines } = serde_json::from_value(payload).map_err(bad)?;
+                Ok(Reply::ImageLogs(lines))
+            }
+            kinds::IMAGE_EXEC_REPLY => Ok(Reply::ImageExec(
+                serde_json::from_value(payload).map_err(bad)?,
+            )),
             kinds::ERROR => {
                 let ErrorPayload { code, message } =
                     serde_json::from_value(payload).map_err(bad)?;
@@ -364,6 +484,23 @@ mod tests {
                 image_id: "web".into(),
                 node: NodeId("n2".into()),
             },
+            Request::ImageLogs {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+                query: LogQuery {
+                    tail: 100,
+                    since_ns: Some(1_700_000_000_000_000_001),
+                },
+            },
+            Request::ImageExec {
+                service_id: ServiceId("s1".into()),
+                image_id: "web".into(),
+                exec: ExecRequest {
+                    command: vec!["cat".into(), "/etc/hostname".into()],
+                    timeout_secs: 10,
+                    max_output_bytes: 4096,
+                },
+            },
         ];
         for request in requests {
             let decoded = Request::from_parts(request.kind(), request.payload()).unwrap();
@@ -385,6 +522,17 @@ mod tests {
             Reply::ImageStatus(status()),
             Reply::Terminated,
             Reply::Assignment { assigned: false },
+            Reply::ImageLogs(vec![LogLine {
+                at_ns: Some(1),
+                stream: motey_val::LogStream::Stderr,
+                text: "probe not found".into(),
+            }]),
+            Reply::ImageExec(ExecOutput {
+                exit_code: Some(0),
+                output: "ok\n".into(),
+                truncated: false,
+                timed_out: false,
+            }),
             Reply::error(ErrorCode::Refused, "no space left"),
         ];
         for reply in replies {

@@ -19,6 +19,7 @@ use super::messages::{ErrorCode, Reply, Request};
 use super::PeerError;
 use crate::discovery::capabilities_digest;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
+use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 
 /// What a node does for its peers. The orchestrator implements it.
 ///
@@ -46,6 +47,30 @@ pub trait PeerHandler: Send + Sync {
     ) -> Result<bool, String> {
         let _ = (service, image_id, node);
         Err("this node does not answer image assignments".into())
+    }
+
+    /// Log lines of an image this node hosts for `requester` (its owner).
+    async fn image_logs(
+        &self,
+        requester: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+        query: LogQuery,
+    ) -> Result<Vec<LogLine>, String> {
+        let _ = (requester, service, image_id, query);
+        Err("this node does not give access to logs".into())
+    }
+
+    /// Runs a diagnostic command in an image this node hosts for `requester` (its owner).
+    async fn image_exec(
+        &self,
+        requester: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+        exec: ExecRequest,
+    ) -> Result<ExecOutput, String> {
+        let _ = (requester, service, image_id, exec);
+        Err("this node does not run diagnostic commands".into())
     }
 }
 
@@ -292,15 +317,17 @@ fn accept(
     tracing::debug!(sender = %envelope.sender, kind = request.kind(), id = %envelope.id, "peer request");
     let state = state.clone();
     let id = envelope.id;
+    let sender = NodeId(envelope.sender);
     let mut answer = Box::pin(async move {
         let kind = request.kind();
-        let reply = std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                tracing::error!(kind, "peer request handler panicked");
-                Reply::error(ErrorCode::Internal, "the handler failed")
-            });
+        let reply =
+            std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request, &sender))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(kind, "peer request handler panicked");
+                    Reply::error(ErrorCode::Internal, "the handler failed")
+                });
         drop(permit);
         frame_reply(identity, sign_reply(&state, &reply, id))
     });
@@ -317,7 +344,7 @@ fn accept(
     None
 }
 
-async fn dispatch(handler: &dyn PeerHandler, request: Request) -> Reply {
+async fn dispatch(handler: &dyn PeerHandler, request: Request, sender: &NodeId) -> Reply {
     let refused = |reason: String| Reply::error(ErrorCode::Refused, reason);
     match request {
         Request::Capabilities => {
@@ -353,6 +380,22 @@ async fn dispatch(handler: &dyn PeerHandler, request: Request) -> Reply {
             .image_assignment(&service_id, &image_id, &node)
             .await
             .map_or_else(refused, |assigned| Reply::Assignment { assigned }),
+        Request::ImageLogs {
+            service_id,
+            image_id,
+            query,
+        } => handler
+            .image_logs(sender, &service_id, &image_id, query)
+            .await
+            .map_or_else(refused, Reply::ImageLogs),
+        Request::ImageExec {
+            service_id,
+            image_id,
+            exec,
+        } => handler
+            .image_exec(sender, &service_id, &image_id, exec)
+            .await
+            .map_or_else(refused, Reply::ImageExec),
     }
 }
 

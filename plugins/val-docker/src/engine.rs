@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -11,7 +13,8 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use motey_val::{
-    ContainerSpec, ContainerStatus, EngineEvent, PullProgress, ValError, VirtualizationEngine,
+    ContainerSpec, ContainerStatus, EngineEvent, ExecOutput, ExecRequest, LogLine, LogQuery,
+    LogStream, PullProgress, ValError, VirtualizationEngine,
 };
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
@@ -348,6 +351,143 @@ impl VirtualizationEngine for DockerEngine {
             .collect())
     }
 
+    async fn log_lines(
+        &self,
+        container_id: &str,
+        query: &LogQuery,
+    ) -> Result<Vec<LogLine>, ValError> {
+        // Docker's `since` has whole seconds: ask from the second, drop the rest here.
+        let since_secs = query
+            .since_ns
+            .map(|ns| i32::try_from(ns / 1_000_000_000).unwrap_or(i32::MAX))
+            .unwrap_or(0);
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: since_secs,
+            tail: query.tail.to_string(),
+            ..Default::default()
+        };
+        let chunks: Vec<LogOutput> = self
+            .client()
+            .await?
+            .logs(container_id, Some(options))
+            .try_collect()
+            .await
+            .map_err(|error| to_val_error("read logs", Subject::Container(container_id), error))?;
+        Ok(chunks
+            .iter()
+            .flat_map(log_lines_of)
+            .filter(|line| match (query.since_ns, line.at_ns) {
+                (Some(since), Some(at)) => at > since,
+                _ => true,
+            })
+            .collect())
+    }
+
+    fn follow_logs(
+        &self,
+        container_id: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<LogLine, ValError>> {
+        let engine = self.clone();
+        let container = container_id.to_owned();
+        stream::once(async move {
+            let docker = engine.client().await?.clone();
+            let options = LogsOptions {
+                stdout: true,
+                stderr: true,
+                timestamps: true,
+                follow: true,
+                tail: tail.to_string(),
+                ..Default::default()
+            };
+            let subject = container.clone();
+            Ok::<_, ValError>(
+                docker
+                    .logs(&container, Some(options))
+                    .map_err(move |error| {
+                        to_val_error("follow logs", Subject::Container(&subject), error)
+                    })
+                    .map_ok(|chunk| stream::iter(log_lines_of(&chunk).into_iter().map(Ok)))
+                    .try_flatten(),
+            )
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
+        let docker = self.client().await?;
+        let failed = |error| to_val_error("exec", Subject::Container(container_id), error);
+        let created = docker
+            .create_exec(
+                container_id,
+                CreateExecOptions::<String> {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(request.command.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(failed)?;
+        let started = docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(failed)?;
+        let mut output = Vec::new();
+        let mut truncated = false;
+        let mut timed_out = false;
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = started
+        {
+            let deadline =
+                tokio::time::Instant::now() + std::time::Duration::from_secs(request.timeout_secs);
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        timed_out = true;
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(error))) => return Err(failed(error)),
+                    Ok(Some(Ok(chunk))) => {
+                        let room = request.max_output_bytes.saturating_sub(output.len());
+                        let bytes = chunk.into_bytes();
+                        if bytes.len() > room {
+                            truncated = true;
+                        }
+                        output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
+                }
+            }
+        }
+        // Docker cannot stop an exec'd process: after a timeout it runs on in the
+        // container, and its exit code is unknown here.
+        let exit_code = if timed_out {
+            None
+        } else {
+            docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(failed)?
+                .exit_code
+        };
+        Ok(ExecOutput {
+            exit_code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+            truncated,
+            timed_out,
+        })
+    }
+
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, ValError>> {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -366,5 +506,50 @@ impl VirtualizationEngine for DockerEngine {
         .try_flatten()
         .try_filter_map(|message| async move { Ok(events::engine_event(message)) })
         .boxed()
+    }
+}
+
+/// The lines of one chunk of Docker's log stream (asked with timestamps): each line starts
+/// with its RFC 3339 timestamp and a space.
+fn log_lines_of(chunk: &LogOutput) -> Vec<LogLine> {
+    let stream = match chunk {
+        LogOutput::StdErr { .. } => LogStream::Stderr,
+        _ => LogStream::Stdout,
+    };
+    String::from_utf8_lossy(chunk.as_ref())
+        .lines()
+        .map(|line| {
+            let (at_ns, text) = line
+                .split_once(' ')
+                .and_then(|(stamp, text)| {
+                    chrono::DateTime::parse_from_rfc3339(stamp)
+                        .ok()
+                        .and_then(|at| at.timestamp_nanos_opt())
+                        .map(|at| (Some(at), text))
+                })
+                .unwrap_or((None, line));
+            LogLine {
+                at_ns,
+                stream,
+                text: text.to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_taken_off_each_line() {
+        let chunk = LogOutput::StdOut {
+            message: "2024-05-01T10:00:00.5Z hello world\nno stamp\n".into(),
+        };
+        let lines = log_lines_of(&chunk);
+        assert_eq!(lines[0].text, "hello world");
+        assert_eq!(lines[0].at_ns, Some(1_714_557_600_500_000_000));
+        assert_eq!(lines[1].text, "no stamp");
+        assert_eq!(lines[1].at_ns, None);
     }
 }

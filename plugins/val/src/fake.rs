@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::{
-    ContainerSpec, ContainerStatus, EngineEvent, ImageState, PullProgress, ValError,
-    VirtualizationEngine,
+    ContainerSpec, ContainerStatus, EngineEvent, ExecOutput, ExecRequest, ImageState, LogLine,
+    LogQuery, LogStream, PullProgress, ValError, VirtualizationEngine,
 };
 
 #[derive(Debug, Default)]
 struct World {
     containers: BTreeMap<String, (ContainerSpec, ContainerStatus)>,
     missing_images: BTreeSet<String>,
+    logs: BTreeMap<String, Vec<LogLine>>,
+    execs: Vec<(String, Vec<String>)>,
     next_id: u64,
     created: u64,
 }
@@ -64,6 +66,26 @@ impl FakeEngine {
             .containers
             .get(container_id)
             .map(|(spec, _)| spec.clone())
+    }
+
+    /// The container writes `text` to its output.
+    pub fn write_log(&self, container_id: &str, text: &str) {
+        let mut world = self.lock();
+        let at = world.logs.values().map(Vec::len).sum::<usize>() as i64 + 1;
+        world
+            .logs
+            .entry(container_id.to_owned())
+            .or_default()
+            .push(LogLine {
+                at_ns: Some(at),
+                stream: LogStream::Stdout,
+                text: text.to_owned(),
+            });
+    }
+
+    /// Every command run with `exec`, with its container.
+    pub fn execs(&self) -> Vec<(String, Vec<String>)> {
+        self.lock().execs.clone()
     }
 
     /// How many containers were ever created.
@@ -179,6 +201,70 @@ impl VirtualizationEngine for FakeEngine {
 
     async fn logs(&self, container_id: &str, _tail: usize) -> Result<Vec<String>, ValError> {
         self.inspect(container_id).await.map(|_| Vec::new())
+    }
+
+    async fn log_lines(
+        &self,
+        container_id: &str,
+        query: &LogQuery,
+    ) -> Result<Vec<LogLine>, ValError> {
+        self.inspect(container_id).await?;
+        let lines: Vec<LogLine> = self
+            .lock()
+            .logs
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|line| query.since_ns.is_none_or(|since| line.at_ns > Some(since)))
+            .collect();
+        let skip = lines.len().saturating_sub(query.tail);
+        Ok(lines.into_iter().skip(skip).collect())
+    }
+
+    fn follow_logs(
+        &self,
+        container_id: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<LogLine, ValError>> {
+        let lines = self
+            .lock()
+            .logs
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default();
+        let skip = lines.len().saturating_sub(tail);
+        stream::iter(lines.into_iter().skip(skip).map(Ok))
+            .chain(stream::pending())
+            .boxed()
+    }
+
+    /// Answers `echo ARGS` with the arguments; any other command with its own words.
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
+        let status = self.inspect(container_id).await?;
+        if status.state != ImageState::Running {
+            return Err(ValError::Refused {
+                operation: "exec".into(),
+                reason: format!("container {container_id} is not running"),
+            });
+        }
+        self.lock()
+            .execs
+            .push((container_id.to_owned(), request.command.clone()));
+        let output = match request.command.split_first() {
+            Some((program, args)) if program == "echo" => format!("{}\n", args.join(" ")),
+            _ => format!("{}\n", request.command.join(" ")),
+        };
+        Ok(ExecOutput {
+            exit_code: Some(0),
+            truncated: output.len() > request.max_output_bytes,
+            output: output.chars().take(request.max_output_bytes).collect(),
+            timed_out: false,
+        })
     }
 
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, ValError>> {

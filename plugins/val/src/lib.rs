@@ -10,7 +10,7 @@ pub mod fake;
 
 use std::collections::BTreeMap;
 
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 /// Label keys every managed container carries, so that the agent can find (and adopt) its
@@ -183,6 +183,64 @@ pub enum ValError {
     Refused { operation: String, reason: String },
 }
 
+/// Which log lines of a container to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// At most this many lines, the latest.
+    pub tail: usize,
+    /// Only lines written after this instant (unix time in nanoseconds).
+    pub since_ns: Option<i64>,
+}
+
+/// Which output a log line was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a container wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the engine received it (unix time in nanoseconds), if the engine says.
+    pub at_ns: Option<i64>,
+    pub stream: LogStream,
+    /// The line without its line break.
+    pub text: String,
+}
+
+/// A diagnostic command to run inside a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Program and arguments, run without a shell.
+    pub command: Vec<String>,
+    /// Seconds after which the engine stops waiting for the command.
+    pub timeout_secs: u64,
+    /// Bytes of output kept; more is cut off.
+    pub max_output_bytes: usize,
+}
+
+/// What a diagnostic command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// `None` when the command was still running at the timeout.
+    pub exit_code: Option<i64>,
+    /// Standard output and error, interleaved as written, at most the asked bytes.
+    pub output: String,
+    /// Whether output was cut off at the limit.
+    pub truncated: bool,
+    /// Whether the command was still running when the time ran out.
+    pub timed_out: bool,
+}
+
+fn unsupported(engine: &str, what: &str) -> ValError {
+    ValError::Refused {
+        operation: what.to_owned(),
+        reason: format!("the {engine} engine plugin does not support it"),
+    }
+}
+
 /// A virtualization engine plugin: Docker by default, others by implementing this trait.
 ///
 /// All methods are idempotent where the engine allows it: stopping a stopped container
@@ -224,6 +282,39 @@ pub trait VirtualizationEngine: Send + Sync + 'static {
 
     /// The last `tail` lines of a container's output (stdout and stderr interleaved).
     async fn logs(&self, container_id: &str, tail: usize) -> Result<Vec<String>, ValError>;
+
+    /// Log lines of a container, oldest first: the last `query.tail` lines, only those
+    /// written after `query.since` when it is set. Engines that cannot do this refuse.
+    async fn log_lines(
+        &self,
+        container_id: &str,
+        query: &LogQuery,
+    ) -> Result<Vec<LogLine>, ValError> {
+        let _ = (container_id, query);
+        Err(unsupported(self.name(), "reading logs with timestamps"))
+    }
+
+    /// The last `tail` log lines of a container, then every new one as it is written,
+    /// until the container stops or the stream is dropped.
+    fn follow_logs(
+        &self,
+        container_id: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<LogLine, ValError>> {
+        let _ = (container_id, tail);
+        let error = unsupported(self.name(), "following logs");
+        futures::stream::once(async move { Err(error) }).boxed()
+    }
+
+    /// Runs a diagnostic command inside a running container, bounded in time and output.
+    async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ValError> {
+        let _ = (container_id, request);
+        Err(unsupported(self.name(), "running commands in containers"))
+    }
 
     /// A live stream of events about managed containers. The stream ends if the engine
     /// connection is lost; the caller re-subscribes (and reconciles) then.
