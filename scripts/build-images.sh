@@ -15,13 +15,14 @@ targets=("$@")
 # binary name -> cargo package, and the entrypoint arguments of each image
 declare -A package=( [testbox]=system-tests [meter-reader]=meter-reader [data-api]=data-api )
 
-packages=()
 for t in "${targets[@]}"; do
   [ -n "${package[$t]:-}" ] || { echo "unknown image: $t" >&2; exit 2; }
-  packages+=(-p "${package[$t]}")
 done
-echo "==> cargo build --release ${packages[*]}"
-cargo build --release "${packages[@]}"
+# Always the same build set: cargo unifies dependency features per build, so building a
+# subset would compile the dependencies again with other features (and the agent is needed
+# beside the images anyway, e.g. by scripts/run-survey.sh).
+echo "==> cargo build --release --workspace --bins"
+cargo build --release --workspace --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
 
 stage_binary() { # stage_binary ROOTFS BINARY

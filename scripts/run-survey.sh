@@ -1,152 +1,223 @@
 #!/usr/bin/env bash
-# The main job: runs the EnergieBroker metering survey on one Motey agent.
+# The main job: runs the EnergieBroker metering survey on Motey agents.
 #
-#   scripts/run-survey.sh          start (or resume) the survey; Ctrl-C stops it cleanly
+#   scripts/run-survey.sh             one node: the Data API and the meter reader on one agent
+#   scripts/run-survey.sh --cluster   the field layout on one machine: a "cloud" node hosting
+#                                     the Data API, two "edge" nodes of which only one has the
+#                                     optical probe (three agents, one embedded broker)
 #
-# It builds the workload images, creates the survey PKI and a demo household (kept in
-# .survey/ and reused on the next run), starts an agent with embedded defaults (embedded
-# MQTT broker, sled store), starts the simulated optical probe and announces it to the
-# agent as a hardware event, deploys blueprints/data-api.yaml and
-# blueprints/meter-reader.yaml through the agent's REST API, and shows measurements
-# arriving in the Data API. Settings (environment): SURVEY_DIR, MOTEY_PORT (5023),
-# DATA_API_PORT (8443), PROBE_PORT (7070), MEASUREMENT_INTERVAL (60 s), REPORT_INTERVAL (120 s).
+# It builds the agent and the workload images, creates the survey PKI and a demo household
+# (kept in .survey/ and reused on the next run), starts the agent(s) with embedded defaults
+# (embedded MQTT broker, sled store), starts the simulated optical probe and announces it to
+# the probe node as a hardware event, deploys blueprints/data-api.yaml and
+# blueprints/meter-reader.yaml through the REST API, and shows measurements arriving in the
+# Data API. Ctrl-C (or SIGTERM) terminates the services and stops the agents; nothing is
+# left running.
+#
+# Settings (environment): SURVEY_DIR (.survey), MOTEY_PORT (5023; the cluster uses three
+# consecutive ports), PEER_PORT (5091, likewise), MQTT_PORT (1883), DATA_API_PORT (8443),
+# DEVICE_PORT (8080, the household's device frontend), PROBE_PORT (7070),
+# MEASUREMENT_INTERVAL (60 s), REPORT_INTERVAL (120 s), SKIP_BUILD (1: use what is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+
+cluster=false
+case "${1:-}" in
+  --cluster) cluster=true ;;
+  "") ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
+esac
+
 survey=${SURVEY_DIR:-$root/.survey}
 motey_port=${MOTEY_PORT:-5023}
+peer_port=${PEER_PORT:-5091}
+mqtt_port=${MQTT_PORT:-1883}
 api_port=${DATA_API_PORT:-8443}
+device_port=${DEVICE_PORT:-8080}
 probe_port=${PROBE_PORT:-7070}
 measurement_interval=${MEASUREMENT_INTERVAL:-60}
 report_interval=${REPORT_INTERVAL:-120}
 email=household@survey.example
-mkdir -p "$survey/pki" "$survey/agent"
+mkdir -p "$survey"
+survey=$(cd "$survey" && pwd)
 
 say() { printf '\n==> %s\n' "$*"; }
+secret() { [ -s "$1" ] || python3 -c 'import secrets;print(secrets.token_hex(24))' > "$1"; chmod 0600 "$1"; cat "$1"; }
 
-say "building the agent and the workload images"
-scripts/build-images.sh meter-reader data-api
-cargo build --release -p motey -p meter-reader -p data-api
+# The nodes: name, REST port, peer port. Node 0 runs the embedded broker and the Data API;
+# the probe node (last but one in the cluster, the only one in one-node mode) gets
+# optical-probe; the meter reader is posted to the last node, which places it.
+if $cluster; then
+  nodes=(cloud edge-probe edge-plain)
+else
+  nodes=(survey)
+fi
+probe_node=$(( ${#nodes[@]} > 1 ? 1 : 0 ))
+reader_owner=$(( ${#nodes[@]} - 1 ))
+rest_port() { echo $((motey_port + $1)); }
+node_dir() { echo "$survey/nodes/${nodes[$1]}"; }
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  say "building the agent and the workload images"
+  scripts/build-images.sh meter-reader data-api   # also builds the agent's release binary
+fi
 bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release
 
-gateway=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
-say "survey PKI in $survey/pki (the Data API and the device reach each other via $gateway)"
+# The host as containers on the default bridge see it (Docker does not always record the
+# gateway; it is then the subnet's first address).
+gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+[ -n "$gateway" ] || gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' |
+  python3 -c 'import ipaddress,sys;print(next(ipaddress.ip_network(sys.stdin.read().split()[0]).hosts()))')
+say "survey PKI in $survey/pki (containers reach the host's published ports via $gateway)"
+mkdir -p "$survey/pki" "$survey/data-api-db" "$survey/meter-reader-data"
 "$bin/data-api" pki init --dir "$survey/pki" >/dev/null
 [ -f "$survey/pki/server.pem" ] || "$bin/data-api" pki issue-server --dir "$survey/pki" \
   --host localhost --host 127.0.0.1 --host "$gateway" >/dev/null
 [ -f "$survey/pki/device.pem" ] || "$bin/data-api" pki issue-device --dir "$survey/pki" \
   --email "$email" --out device >/dev/null
-for role in researcher admin; do
-  [ -s "$survey/pki/$role.token" ] || python3 -c 'import secrets;print(secrets.token_hex(24))' > "$survey/pki/$role.token"
-done
+researcher=$(secret "$survey/pki/researcher.token")
+secret "$survey/pki/admin.token" >/dev/null
 chmod 0644 "$survey/pki"/*.pem "$survey/pki"/*.token  # read by the workloads' users
-researcher=$(cat "$survey/pki/researcher.token")
-api_token=$(cat "$survey/agent/api-token" 2>/dev/null || python3 -c 'import secrets;print(secrets.token_hex(16))')
-echo "$api_token" > "$survey/agent/api-token"; chmod 0600 "$survey/agent/api-token"
+api_token=$(secret "$survey/api-token")
+cluster_key=$(secret "$survey/cluster-key")
+meter=$( [ -s "$survey/meter-uuid" ] || python3 -c 'import uuid;print(uuid.uuid4())' > "$survey/meter-uuid"; cat "$survey/meter-uuid")
 
-say "starting the agent (REST API and web client on http://127.0.0.1:$motey_port/)"
-export MOTEY_GENERAL_DATA_DIR="$survey/agent" MOTEY_WEBSERVER_PORT=$motey_port \
-  MOTEY_SECURITY_BIND_PATHS="$survey" MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$survey/agent/capabilities.ipc"
-"$bin/motey" start > "$survey/agent.log" 2>&1 &
-agent_pid=$!
+# Agents and the simulated probe run in their own sessions: Ctrl-C in the terminal reaches
+# only this script, whose clean-up terminates the services before it stops the agents.
+agent_pids=()
 probe_pid=
 motey() { curl -sS -H "Authorization: Bearer $api_token" "$@"; }
+services_of() { # services_of NODE: "id name desired state" lines
+  motey "http://127.0.0.1:$(rest_port "$1")/v1/services" 2>/dev/null | python3 -c 'import json,sys
+for s in json.load(sys.stdin): print(s["id"], s["name"], s["desired"], s["state"])' 2>/dev/null || true
+}
 cleanup() {
-  trap - INT TERM EXIT
-  say "stopping: terminating the services, then the agent"
-  for id in $(motey "http://127.0.0.1:$motey_port/v1/services" 2>/dev/null | python3 -c 'import json,sys
-for s in json.load(sys.stdin):
-    if s["desired"] == "RUNNING": print(s["id"])' 2>/dev/null); do
-    motey -X DELETE "http://127.0.0.1:$motey_port/v1/services/$id" >/dev/null || true
+  trap - EXIT
+  say "stopping: terminating the services, then the agents"
+  for i in "${!agent_pids[@]}"; do
+    services_of "$i" | while read -r id _ desired _; do
+      [ "$desired" = RUNNING ] && motey -X DELETE "http://127.0.0.1:$(rest_port "$i")/v1/services/$id" >/dev/null || true
+    done
   done
-  for _ in $(seq 1 60); do
-    left=$(motey "http://127.0.0.1:$motey_port/v1/services" 2>/dev/null | python3 -c 'import json,sys;print(sum(s["state"]!="TERMINATED" for s in json.load(sys.stdin)))' 2>/dev/null || echo 0)
+  for _ in $(seq 1 90); do
+    left=0
+    for i in "${!agent_pids[@]}"; do
+      left=$((left + $(services_of "$i" | awk '$4 != "TERMINATED"' | wc -l)))
+    done
     [ "$left" = 0 ] && break
     sleep 1
   done
   [ -n "$probe_pid" ] && kill "$probe_pid" 2>/dev/null || true
-  kill -TERM "$agent_pid" 2>/dev/null || true
-  wait "$agent_pid" 2>/dev/null || true
+  for (( i=${#agent_pids[@]}-1; i>=0; i-- )); do  # the broker's node last
+    kill -TERM "${agent_pids[$i]}" 2>/dev/null || true
+    wait "${agent_pids[$i]}" 2>/dev/null || true
+  done
   say "stopped; run again to resume (state in $survey)"
 }
-trap cleanup INT TERM EXIT
-for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$motey_port/health" >/dev/null && break; sleep 1; done
-curl -sf "http://127.0.0.1:$motey_port/health" >/dev/null || { tail -20 "$survey/agent.log"; exit 1; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# Blueprints from the repository, filled in for this machine (paths, addresses, meter).
-deploy() { # deploy NAME FILLED-YAML; prints the service id (reuses a running one)
+start_agent() { # start_agent INDEX
+  local i=$1 dir
+  dir=$(node_dir "$i")
+  mkdir -p "$dir"
+  # A stable node id per node directory: the containers carry it, a rerun adopts them.
+  [ -s "$dir/node-id" ] || echo "${nodes[$i]}-$(python3 -c 'import secrets;print(secrets.token_hex(4))')" > "$dir/node-id"
+  local embedded=false
+  [ "$i" = 0 ] && embedded=true
+  MOTEY_GENERAL_DATA_DIR="$dir" MOTEY_GENERAL_NODE_ID="$(cat "$dir/node-id")" MOTEY_GENERAL_NODE_NAME="${nodes[$i]}" \
+  MOTEY_WEBSERVER_IP=127.0.0.1 MOTEY_WEBSERVER_PORT="$(rest_port "$i")" MOTEY_WEBSERVER_TOKEN="$api_token" \
+  MOTEY_MQTT_EMBEDDED=$embedded MOTEY_MQTT_IP=127.0.0.1 MOTEY_MQTT_PORT="$mqtt_port" \
+  MOTEY_ZEROMQ_PEER_PORT=$((peer_port + i)) MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$dir/capabilities.ipc" \
+  MOTEY_CLUSTER_KEY="$cluster_key" MOTEY_SECURITY_BIND_PATHS="$survey" \
+    setsid "$bin/motey" start >> "$survey/${nodes[$i]}.log" 2>&1 &
+  agent_pids+=($!)
+  for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$(rest_port "$i")/health" >/dev/null && return; sleep 1; done
+  tail -20 "$survey/${nodes[$i]}.log"; exit 1
+}
+for i in "${!nodes[@]}"; do
+  say "starting node ${nodes[$i]}: REST API and web client on http://127.0.0.1:$(rest_port "$i")/"
+  start_agent "$i"
+done
+if $cluster; then
+  for _ in $(seq 1 60); do
+    alive=$(motey "http://127.0.0.1:$motey_port/v1/nodes" | python3 -c 'import json,sys;print(sum(n["state"]=="alive" for n in json.load(sys.stdin)))')
+    [ "$alive" -ge "${#nodes[@]}" ] && break
+    sleep 1
+  done
+  echo "    $alive of ${#nodes[@]} nodes see each other"
+fi
+
+deploy() { # deploy NODE NAME FILLED-YAML; prints the service id (reuses a running one)
   local existing
-  existing=$(motey "http://127.0.0.1:$motey_port/v1/services" | python3 -c 'import json,sys
-for s in json.load(sys.stdin):
-    if s["name"] == sys.argv[1] and s["desired"] == "RUNNING": print(s["id"]); break' "$1")
+  existing=$(services_of "$1" | awk -v n="$2" '$2 == n && $3 == "RUNNING" {print $1; exit}')
   if [ -n "$existing" ]; then echo "$existing"; return; fi
-  motey -X POST -H 'content-type: application/x-yaml' --data-binary @"$2" \
-    "http://127.0.0.1:$motey_port/v1/services" | python3 -c 'import json,sys
+  motey -X POST -H 'content-type: application/x-yaml' --data-binary @"$3" \
+    "http://127.0.0.1:$(rest_port "$1")/v1/services" | python3 -c 'import json,sys
 body = json.load(sys.stdin)
 if "id" not in body: sys.exit("refused: " + json.dumps(body))
 print(body["id"])'
 }
-wait_running() { # wait_running ID NAME
+wait_running() { # wait_running NODE ID NAME
+  local state=""
   for _ in $(seq 1 180); do
-    state=$(motey "http://127.0.0.1:$motey_port/v1/services/$1" | python3 -c 'import json,sys;s=json.load(sys.stdin);print(s["state"], s.get("reason") or "")')
-    case $state in RUNNING*) echo "    $2: RUNNING"; return;; esac
+    state=$(motey "http://127.0.0.1:$(rest_port "$1")/v1/services/$2" | python3 -c 'import json,sys
+s = json.load(sys.stdin)
+nodes = ",".join(sorted({i.get("node") or "?" for i in s.get("images", [])}))
+print(s["state"], "on", nodes, s.get("reason") or "")')
+    case $state in RUNNING*) echo "    $3: $state"; return;; esac
     sleep 1
   done
-  echo "    $2 did not reach RUNNING: $state" >&2; exit 1
+  echo "    $3 did not reach RUNNING: $state" >&2; exit 1
 }
 
-say "deploying blueprints/data-api.yaml"
-python3 - "$survey" "$api_port" > "$survey/data-api.yaml" <<'PY'
+say "deploying blueprints/data-api.yaml to ${nodes[0]}"
+python3 - "$survey" "$api_port" "$gateway" > "$survey/data-api.yaml" <<'PY'
 import sys
-survey, port = sys.argv[1:]
+survey, port, gateway = sys.argv[1:]
 text = open("blueprints/data-api.yaml").read()
+text = text.replace('"data-api-db:/data"', f'"{survey}/data-api-db:/data"')
 text = text.replace('"data-api-pki:/pki"', f'"{survey}/pki:/pki"')
 text = text.replace('["8443:8443"]', f'["{port}:8443"]')
+text = text.replace('"localhost,127.0.0.1,data-api"', f'"localhost,127.0.0.1,{gateway}"')
 print(text)
 PY
-api_id=$(deploy data-api "$survey/data-api.yaml")
-wait_running "$api_id" data-api
+api_id=$(deploy 0 data-api "$survey/data-api.yaml")
+wait_running 0 "$api_id" data-api
 api="https://127.0.0.1:$api_port"
 for _ in $(seq 1 60); do curl -sf --cacert "$survey/pki/ca.pem" "$api/health" >/dev/null && break; sleep 1; done
 
 if [ ! -s "$survey/household.json" ]; then
-  say "registering the demo household"
+  say "registering the demo household (meter $meter) and granting its consent"
   curl -sfS --cacert "$survey/pki/ca.pem" -H "Authorization: Bearer $researcher" -H 'content-type: application/json' \
     "$api/management/household" -d '{
     "user": {"name": "Demo Household", "email": "'"$email"'"},
     "address": {"street": "Augustusplatz", "house_number": "10", "postal_code": "04109", "city": "Leipzig", "country": "DE"},
     "location": {"latitude": 51.3397, "longitude": 12.3731},
     "metadata": {"children": 1, "adults": 2, "employed_adults": 1, "ev_charger": false, "heat_pump": true, "home_battery": false},
-    "meters": [{"type": "ELECTRICITY", "model": "MT681"}]}' > "$survey/household.json"
-  curl -sS --cacert "$survey/pki/ca.pem" --cert "$survey/pki/device.pem" --key "$survey/pki/device-key.pem" \
+    "measurement_devices": [{"name": "demo meter reader"}],
+    "meters": [{"uuid": "'"$meter"'", "type": "ELECTRICITY", "model": "MT681"}]}' > "$survey/household.json.tmp"
+  curl -sfS --cacert "$survey/pki/ca.pem" --cert "$survey/pki/device.pem" --key "$survey/pki/device-key.pem" \
     -X POST "$api/household/consent" >/dev/null
+  mv "$survey/household.json.tmp" "$survey/household.json"
 fi
-meter=$(python3 -c 'import json,sys
-h = json.load(open(sys.argv[1]))
-def find(o):
-    if isinstance(o, dict):
-        for k, v in o.items():
-            if k == "meters" and isinstance(v, list) and v:
-                m = v[0]; return m.get("uuid") or m.get("id") if isinstance(m, dict) else m
-            r = find(v)
-            if r: return r
-    if isinstance(o, list):
-        for v in o:
-            r = find(v)
-            if r: return r
-print(find(h))' "$survey/household.json")
 
-say "simulated optical probe on tcp port $probe_port; announcing it as a hardware event"
-"$bin/meter-sim" --tcp "0.0.0.0:$probe_port" --power-swing-w 200 > "$survey/probe.log" 2>&1 &
+say "simulated optical probe on tcp port $probe_port; announcing it to ${nodes[$probe_node]} as a hardware event"
+setsid "$bin/meter-sim" --tcp "0.0.0.0:$probe_port" --power-swing-w 200 >> "$survey/probe.log" 2>&1 &
 probe_pid=$!
-sleep 1
-"$bin/motey" capability add optical-probe --type hardware
+for _ in $(seq 1 30); do (exec 3<>"/dev/tcp/127.0.0.1/$probe_port") 2>/dev/null && break; sleep 0.5; done
+MOTEY_GENERAL_DATA_DIR="$(node_dir "$probe_node")" \
+  MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$(node_dir "$probe_node")/capabilities.ipc" \
+  "$bin/motey" capability add optical-probe --type hardware
 
-say "deploying blueprints/meter-reader.yaml"
-python3 - "$survey" "$meter" "$gateway" "$probe_port" "$api_port" "$measurement_interval" "$report_interval" \
+say "deploying blueprints/meter-reader.yaml to ${nodes[$reader_owner]}"
+python3 - "$survey" "$meter" "$gateway" "$probe_port" "$api_port" "$measurement_interval" "$report_interval" "$device_port" \
   > "$survey/meter-reader.yaml" <<'PY'
 import re, sys
-survey, meter, gateway, probe, api, measure, report = sys.argv[1:]
+survey, meter, gateway, probe, api, measure, report, device_port = sys.argv[1:]
 text = open("blueprints/meter-reader.yaml").read()
 def env(key, value):
     global text
@@ -157,23 +228,27 @@ env("METER_READER_MEASUREMENT_INTERVAL", measure)
 env("METER_READER_REPORT_INTERVAL", report)
 text = re.sub(r'\n\s*devices: \[[^\]]*\]', '', text)  # the probe is networked here
 text = text.replace('"/etc/energiebroker:/etc/energiebroker:ro"', f'"{survey}/pki:/etc/energiebroker:ro"')
+text = text.replace('"meter-reader-data:/data"', f'"{survey}/meter-reader-data:/data"')
+text = text.replace('["8080:8080"]', f'["{device_port}:8080"]')
 print(text)
 PY
-reader_id=$(deploy meter-reader "$survey/meter-reader.yaml")
-wait_running "$reader_id" meter-reader
+reader_id=$(deploy "$reader_owner" meter-reader "$survey/meter-reader.yaml")
+wait_running "$reader_owner" "$reader_id" meter-reader
 
 cat <<INFO
 
-The survey runs.
-  web client:     http://127.0.0.1:$motey_port/   (API token: $api_token)
-  Data API:       $api  (CA $survey/pki/ca.pem, researcher token in $survey/pki/researcher.token)
-  measurements:   every ${measurement_interval}s, uploaded every ${report_interval}s
+The survey runs on ${#nodes[@]} node(s).
+  web client:       http://127.0.0.1:$motey_port/   (API token in $survey/api-token)
+  device frontend:  http://127.0.0.1:$device_port/
+  Data API:         $api  (CA $survey/pki/ca.pem, researcher token in $survey/pki/researcher.token)
+  measurements:     every ${measurement_interval}s, uploaded every ${report_interval}s
+  logs:             $survey/*.log
 Ctrl-C stops everything.
 INFO
 while true; do
-  sleep 15
   curl -sf --cacert "$survey/pki/ca.pem" -H "Authorization: Bearer $researcher" \
     "$api/management/export/measurements?format=jsonl" 2>/dev/null | python3 -c 'import sys
 rows = [l for l in sys.stdin if l.strip()]
-print(f"    {len(rows)} measurement(s) stored in the Data API" + (f"; latest: {rows[-1].strip()[:160]}" if rows else ""))' || true
+print(f"    {len(rows)} measurement(s) stored in the Data API" + (f"; latest: {rows[-1].strip()[:160]}" if rows else ""), flush=True)' || true
+  sleep 15 & wait $!   # a trap runs at once, not after the sleep
 done

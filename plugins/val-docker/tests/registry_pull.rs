@@ -3,75 +3,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
-use common::{docker, poll, Fixture, TESTBOX};
+use common::{docker, Fixture, TESTBOX};
 use motey_val::{ImageState, PullProgress, ValError, VirtualizationEngine};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
-
-/// A registry process serving a temporary storage directory on a free loopback port;
-/// killed when dropped.
-struct LocalRegistry {
-    process: Child,
-    address: String,
-    _storage: tempfile::TempDir,
-}
-
-impl LocalRegistry {
-    async fn start() -> LocalRegistry {
-        let storage = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let config = storage.path().join("config.yml");
-        let mut file = std::fs::File::create(&config).unwrap();
-        write!(
-            file,
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n  secret: motey-test\n",
-            storage.path().join("data").display()
-        )
-        .unwrap();
-        let process = Command::new(REGISTRY_BINARY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(storage.path().join("registry.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("start {REGISTRY_BINARY} (Debian package docker-registry): {e}")
-            });
-        let registry = LocalRegistry {
-            process,
-            address,
-            _storage: storage,
-        };
-        poll("the registry to answer /v2/", || registry.answers()).await;
-        registry
-    }
-
-    async fn answers(&self) -> Option<()> {
-        let mut stream = tokio::net::TcpStream::connect(&self.address).await.ok()?;
-        stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        // Go answers in the request's HTTP version.
-        (response.split_whitespace().nth(1) == Some("200")).then_some(())
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
+use system_tests::registry::LocalRegistry;
 
 /// Removes a local image tag when dropped (the tag only; the test image stays).
 struct TagGuard(String);
@@ -85,7 +21,7 @@ impl Drop for TagGuard {
 #[tokio::test]
 async fn ensure_image_pulls_from_a_registry_and_the_image_runs() {
     let fixture = Fixture::new("pull");
-    let registry = LocalRegistry::start().await;
+    let registry = LocalRegistry::start();
     let reference = format!("{}/testbox:{}", registry.address, fixture.node_id);
     let _tag = TagGuard(reference.clone());
 

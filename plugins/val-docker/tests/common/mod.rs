@@ -1,13 +1,10 @@
 //! Shared set-up of the Docker tests: the test image, unique names, and a guard that
 //! removes every container a test created (and nothing else).
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Once;
 use std::time::Duration;
 
 use motey_val::{
@@ -16,41 +13,7 @@ use motey_val::{
 };
 use motey_val_docker::DockerEngine;
 
-pub const TESTBOX: &str = "motey/testbox:latest";
-
-/// Repository root (two levels above this crate).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds `motey/testbox:latest` with `scripts/build-images.sh` unless it exists.
-pub fn ensure_testbox() {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        if docker(&["image", "inspect", TESTBOX]).is_ok() {
-            return;
-        }
-        let status = Command::new(repo_root().join("scripts/build-images.sh"))
-            .arg("testbox")
-            .current_dir(repo_root())
-            .status()
-            .expect("run scripts/build-images.sh");
-        assert!(status.success(), "scripts/build-images.sh testbox failed");
-    });
-}
-
-/// Runs the `docker` CLI; stdout on success, stderr as error.
-pub fn docker(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
-}
+pub use system_tests::docker::{docker, ensure_testbox, remove_containers_with_label, TESTBOX};
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -128,32 +91,17 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let filter = format!("label={}={}", labels::NODE_ID, self.node_id);
-        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) {
-            for id in ids.lines().filter(|id| !id.is_empty()) {
-                let _ = docker(&["rm", "-f", "-v", id]);
-            }
-        }
+        remove_containers_with_label(labels::NODE_ID, &self.node_id);
     }
 }
 
-/// Retries `attempt` every 100 ms until it yields a value; panics naming `what` after 30 s.
-pub async fn poll<T, F, Fut>(what: &str, mut attempt: F) -> T
+/// Retries `attempt` until it yields a value; panics naming `what` after 30 s.
+pub async fn poll<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    system_tests::wait_for(what, Duration::from_secs(30), attempt).await
 }
 
 /// Waits for the next event about `container_id` with `action`; panics after 30 s.
