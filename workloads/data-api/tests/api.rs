@@ -125,6 +125,12 @@ fn staff_endpoints(h: &Registered) -> Vec<StaffEndpoint> {
         ),
         e(
             Method::GET,
+            "/management/session".into(),
+            Role::ResearcherOrAdmin,
+            None,
+        ),
+        e(
+            Method::GET,
             "/management/export/measurements?format=csv".into(),
             Role::Researcher,
             None,
@@ -876,6 +882,30 @@ async fn ingest_follows_the_meter_reader_contract() {
         entry.get("user").is_none() && entry.get("address").is_none(),
         "no contact details in the overview"
     );
+    // Device health: consent was granted moments ago, so measurements dated days back
+    // do not make the device silent yet (the judgement itself is unit-tested).
+    let health = &entry["measurement_devices"][0]["health"];
+    assert_eq!(health["state"], "reporting", "{health}");
+    assert_eq!(
+        entry["measurement_devices"][0]["last_measurement"],
+        entry["meters"][0]["last_measurement"]
+    );
+    assert_eq!(overview["report_interval_seconds"], 3600.0);
+    assert_eq!(overview["silent_after_seconds"], 7200.0);
+    // Researchers find their participants by name in the same overview.
+    let overview: Value = server
+        .anonymous()
+        .get(server.url("/management/household"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &overview["households"][0];
+    assert!(entry["user"]["email"].is_string(), "{entry}");
+    assert!(entry.get("address").is_none(), "{entry}");
 
     // Paging through a meter's series in a time range.
     let series: Vec<Value> = (0..25).map(|i| measurement(&h.meters[1], 20 + i)).collect();
@@ -983,6 +1013,7 @@ async fn registration_corrections_and_export_filters() {
         (status, err["error"].as_str().unwrap()),
         (409, "email_taken")
     );
+    assert_eq!(err["field"], "user.email");
     let b = server.register("b@example.org").await;
     assert_eq!(a.body["user"]["email"], "a@example.org");
     assert_eq!(

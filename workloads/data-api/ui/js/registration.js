@@ -279,7 +279,7 @@ function showForm(page, { model, announce, go, household }) {
       }
     } catch (failure) {
       if (failure instanceof ApiError && failure.field) {
-        report([{ field: failure.field, message: failure.message }], 'The Data API refused the details');
+        report([{ field: failure.field, message: named(failure.message, model) }], 'The Data API refused the details');
       } else {
         report([{ field: null, message: describe(failure) }], editing ? 'The corrections were not saved' : 'The participant was not registered');
       }
@@ -349,6 +349,18 @@ function facts(household) {
     h('dt', {}, 'Last corrected'),
     h('dd', {}, dateTime(household.updated_at)),
   );
+}
+
+/** The Data API names meters and devices by uuid; the form calls them "Meter 2". */
+function named(message, model) {
+  let text = message;
+  model.meters.forEach((meter, i) => {
+    if (meter.uuid) text = text.replaceAll(meter.uuid, `meter ${i + 1} (${meter.type} ${meter.model})`);
+  });
+  model.measurement_devices.forEach((device, i) => {
+    if (device.uuid) text = text.replaceAll(device.uuid, `device ${i + 1}`);
+  });
+  return text;
 }
 
 function meterLabel(meter, index) {

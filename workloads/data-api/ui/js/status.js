@@ -61,9 +61,10 @@ export function mount(main, { announce, who }) {
     // Times are shown against the Data API's clock, which judged the silence.
     const skew = Date.parse(latest.now) - latest.fetchedAt;
     const now = Date.now() + skew;
-    const devices = latest.households.flatMap((household) =>
-      household.measurement_devices.map((device) => ({ household, device })),
-    );
+    // Silent devices first: they are what this page is for.
+    const devices = latest.households
+      .flatMap((household) => household.measurement_devices.map((device) => ({ household, device })))
+      .sort((a, b) => Number(b.device.health.state === 'silent') - Number(a.device.health.state === 'silent'));
     const silent = devices.filter(({ device }) => device.health.state === 'silent');
     const shown = onlySilent.checked ? silent : devices;
     fill(
