@@ -417,6 +417,35 @@ async fn researcher_registers_finds_and_corrects_a_participant() {
     assert_eq!(corrected["user"]["email"], "erika@example.org");
     full_page_screenshot(client, "management-edit-saved").await;
 
+    // After Max revokes consent his household is anonymized and shown read-only.
+    let (status, _) = max
+        .call(reqwest::Method::DELETE, "/household/consent")
+        .await;
+    assert_eq!(status, 200);
+    client
+        .goto(&format!(
+            "{}#/households/{}",
+            rig.ui(),
+            other["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let remains = wait_js(
+        client,
+        "the anonymized household",
+        "document.getElementById('remains')?.textContent",
+    )
+    .await;
+    let remains = remains.as_str().unwrap();
+    assert!(remains.contains("10 kWp"), "{remains}");
+    assert!(remains.contains("installed 2019"), "{remains}");
+    assert!(!text(client, "main").await.contains("Max"));
+    assert!(client
+        .find(Locator::Css("#registration-form"))
+        .await
+        .is_err());
+    screenshot(client, "management-anonymized").await;
+
     // On a phone: one column, nothing wider than the screen.
     client.set_window_size(390, 844).await.expect("resize");
     client

@@ -269,6 +269,7 @@ function showForm(page, { model, announce, go, household }) {
       if (editing) {
         const answer = await api.correct(household.id, update(model));
         household = answer;
+        page.querySelector('#facts')?.replaceWith(facts(household));
         showMessage(saved, `Saved at ${new Date().toLocaleTimeString()}.`);
         announce('Corrections saved');
       } else {
@@ -329,7 +330,10 @@ function showForm(page, { model, announce, go, household }) {
     notice ? h('p', { class: 'notice', role: 'status', id: 'registered' }, notice) : null,
     editing ? facts(household) : h('p', { class: 'hint' }, 'The registration form of section 3.1.2, as the participant filled it in. Fields marked * are required.'),
     anonymized
-      ? h('p', { class: 'notice', id: 'anonymized' }, 'The participant revoked consent: contact details and address were deleted, the location displaced and the PV systems normalized. The household can no longer be changed.')
+      ? [
+          h('p', { class: 'notice', id: 'anonymized' }, 'The participant revoked consent: contact details and address were deleted, the location displaced and the PV systems normalized. The household can no longer be changed.'),
+          remains(household),
+        ]
       : h('section', { class: 'card' }, form),
   );
 }
@@ -369,6 +373,24 @@ function meterLabel(meter, index) {
 
 function deviceLabel(device, index) {
   return device.name ? `Device ${index + 1}: ${device.name}` : `Device ${index + 1}`;
+}
+
+/** What an anonymized household keeps, read-only. */
+function remains(household) {
+  const m = household.metadata;
+  const l = household.location;
+  return h(
+    'dl',
+    { class: 'facts card', id: 'remains' },
+    h('dt', {}, 'Displaced location'),
+    h('dd', {}, l ? `${l.latitude.toFixed(5)}, ${l.longitude.toFixed(5)}` : '–'),
+    h('dt', {}, 'Household'),
+    h('dd', {}, m ? `${m.adults} adults (${m.employed_adults} with a job), ${m.children} children; ${[m.ev_charger && 'EV charger', m.heat_pump && 'heat pump', m.home_battery && 'home battery'].filter(Boolean).join(', ') || 'no EV charger, heat pump or home battery'}` : '–'),
+    h('dt', {}, 'Meters'),
+    h('dd', {}, household.meters.map((meter, i) => meterLabel(meter, i)).join('; ') || '–'),
+    h('dt', {}, 'PV systems'),
+    h('dd', {}, (household.pv_systems || []).map((pv) => `${pv.nominal_power} kWp, azimuth ${pv.azimuth}°, tilt ${pv.tilt}°, installed ${pv.installation_year}`).join('; ') || '–'),
+  );
 }
 
 function section(title, path, children) {
