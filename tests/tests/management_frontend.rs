@@ -417,6 +417,44 @@ async fn researcher_registers_finds_and_corrects_a_participant() {
     assert_eq!(corrected["user"]["email"], "erika@example.org");
     full_page_screenshot(client, "management-edit-saved").await;
 
+    // A forgotten PV system is added, the one listed by mistake removed.
+    click(client, "#add-pv").await;
+    wait_js(
+        client,
+        "the new PV system's fields",
+        "document.getElementById('f-pv-systems-1-nominal-power')",
+    )
+    .await;
+    type_into(client, "#f-pv-systems-1-nominal-power", "4.1").await;
+    type_into(client, "#f-pv-systems-1-azimuth", "90").await;
+    type_into(client, "#f-pv-systems-1-tilt", "15").await;
+    choose(client, "#f-pv-systems-1-installation-date", "2022-06-01").await;
+    choose(client, "#f-pv-systems-1-generation-meter", "1").await;
+    click(client, "fieldset[data-path='pv_systems[0]'] .remove").await;
+    wait_js(
+        client,
+        "one PV system left in the form",
+        "document.querySelectorAll('fieldset[data-path^=\"pv_systems[\"]').length === 1",
+    )
+    .await;
+    click(client, "#save").await;
+    let systems = wait_js(
+        client,
+        "the PV systems to be saved",
+        "!document.getElementById('saved').hidden && document.getElementById('f-pv-systems-0-nominal-power').value",
+    )
+    .await;
+    assert_eq!(systems, "4.1");
+    let corrected = rig
+        .api
+        .researcher_get(&rig.survey, &format!("/management/household/{id}"))
+        .await;
+    let pv = corrected["pv_systems"].as_array().unwrap();
+    assert_eq!(pv.len(), 1, "{corrected}");
+    assert_eq!(pv[0]["nominal_power"], 4.1);
+    assert_eq!(pv[0]["installation_date"], "2022-06-01");
+    assert_eq!(pv[0]["generation_meter"], corrected["meters"][1]["uuid"]);
+
     // After Max revokes consent his household is anonymized and shown read-only.
     let (status, _) = max
         .call(reqwest::Method::DELETE, "/household/consent")

@@ -1226,3 +1226,79 @@ async fn racing_consent_requests_succeed_once() {
     assert_eq!(consent["state"], "REVOKED");
     server.stop().await;
 }
+
+/// FR-07: a forgotten PV system is added, one listed by mistake removed; a new one needs
+/// every attribute, and its generation meter must be a PV-GENERATION meter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_add_and_remove_pv_systems() {
+    let server = TestServer::start().await;
+    let h = server.register("pv@example.org").await;
+    let stored = h.body["pv_systems"][0]["uuid"].as_str().unwrap().to_owned();
+    let patch = |body: Value| {
+        server
+            .anonymous()
+            .patch(server.url(&format!("/management/household/{}", h.id)))
+            .bearer_auth(RESEARCHER_TOKEN)
+            .json(&body)
+            .send()
+    };
+
+    let (status, err) = error_of(
+        patch(json!({"pv_systems": [{"uuid": stored, "tilt": 20}, {"nominal_power": 3.2, "azimuth": 90}]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[1].installation_date"))
+    );
+    let (status, err) = error_of(
+        patch(
+            json!({"pv_systems": [{"nominal_power": 3.2, "azimuth": 90, "tilt": 10,
+            "installation_date": "2021-04-01", "generation_meter": h.meters[0]}]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[0].generation_meter"))
+    );
+
+    let added: Value = patch(
+        json!({"pv_systems": [{"nominal_power": 3.2, "azimuth": 90, "tilt": 10,
+        "installation_date": "2021-04-01", "generation_meter": h.meters[1]}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let systems = added["pv_systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 2, "{added}");
+    assert_eq!(systems[1]["nominal_power"], 3.2);
+    assert_eq!(systems[1]["installation_year"], 2021);
+    assert_eq!(systems[1]["generation_meter"], h.meters[1].as_str());
+
+    let removed = patch(json!({"pv_systems": [{"uuid": stored, "remove": true}]}))
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let removed: Value = removed.json().await.unwrap();
+    let systems = removed["pv_systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 1, "{removed}");
+    assert_eq!(systems[0]["nominal_power"], 3.2);
+    let (status, err) = error_of(
+        patch(json!({"pv_systems": [{"uuid": stored, "remove": true}]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[0].uuid"))
+    );
+    server.stop().await;
+}

@@ -209,7 +209,9 @@ fn unique_ids(devices: &[MeasurementDevice], meters: &[Meter]) -> Result<(), Fie
 }
 
 /// FR-07: corrections. Present sections replace the stored ones; meters, PV systems and
-/// devices are addressed by uuid and only the given attributes change.
+/// devices are addressed by uuid and only the given attributes change. PV systems can
+/// also be added (an entry without uuid) and removed (`"remove": true`); meters and
+/// devices cannot, as measurements and certificates refer to them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationUpdate {
@@ -252,7 +254,13 @@ pub struct MeterUpdate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PvUpdate {
-    pub uuid: Uuid,
+    /// The stored PV system to change; without one the entry adds a PV system (a
+    /// participant may have forgotten one), which then needs every attribute.
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    /// Removes the stored PV system (one listed by mistake).
+    #[serde(default)]
+    pub remove: bool,
     #[serde(default)]
     pub nominal_power: Option<f64>,
     #[serde(default)]
@@ -349,11 +357,26 @@ impl RegistrationUpdate {
                     }
                 }
             }
-            let pv = h
+            let Some(uuid) = update.uuid else {
+                if update.remove {
+                    return Err(ApiError::invalid_field(
+                        format!("{prefix}.uuid"),
+                        "name the PV system to remove",
+                    ));
+                }
+                h.pv_systems.push(update.new_pv_system(&prefix)?);
+                continue;
+            };
+            let position = h
                 .pv_systems
-                .iter_mut()
-                .find(|p| p.uuid == update.uuid)
-                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", update.uuid))?;
+                .iter()
+                .position(|p| p.uuid == uuid)
+                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", uuid))?;
+            if update.remove {
+                h.pv_systems.remove(position);
+                continue;
+            }
+            let pv = &mut h.pv_systems[position];
             if let Some(p) = update.nominal_power {
                 pv.nominal_power = p;
             }
@@ -371,12 +394,18 @@ impl RegistrationUpdate {
                 pv.generation_meter = Some(m);
             }
         }
-        // A generation meter that was re-typed must not stay linked to a PV system.
+        // A generation meter that was re-typed must not stay linked to a PV system. The
+        // error names the PV system's entry in this request if it has one.
         for (i, pv) in h.pv_systems.iter().enumerate() {
             if let Some(meter) = pv.generation_meter {
                 if h.meter(meter).map(|m| m.meter_type) != Some(MeterType::PvGeneration) {
+                    let entry = self
+                        .pv_systems
+                        .iter()
+                        .position(|u| u.uuid == Some(pv.uuid))
+                        .unwrap_or(i);
                     return Err(ApiError::invalid_field(
-                        format!("pv_systems[{i}].generation_meter"),
+                        format!("pv_systems[{entry}].generation_meter"),
                         format!("meter {meter} is no longer a PV-GENERATION meter"),
                     ));
                 }
@@ -384,6 +413,30 @@ impl RegistrationUpdate {
         }
         h.updated_at = now;
         Ok(())
+    }
+}
+
+impl PvUpdate {
+    /// A PV system added by a correction: every attribute but the generation meter is
+    /// required, as at registration.
+    fn new_pv_system(&self, prefix: &str) -> Result<PhotovoltaicSystem, ApiError> {
+        let required = |name: &str| {
+            ApiError::invalid_field(format!("{prefix}.{name}"), "required for a new PV system")
+        };
+        let installation_date = self
+            .installation_date
+            .ok_or_else(|| required("installation_date"))?;
+        Ok(PhotovoltaicSystem {
+            uuid: Uuid::new_v4(),
+            nominal_power: self
+                .nominal_power
+                .ok_or_else(|| required("nominal_power"))?,
+            azimuth: self.azimuth.ok_or_else(|| required("azimuth"))?,
+            tilt: self.tilt.ok_or_else(|| required("tilt"))?,
+            installation_date: Some(installation_date),
+            installation_year: installation_date.year(),
+            generation_meter: self.generation_meter,
+        })
     }
 }
 

@@ -89,6 +89,12 @@ function modelOf(household) {
 
 function showForm(page, { model, announce, go, household }) {
   const editing = Boolean(household);
+  /** Stored PV systems the researcher removed, sent with the next correction. */
+  let removedPv = [];
+  const removePv = (current, index) => {
+    const [gone] = current.pv_systems.splice(index, 1);
+    if (gone?.uuid) removedPv.push(gone.uuid);
+  };
   const anonymized = Boolean(household?.anonymized);
   const summary = h('div', { class: 'errors', id: 'form-errors', role: 'alert', tabindex: '-1', hidden: true });
   const saved = h('p', { class: 'notice', id: 'saved', role: 'status', hidden: true });
@@ -157,9 +163,9 @@ function showForm(page, { model, announce, go, household }) {
       editing ? null : h('button', { type: 'button', class: 'secondary', id: 'add-meter', onclick: () => change((m) => m.meters.push({ type: 'PV-GENERATION', model: 'EHZ', measurement_device: 0 })) }, 'Add a meter'),
     ]),
     section('Photovoltaic systems', 'pv_systems', [
-      h('p', { class: 'hint' }, 'Nominal power, orientation, installation date and the generation meter of each PV system.'),
+      h('p', { class: 'hint' }, editing ? 'Nominal power, orientation, installation date and the generation meter of each PV system. A forgotten PV system can be added, one listed by mistake removed.' : 'Nominal power, orientation, installation date and the generation meter of each PV system.'),
       lists.pv,
-      editing ? null : h('button', { type: 'button', class: 'secondary', id: 'add-pv', onclick: () => change((m) => m.pv_systems.push({ nominal_power: '', azimuth: 180, tilt: 30, installation_date: '', generation_meter: '' })) }, 'Add a PV system'),
+      h('button', { type: 'button', class: 'secondary', id: 'add-pv', onclick: () => change((m) => m.pv_systems.push({ nominal_power: '', azimuth: 180, tilt: 30, installation_date: '', generation_meter: '' })) }, 'Add a PV system'),
     ]),
     summary,
     saved,
@@ -214,7 +220,7 @@ function showForm(page, { model, announce, go, household }) {
       lists.pv,
       model.pv_systems.length === 0 ? h('p', { class: 'empty' }, 'No PV system.') : null,
       model.pv_systems.map((pv, i) =>
-        row(`pv_systems[${i}]`, `PV system ${i + 1}`, editing ? null : () => change((m) => m.pv_systems.splice(i, 1)), [
+        row(`pv_systems[${i}]`, `PV system ${i + 1}`, () => change((m) => removePv(m, i)), [
           h(
             'div',
             { class: 'grid pv' },
@@ -267,8 +273,12 @@ function showForm(page, { model, announce, go, household }) {
     submit.disabled = true;
     try {
       if (editing) {
-        const answer = await api.correct(household.id, update(model));
+        const answer = await api.correct(household.id, update(model, removedPv));
         household = answer;
+        // New PV systems got their uuids, removed ones are gone.
+        model = modelOf(answer);
+        removedPv = [];
+        renderLists();
         page.querySelector('#facts')?.replaceWith(facts(household));
         showMessage(saved, `Saved at ${new Date().toLocaleTimeString()}.`);
         announce('Corrections saved');
@@ -570,8 +580,12 @@ function registration(model) {
   };
 }
 
-/** PATCH /management/household/{id}: every section, items by uuid in the stored order. */
-function update(model) {
+/**
+ * PATCH /management/household/{id}: every section, items by uuid in the form's order (so
+ * the Data API's field paths match the form's); PV systems without uuid are added, the
+ * removed ones follow at the end.
+ */
+function update(model, removedPv) {
   const meterUuid = (index) => model.meters[index]?.uuid;
   return {
     user: model.user,
@@ -580,13 +594,16 @@ function update(model) {
     metadata: model.metadata,
     measurement_devices: model.measurement_devices.map((d) => ({ uuid: d.uuid, name: d.name, scopes: d.scopes })),
     meters: model.meters.map((m) => ({ uuid: m.uuid, type: m.type, model: m.model })),
-    pv_systems: model.pv_systems.map((p) => ({
-      uuid: p.uuid,
-      nominal_power: p.nominal_power,
-      azimuth: p.azimuth,
-      tilt: p.tilt,
-      installation_date: p.installation_date,
-      ...(p.generation_meter === '' ? {} : { generation_meter: meterUuid(p.generation_meter) }),
-    })),
+    pv_systems: [
+      ...model.pv_systems.map((p) => ({
+        ...(p.uuid ? { uuid: p.uuid } : {}),
+        nominal_power: p.nominal_power,
+        azimuth: p.azimuth,
+        tilt: p.tilt,
+        installation_date: p.installation_date,
+        ...(p.generation_meter === '' ? {} : { generation_meter: meterUuid(p.generation_meter) }),
+      })),
+      ...removedPv.map((uuid) => ({ uuid, remove: true })),
+    ],
   };
 }
