@@ -96,12 +96,13 @@ wait_running() { # wait_running ID NAME
 }
 
 say "deploying blueprints/data-api.yaml"
-python3 - "$survey" "$api_port" > "$survey/data-api.yaml" <<'PY'
+python3 - "$survey" "$api_port" "$report_interval" > "$survey/data-api.yaml" <<'PY'
 import sys
-survey, port = sys.argv[1:]
+survey, port, report = sys.argv[1:]
 text = open("blueprints/data-api.yaml").read()
 text = text.replace('"data-api-pki:/pki"', f'"{survey}/pki:/pki"')
 text = text.replace('["8443:8443"]', f'["{port}:8443"]')
+text = text.replace('DATA_API_REPORT_INTERVAL: "3600"', f'DATA_API_REPORT_INTERVAL: "{report}"')
 print(text)
 PY
 api_id=$(deploy data-api "$survey/data-api.yaml")
@@ -167,6 +168,7 @@ cat <<INFO
 The survey runs.
   web client:     http://127.0.0.1:$motey_port/   (API token: $api_token)
   Data API:       $api  (CA $survey/pki/ca.pem, researcher token in $survey/pki/researcher.token)
+  registration and device status: $api/ui/  (sign in with the researcher or the admin token)
   measurements:   every ${measurement_interval}s, uploaded every ${report_interval}s
 Ctrl-C stops everything.
 INFO
