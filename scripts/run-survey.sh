@@ -175,14 +175,15 @@ print(s["state"], "on", nodes, s.get("reason") or "")')
 }
 
 say "deploying blueprints/data-api.yaml to ${nodes[0]}"
-python3 - "$survey" "$api_port" "$gateway" > "$survey/data-api.yaml" <<'PY'
+python3 - "$survey" "$api_port" "$gateway" "$report_interval" > "$survey/data-api.yaml" <<'PY'
 import sys
-survey, port, gateway = sys.argv[1:]
+survey, port, gateway, report = sys.argv[1:]
 text = open("blueprints/data-api.yaml").read()
 text = text.replace('"data-api-db:/data"', f'"{survey}/data-api-db:/data"')
 text = text.replace('"data-api-pki:/pki"', f'"{survey}/pki:/pki"')
 text = text.replace('["8443:8443"]', f'["{port}:8443"]')
 text = text.replace('"localhost,127.0.0.1,data-api"', f'"localhost,127.0.0.1,{gateway}"')
+text = text.replace('DATA_API_REPORT_INTERVAL: "3600"', f'DATA_API_REPORT_INTERVAL: "{report}"')
 print(text)
 PY
 api_id=$(deploy 0 data-api "$survey/data-api.yaml")
@@ -241,6 +242,7 @@ The survey runs on ${#nodes[@]} node(s).
   web client:       http://127.0.0.1:$motey_port/   (API token in $survey/api-token)
   device frontend:  http://127.0.0.1:$device_port/
   Data API:         $api  (CA $survey/pki/ca.pem, researcher token in $survey/pki/researcher.token)
+  survey frontends: $api/ui/  (registration and device status; sign in with the researcher or the admin token)
   measurements:     every ${measurement_interval}s, uploaded every ${report_interval}s
   logs:             $survey/*.log
 Ctrl-C stops everything.

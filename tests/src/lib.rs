@@ -3,10 +3,11 @@
 //! image (no image can be pulled from outside, so tests build their own).
 //!
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
-//! free ports, polling with a deadline, a local image registry, and the metering survey's
-//! processes (`survey`).
+//! free ports, polling with a deadline, a local image registry, the metering survey's
+//! processes (`survey`) and a real headless Chromium for the frontends (`browser`).
 
 pub mod bench;
+pub mod browser;
 pub mod docker;
 pub mod registry;
 pub mod survey;

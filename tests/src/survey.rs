@@ -490,11 +490,17 @@ pub struct DataApi {
     pki: PathBuf,
     log: PathBuf,
     binary: PathBuf,
+    extra_args: Vec<String>,
     starts: usize,
 }
 
 impl DataApi {
     pub async fn start(survey: &Survey) -> DataApi {
+        DataApi::start_with(survey, &[]).await
+    }
+
+    /// Starts the server with further `serve` flags, e.g. `--report-interval 2`.
+    pub async fn start_with(survey: &Survey, extra_args: &[&str]) -> DataApi {
         let mut api = DataApi {
             process: None,
             port: free_port(),
@@ -502,6 +508,7 @@ impl DataApi {
             pki: survey.pki_dir(),
             log: survey.log_file("data-api.log"),
             binary: survey.binaries.data_api.clone(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             starts: 0,
         };
         api.restart().await;
@@ -545,6 +552,7 @@ impl DataApi {
             .arg("--pki-dir")
             .arg(&self.pki)
             .args(["--log-format", "json", "--cache-mb", "16"])
+            .args(&self.extra_args)
             .env("DATA_API_RESEARCHER_TOKEN", RESEARCHER_TOKEN)
             .env("DATA_API_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")

@@ -5,19 +5,14 @@
 //! watches measurements arrive in the chart, then revokes it and sees the final state.
 //! Screenshots go to `artifacts/screenshots/device-*.png` for a person to check.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
+use system_tests::browser::{self, chromedriver, console_errors, text, wait_js};
 use system_tests::survey::{
     registration, DataApi, MeterReader, Participant, Process, ReaderSetup, Survey, PATIENCE,
 };
 use system_tests::{free_port, wait_for};
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A household with its reader serving the frontend on a loopback port.
 struct Rig {
@@ -103,135 +98,8 @@ async fn rig() -> Rig {
     }
 }
 
-/// `chromedriver` on a free port, with the browsers it starts in its process group.
-struct Driver {
-    _process: Process,
-    url: String,
-}
-
-async fn chromedriver() -> Driver {
-    let port = free_port();
-    let mut command = Command::new(CHROMEDRIVER);
-    command
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let process = Process::spawn_group("chromedriver", &mut command);
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_for("chromedriver to be ready", PATIENCE, || {
-        let request = http.get(format!("{url}/status")).send();
-        async move {
-            let status: Value = request.await.ok()?.json().await.ok()?;
-            (status["value"]["ready"] == true).then_some(())
-        }
-    })
-    .await;
-    Driver {
-        _process: process,
-        url,
-    }
-}
-
-async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
-    let capabilities = json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-extensions",
-                "--no-first-run",
-                "--window-size=1280,1700",
-                "--lang=en-GB",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
-        "goog:loggingPrefs": {"browser": "ALL"},
-    });
-    let Value::Object(capabilities) = capabilities else {
-        unreachable!()
-    };
-    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-    builder.capabilities(capabilities);
-    // Chromium takes its time to start on a busy machine: retry the session briefly.
-    let mut last_error = None;
-    for _ in 0..3 {
-        match builder.connect(&driver.url).await {
-            Ok(client) => return client,
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!("no browser session: {last_error:?}");
-}
-
-fn screenshots_dir() -> PathBuf {
-    let dir = system_tests::docker::repo_root().join("artifacts/screenshots");
-    std::fs::create_dir_all(&dir).expect("artifacts/screenshots");
-    dir
-}
-
 async fn screenshot(client: &Client, name: &str) {
-    let png = client.screenshot().await.expect("screenshot");
-    std::fs::write(screenshots_dir().join(format!("device-{name}.png")), png)
-        .expect("write screenshot");
-}
-
-/// The browser's console messages of level SEVERE (errors), from chromedriver's log
-/// endpoint.
-async fn console_errors(client: &Client, driver: &Driver) -> Vec<Value> {
-    let session = client
-        .session_id()
-        .await
-        .expect("session id")
-        .expect("a session");
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/session/{session}/se/log", driver.url))
-        .json(&json!({"type": "browser"}))
-        .send()
-        .await
-        .expect("browser log")
-        .json()
-        .await
-        .expect("browser log JSON");
-    answer["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|entry| entry["level"] == "SEVERE")
-        .collect()
-}
-
-/// Polls a JavaScript expression until it is truthy; returns its value.
-async fn wait_js(client: &Client, what: &str, expression: &str) -> Value {
-    let script = format!("return ({expression});");
-    wait_for(what, PATIENCE, || {
-        let answer = client.execute(&script, vec![]);
-        async move {
-            match answer.await {
-                Ok(Value::Null) | Ok(Value::Bool(false)) => None,
-                Ok(Value::Number(n)) if n.as_f64() == Some(0.0) => None,
-                Ok(Value::String(s)) if s.is_empty() => None,
-                Ok(value) => Some(value),
-                Err(_) => None,
-            }
-        }
-    })
-    .await
-}
-
-async fn text(client: &Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
+    browser::screenshot(client, &format!("device-{name}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +107,7 @@ async fn participant_grants_consent_sees_measurements_and_revokes() {
     let rig = rig().await;
     let driver = chromedriver().await;
     let profile = tempfile::tempdir().expect("browser profile");
-    let client = browser(&driver, profile.path()).await;
+    let client = browser::browser(&driver, profile.path(), &[]).await;
 
     client
         .goto(&format!("{}/?refresh=1", rig.ui))

@@ -15,11 +15,13 @@ pub mod pki;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod validate;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -34,7 +36,13 @@ pub struct ServeOptions {
     pub researcher_token: Option<String>,
     pub admin_token: Option<String>,
     pub nuts: nuts::NutsIndex,
+    /// How often devices are expected to report (section 3.1.1: hourly at minimum); a
+    /// device silent for longer than two of these is flagged in the device health.
+    pub report_interval: Duration,
 }
+
+/// The survey's report cycle (section 3.1.1): devices transfer measurements hourly.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -62,11 +70,13 @@ pub async fn run(
             options.admin_token.as_deref(),
         )),
         nuts: Arc::new(options.nuts),
+        report_interval: options.report_interval,
     };
     tracing::info!(
         addr = %listener.local_addr()?,
         db = %options.db_path.display(),
         districts = state.nuts.len(),
+        report_interval_s = options.report_interval.as_secs_f64(),
         "listening"
     );
     server::serve(listener, options.tls, router(state), shutdown).await?;

@@ -78,6 +78,10 @@ struct ServeArgs {
     /// NUTS-3 GeoJSON (from `data-api nuts import`) [default: the embedded German districts].
     #[arg(long, env = "DATA_API_NUTS")]
     nuts: Option<PathBuf>,
+    /// The devices' report cycle in seconds (hourly in the survey); the device health
+    /// flags devices silent for longer than two cycles.
+    #[arg(long, env = "DATA_API_REPORT_INTERVAL", default_value_t = 3600.0)]
+    report_interval: f64,
     /// sled page cache in MiB.
     #[arg(long, env = "DATA_API_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
@@ -234,6 +238,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         source = nuts.source.as_deref().unwrap_or(""),
         "NUTS-3 districts loaded"
     );
+    if !(args.report_interval.is_finite() && args.report_interval >= 1.0) {
+        bail!("--report-interval must be at least 1 second");
+    }
     std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db.display()))?;
     let options = ServeOptions {
         db_path: args.db.clone(),
@@ -242,6 +249,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         researcher_token,
         admin_token,
         nuts,
+        report_interval: std::time::Duration::from_secs_f64(args.report_interval),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -125,6 +125,12 @@ fn staff_endpoints(h: &Registered) -> Vec<StaffEndpoint> {
         ),
         e(
             Method::GET,
+            "/management/session".into(),
+            Role::ResearcherOrAdmin,
+            None,
+        ),
+        e(
+            Method::GET,
             "/management/export/measurements?format=csv".into(),
             Role::Researcher,
             None,
@@ -876,6 +882,30 @@ async fn ingest_follows_the_meter_reader_contract() {
         entry.get("user").is_none() && entry.get("address").is_none(),
         "no contact details in the overview"
     );
+    // Device health: consent was granted moments ago, so measurements dated days back
+    // do not make the device silent yet (the judgement itself is unit-tested).
+    let health = &entry["measurement_devices"][0]["health"];
+    assert_eq!(health["state"], "reporting", "{health}");
+    assert_eq!(
+        entry["measurement_devices"][0]["last_measurement"],
+        entry["meters"][0]["last_measurement"]
+    );
+    assert_eq!(overview["report_interval_seconds"], 3600.0);
+    assert_eq!(overview["silent_after_seconds"], 7200.0);
+    // Researchers find their participants by name in the same overview.
+    let overview: Value = server
+        .anonymous()
+        .get(server.url("/management/household"))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &overview["households"][0];
+    assert!(entry["user"]["email"].is_string(), "{entry}");
+    assert!(entry.get("address").is_none(), "{entry}");
 
     // Paging through a meter's series in a time range.
     let series: Vec<Value> = (0..25).map(|i| measurement(&h.meters[1], 20 + i)).collect();
@@ -983,6 +1013,7 @@ async fn registration_corrections_and_export_filters() {
         (status, err["error"].as_str().unwrap()),
         (409, "email_taken")
     );
+    assert_eq!(err["field"], "user.email");
     let b = server.register("b@example.org").await;
     assert_eq!(a.body["user"]["email"], "a@example.org");
     assert_eq!(
@@ -1193,5 +1224,81 @@ async fn racing_consent_requests_succeed_once() {
         .await
         .unwrap();
     assert_eq!(consent["state"], "REVOKED");
+    server.stop().await;
+}
+
+/// FR-07: a forgotten PV system is added, one listed by mistake removed; a new one needs
+/// every attribute, and its generation meter must be a PV-GENERATION meter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_add_and_remove_pv_systems() {
+    let server = TestServer::start().await;
+    let h = server.register("pv@example.org").await;
+    let stored = h.body["pv_systems"][0]["uuid"].as_str().unwrap().to_owned();
+    let patch = |body: Value| {
+        server
+            .anonymous()
+            .patch(server.url(&format!("/management/household/{}", h.id)))
+            .bearer_auth(RESEARCHER_TOKEN)
+            .json(&body)
+            .send()
+    };
+
+    let (status, err) = error_of(
+        patch(json!({"pv_systems": [{"uuid": stored, "tilt": 20}, {"nominal_power": 3.2, "azimuth": 90}]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[1].installation_date"))
+    );
+    let (status, err) = error_of(
+        patch(
+            json!({"pv_systems": [{"nominal_power": 3.2, "azimuth": 90, "tilt": 10,
+            "installation_date": "2021-04-01", "generation_meter": h.meters[0]}]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[0].generation_meter"))
+    );
+
+    let added: Value = patch(
+        json!({"pv_systems": [{"nominal_power": 3.2, "azimuth": 90, "tilt": 10,
+        "installation_date": "2021-04-01", "generation_meter": h.meters[1]}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let systems = added["pv_systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 2, "{added}");
+    assert_eq!(systems[1]["nominal_power"], 3.2);
+    assert_eq!(systems[1]["installation_year"], 2021);
+    assert_eq!(systems[1]["generation_meter"], h.meters[1].as_str());
+
+    let removed = patch(json!({"pv_systems": [{"uuid": stored, "remove": true}]}))
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let removed: Value = removed.json().await.unwrap();
+    let systems = removed["pv_systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 1, "{removed}");
+    assert_eq!(systems[0]["nominal_power"], 3.2);
+    let (status, err) = error_of(
+        patch(json!({"pv_systems": [{"uuid": stored, "remove": true}]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("pv_systems[0].uuid"))
+    );
     server.stop().await;
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::participant::parse_time;
 use super::{parse_json, read_body, ApiError, ApiQuery, AppState};
-use crate::auth::{Researcher, Staff};
+use crate::auth::{Researcher, Role, Staff};
 use crate::export::{self, ExportFilter, ExportFormat};
 use crate::model::{
     all_scopes, Address, Consent, ConsentState, Household, Location, MeasurementDevice, Metadata,
@@ -209,7 +209,9 @@ fn unique_ids(devices: &[MeasurementDevice], meters: &[Meter]) -> Result<(), Fie
 }
 
 /// FR-07: corrections. Present sections replace the stored ones; meters, PV systems and
-/// devices are addressed by uuid and only the given attributes change.
+/// devices are addressed by uuid and only the given attributes change. PV systems can
+/// also be added (an entry without uuid) and removed (`"remove": true`); meters and
+/// devices cannot, as measurements and certificates refer to them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationUpdate {
@@ -252,7 +254,13 @@ pub struct MeterUpdate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PvUpdate {
-    pub uuid: Uuid,
+    /// The stored PV system to change; without one the entry adds a PV system (a
+    /// participant may have forgotten one), which then needs every attribute.
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    /// Removes the stored PV system (one listed by mistake).
+    #[serde(default)]
+    pub remove: bool,
     #[serde(default)]
     pub nominal_power: Option<f64>,
     #[serde(default)]
@@ -349,11 +357,26 @@ impl RegistrationUpdate {
                     }
                 }
             }
-            let pv = h
+            let Some(uuid) = update.uuid else {
+                if update.remove {
+                    return Err(ApiError::invalid_field(
+                        format!("{prefix}.uuid"),
+                        "name the PV system to remove",
+                    ));
+                }
+                h.pv_systems.push(update.new_pv_system(&prefix)?);
+                continue;
+            };
+            let position = h
                 .pv_systems
-                .iter_mut()
-                .find(|p| p.uuid == update.uuid)
-                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", update.uuid))?;
+                .iter()
+                .position(|p| p.uuid == uuid)
+                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", uuid))?;
+            if update.remove {
+                h.pv_systems.remove(position);
+                continue;
+            }
+            let pv = &mut h.pv_systems[position];
             if let Some(p) = update.nominal_power {
                 pv.nominal_power = p;
             }
@@ -371,12 +394,18 @@ impl RegistrationUpdate {
                 pv.generation_meter = Some(m);
             }
         }
-        // A generation meter that was re-typed must not stay linked to a PV system.
+        // A generation meter that was re-typed must not stay linked to a PV system. The
+        // error names the PV system's entry in this request if it has one.
         for (i, pv) in h.pv_systems.iter().enumerate() {
             if let Some(meter) = pv.generation_meter {
                 if h.meter(meter).map(|m| m.meter_type) != Some(MeterType::PvGeneration) {
+                    let entry = self
+                        .pv_systems
+                        .iter()
+                        .position(|u| u.uuid == Some(pv.uuid))
+                        .unwrap_or(i);
                     return Err(ApiError::invalid_field(
-                        format!("pv_systems[{i}].generation_meter"),
+                        format!("pv_systems[{entry}].generation_meter"),
                         format!("meter {meter} is no longer a PV-GENERATION meter"),
                     ));
                 }
@@ -384,6 +413,30 @@ impl RegistrationUpdate {
         }
         h.updated_at = now;
         Ok(())
+    }
+}
+
+impl PvUpdate {
+    /// A PV system added by a correction: every attribute but the generation meter is
+    /// required, as at registration.
+    fn new_pv_system(&self, prefix: &str) -> Result<PhotovoltaicSystem, ApiError> {
+        let required = |name: &str| {
+            ApiError::invalid_field(format!("{prefix}.{name}"), "required for a new PV system")
+        };
+        let installation_date = self
+            .installation_date
+            .ok_or_else(|| required("installation_date"))?;
+        Ok(PhotovoltaicSystem {
+            uuid: Uuid::new_v4(),
+            nominal_power: self
+                .nominal_power
+                .ok_or_else(|| required("nominal_power"))?,
+            azimuth: self.azimuth.ok_or_else(|| required("azimuth"))?,
+            tilt: self.tilt.ok_or_else(|| required("tilt"))?,
+            installation_date: Some(installation_date),
+            installation_year: installation_date.year(),
+            generation_meter: self.generation_meter,
+        })
     }
 }
 
@@ -401,6 +454,123 @@ pub struct DeviceHealth {
     pub scopes: Vec<Scope>,
     pub component_versions: BTreeMap<String, String>,
     pub last_activity: Option<DateTime<Utc>>,
+    /// The newest measurement of any of the device's meters.
+    pub last_measurement: Option<DateTime<Utc>>,
+    pub health: Health,
+}
+
+/// What the Status frontend (FR-09) highlights: whether a device reports as the survey
+/// expects it to, judged against its household's consent and the report cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Consent granted, in contact and delivering new measurements.
+    Reporting,
+    /// Not heard of, or nothing new measured, for longer than two report cycles.
+    Silent,
+    /// In contact, not measuring because consent is not granted yet.
+    WaitingForConsent,
+    /// Registered, but the device has never contacted the Data API.
+    NeverSeen,
+    /// Consent revoked: the device stops and goes back to the research group.
+    Retired,
+}
+
+/// Why a device counts as silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SilenceCause {
+    /// The device has not contacted the Data API.
+    NoContact,
+    /// The device is in contact but delivers no new measurements (a probe or meter
+    /// problem rather than the network).
+    NoMeasurements,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub state: HealthState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<SilenceCause>,
+    /// For a silent device: its last contact, or its newest measurement (the grant if it
+    /// has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<DateTime<Utc>>,
+}
+
+impl Health {
+    fn of(state: HealthState) -> Health {
+        Health {
+            state,
+            cause: None,
+            silent_since: None,
+        }
+    }
+
+    fn silent(cause: SilenceCause, since: Option<DateTime<Utc>>) -> Health {
+        Health {
+            state: HealthState::Silent,
+            cause: Some(cause),
+            silent_since: since,
+        }
+    }
+
+    /// Judges a device by its household's consent, its last contact and its newest
+    /// measurement at `now`; `silent_after` is two report cycles. A device whose consent
+    /// was just granted is given that long for its first measurement.
+    pub fn assess(
+        consent: &Consent,
+        last_activity: Option<DateTime<Utc>>,
+        last_measurement: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        silent_after: chrono::Duration,
+    ) -> Health {
+        let stale = |at: Option<DateTime<Utc>>| at.is_none_or(|at| now - at > silent_after);
+        match consent.state {
+            ConsentState::Revoked => Health::of(HealthState::Retired),
+            ConsentState::NotGranted => match last_activity {
+                None => Health::of(HealthState::NeverSeen),
+                Some(_) if stale(last_activity) => {
+                    Health::silent(SilenceCause::NoContact, last_activity)
+                }
+                Some(_) => Health::of(HealthState::WaitingForConsent),
+            },
+            ConsentState::Granted => {
+                if stale(last_activity) {
+                    return Health::silent(
+                        SilenceCause::NoContact,
+                        last_activity.or(consent.granted_at),
+                    );
+                }
+                // Measuring is expected from the grant on, so the grant counts as the
+                // start of the wait; the answer names the newest measurement if any.
+                if stale(last_measurement.max(consent.granted_at)) {
+                    return Health::silent(
+                        SilenceCause::NoMeasurements,
+                        last_measurement.or(consent.granted_at),
+                    );
+                }
+                Health::of(HealthState::Reporting)
+            }
+        }
+    }
+}
+
+/// The clock and threshold device health is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthClock {
+    pub now: DateTime<Utc>,
+    pub silent_after: chrono::Duration,
+}
+
+impl HealthClock {
+    pub fn new(report_interval: std::time::Duration) -> HealthClock {
+        HealthClock {
+            now: Utc::now(),
+            silent_after: chrono::Duration::from_std(report_interval * 2)
+                .unwrap_or(chrono::Duration::MAX),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -444,18 +614,8 @@ impl HouseholdView {
         store: &dyn Store,
         h: Household,
         details: bool,
+        clock: HealthClock,
     ) -> Result<HouseholdView, StoreError> {
-        let mut devices = Vec::with_capacity(h.measurement_devices.len());
-        for d in &h.measurement_devices {
-            let status = store.device_status(d.uuid)?;
-            devices.push(DeviceHealth {
-                uuid: d.uuid,
-                name: d.name.clone(),
-                scopes: d.scopes.clone(),
-                component_versions: status.component_versions,
-                last_activity: status.last_activity,
-            });
-        }
         let mut meters = Vec::with_capacity(h.meters.len());
         for m in &h.meters {
             meters.push(MeterHealth {
@@ -464,6 +624,30 @@ impl HouseholdView {
                 model: m.model,
                 measurement_device: m.measurement_device,
                 last_measurement: store.last_measurement(m.uuid)?,
+            });
+        }
+        let mut devices = Vec::with_capacity(h.measurement_devices.len());
+        for d in &h.measurement_devices {
+            let status = store.device_status(d.uuid)?;
+            let last_measurement = meters
+                .iter()
+                .filter(|m| m.measurement_device == d.uuid)
+                .filter_map(|m| m.last_measurement)
+                .max();
+            devices.push(DeviceHealth {
+                uuid: d.uuid,
+                name: d.name.clone(),
+                scopes: d.scopes.clone(),
+                health: Health::assess(
+                    &h.consent,
+                    status.last_activity,
+                    last_measurement,
+                    clock.now,
+                    clock.silent_after,
+                ),
+                component_versions: status.component_versions,
+                last_activity: status.last_activity,
+                last_measurement,
             });
         }
         Ok(HouseholdView {
@@ -494,10 +678,11 @@ pub async fn create_household(
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let registration: Registration = parse_json(&bytes)?;
     let household = registration.into_household(Utc::now())?;
+    let clock = HealthClock::new(state.report_interval);
     let view = state
         .blocking(move |store| {
             store.create_household(&household)?;
-            Ok(HouseholdView::build(store, household, true)?)
+            Ok(HouseholdView::build(store, household, true, clock)?)
         })
         .await?;
     tracing::info!(household = %view.id, meters = view.meters.len(), "household registered");
@@ -511,11 +696,14 @@ pub struct ListParams {
 }
 
 /// Endpoint 10 (FR-08, FR-09): every household with its consent and device health.
+/// Researchers also get each participant's name and email (they register them and must
+/// find them again); administrators only see the household ids.
 pub async fn list_households(
     State(state): State<AppState>,
     Staff(role): Staff,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
+    let clock = HealthClock::new(state.report_interval);
     let households = state
         .blocking(move |store| {
             let mut views = Vec::new();
@@ -523,7 +711,10 @@ pub async fn list_households(
                 if params.consent.is_some_and(|c| c != h.consent.state) {
                     continue;
                 }
-                views.push(HouseholdView::build(store, h, false)?);
+                let user = (role == Role::Researcher).then(|| h.user.clone());
+                let mut view = HouseholdView::build(store, h, false, clock)?;
+                view.user = user;
+                views.push(view);
             }
             Ok(views)
         })
@@ -533,7 +724,25 @@ pub async fn list_households(
         count = households.len(),
         "households listed"
     );
-    Ok(Json(json!({ "households": households })))
+    Ok(Json(json!({
+        "households": households,
+        "now": clock.now,
+        "report_interval_seconds": state.report_interval.as_secs_f64(),
+        "silent_after_seconds": clock.silent_after.as_seconds_f64(),
+    })))
+}
+
+/// Who the token belongs to and the settings the frontends show: signing in checks the
+/// token here, and the Status frontend states the silence threshold it highlights by.
+pub async fn session(State(state): State<AppState>, Staff(role): Staff) -> Json<Value> {
+    let clock = HealthClock::new(state.report_interval);
+    Json(json!({
+        "role": role.as_str(),
+        "now": clock.now,
+        "report_interval_seconds": state.report_interval.as_secs_f64(),
+        "silent_after_seconds": clock.silent_after.as_seconds_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
 }
 
 fn household_id(id: &str) -> Result<Uuid, ApiError> {
@@ -546,6 +755,7 @@ pub async fn get_household(
     Path(id): Path<String>,
 ) -> Result<Json<HouseholdView>, ApiError> {
     let id = household_id(&id)?;
+    let clock = HealthClock::new(state.report_interval);
     let view = state
         .blocking(move |store| {
             let h = store.household(id)?.ok_or_else(|| {
@@ -554,7 +764,7 @@ pub async fn get_household(
                     format!("household {id} does not exist"),
                 )
             })?;
-            Ok(HouseholdView::build(store, h, true)?)
+            Ok(HouseholdView::build(store, h, true, clock)?)
         })
         .await?;
     Ok(Json(view))
@@ -570,6 +780,7 @@ pub async fn update_household(
     let id = household_id(&id)?;
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let update: RegistrationUpdate = parse_json(&bytes)?;
+    let clock = HealthClock::new(state.report_interval);
     let view = state
         .blocking(move |store| {
             for _ in 0..16 {
@@ -582,7 +793,7 @@ pub async fn update_household(
                 let mut next = current.clone();
                 update.apply(&mut next, Utc::now())?;
                 match store.replace_household(&current, &next) {
-                    Ok(()) => return Ok(HouseholdView::build(store, next, true)?),
+                    Ok(()) => return Ok(HouseholdView::build(store, next, true, clock)?),
                     Err(StoreError::HouseholdChanged(_)) => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -716,6 +927,102 @@ mod tests {
         assert_eq!(h.pv_systems[0].generation_meter, Some(h.meters[1].uuid));
         assert_eq!(h.measurement_devices.len(), 1);
         assert_eq!(h.address.unwrap().country, "DE");
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// Two report cycles of an hour.
+    fn assess(
+        consent: &Consent,
+        activity: Option<&str>,
+        measurement: Option<&str>,
+        now: &str,
+    ) -> Health {
+        Health::assess(
+            consent,
+            activity.map(at),
+            measurement.map(at),
+            at(now),
+            chrono::Duration::hours(2),
+        )
+    }
+
+    #[test]
+    fn devices_are_silent_after_two_report_cycles_without_contact_or_measurements() {
+        let granted = Consent {
+            state: ConsentState::Granted,
+            granted_at: Some(at("2026-11-01T08:00:00Z")),
+            revoked_at: None,
+        };
+        let now = "2026-11-01T12:00:00Z";
+        let fresh = assess(
+            &granted,
+            Some("2026-11-01T11:59:00Z"),
+            Some("2026-11-01T11:45:00Z"),
+            now,
+        );
+        assert_eq!(fresh.state, HealthState::Reporting);
+        // In contact, but the newest measurement is three hours old: a probe problem.
+        let stuck = assess(
+            &granted,
+            Some("2026-11-01T11:59:00Z"),
+            Some("2026-11-01T09:00:00Z"),
+            now,
+        );
+        assert_eq!(stuck.state, HealthState::Silent);
+        assert_eq!(stuck.cause, Some(SilenceCause::NoMeasurements));
+        assert_eq!(stuck.silent_since, Some(at("2026-11-01T09:00:00Z")));
+        let offline = assess(
+            &granted,
+            Some("2026-11-01T09:30:00Z"),
+            Some("2026-11-01T09:30:00Z"),
+            now,
+        );
+        assert_eq!(offline.cause, Some(SilenceCause::NoContact));
+        assert_eq!(offline.silent_since, Some(at("2026-11-01T09:30:00Z")));
+        // Exactly two cycles is not yet longer than two cycles.
+        let edge = assess(
+            &granted,
+            Some("2026-11-01T10:00:00Z"),
+            Some("2026-11-01T10:00:00Z"),
+            now,
+        );
+        assert_eq!(edge.state, HealthState::Reporting);
+        // Just granted: the first measurement may take up to two cycles.
+        let just_granted = Consent {
+            granted_at: Some(at("2026-11-01T11:30:00Z")),
+            ..granted.clone()
+        };
+        let waiting = assess(&just_granted, Some("2026-11-01T11:30:00Z"), None, now);
+        assert_eq!(waiting.state, HealthState::Reporting);
+    }
+
+    #[test]
+    fn consent_decides_what_is_expected_of_a_device() {
+        let now = "2026-11-01T12:00:00Z";
+        let not_granted = Consent::default();
+        assert_eq!(
+            assess(&not_granted, None, None, now).state,
+            HealthState::NeverSeen
+        );
+        assert_eq!(
+            assess(&not_granted, Some("2026-11-01T11:00:00Z"), None, now).state,
+            HealthState::WaitingForConsent
+        );
+        let gone = assess(&not_granted, Some("2026-10-01T11:00:00Z"), None, now);
+        assert_eq!(gone.state, HealthState::Silent);
+        assert_eq!(gone.cause, Some(SilenceCause::NoContact));
+        let revoked = Consent {
+            state: ConsentState::Revoked,
+            granted_at: Some(at("2026-10-01T00:00:00Z")),
+            revoked_at: Some(at("2026-10-02T00:00:00Z")),
+        };
+        assert_eq!(
+            assess(&revoked, Some("2026-10-02T00:00:00Z"), None, now).state,
+            HealthState::Retired
+        );
     }
 
     proptest! {

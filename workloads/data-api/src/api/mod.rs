@@ -30,6 +30,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<Tokens>,
     pub nuts: Arc<NutsIndex>,
+    /// The devices' expected report cycle; device health flags silence beyond two.
+    pub report_interval: std::time::Duration,
 }
 
 impl AppState {
@@ -91,7 +93,9 @@ pub fn router(state: AppState) -> Router {
             "/management/export/households",
             get(management::export_households),
         )
+        .route("/management/session", get(management::session))
         .route("/health", get(health))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -178,7 +182,9 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::EmailTaken(_) => ApiError::conflict("email_taken", e.to_string()),
+            StoreError::EmailTaken(_) => {
+                ApiError::conflict("email_taken", e.to_string()).with_field("user.email")
+            }
             StoreError::DuplicateId { .. } => ApiError::conflict("duplicate_id", e.to_string()),
             StoreError::UnknownHousehold(_) => {
                 ApiError::not_found("unknown_household", e.to_string())

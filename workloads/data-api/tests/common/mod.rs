@@ -69,6 +69,7 @@ impl TestServer {
             researcher_token: Some(RESEARCHER_TOKEN.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             nuts,
+            report_interval: data_api::DEFAULT_REPORT_INTERVAL,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
