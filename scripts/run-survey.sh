@@ -81,6 +81,7 @@ researcher=$(secret "$survey/pki/researcher.token")
 secret "$survey/pki/admin.token" >/dev/null
 chmod 0644 "$survey/pki"/*.pem "$survey/pki"/*.token  # read by the workloads' users
 api_token=$(secret "$survey/api-token")
+admin_token=$(secret "$survey/admin-token")   # logs and exec (motey logs, motey exec)
 cluster_key=$(secret "$survey/cluster-key")
 meter=$( [ -s "$survey/meter-uuid" ] || python3 -c 'import uuid;print(uuid.uuid4())' > "$survey/meter-uuid"; cat "$survey/meter-uuid")
 
@@ -129,7 +130,7 @@ start_agent() { # start_agent INDEX
   local embedded=false
   [ "$i" = 0 ] && embedded=true
   MOTEY_GENERAL_DATA_DIR="$dir" MOTEY_GENERAL_NODE_ID="$(cat "$dir/node-id")" MOTEY_GENERAL_NODE_NAME="${nodes[$i]}" \
-  MOTEY_WEBSERVER_IP=127.0.0.1 MOTEY_WEBSERVER_PORT="$(rest_port "$i")" MOTEY_WEBSERVER_TOKEN="$api_token" \
+  MOTEY_WEBSERVER_IP=127.0.0.1 MOTEY_WEBSERVER_PORT="$(rest_port "$i")" MOTEY_WEBSERVER_TOKEN="$api_token" MOTEY_SECURITY_ADMIN_TOKEN="$admin_token" \
   MOTEY_MQTT_EMBEDDED=$embedded MOTEY_MQTT_IP=127.0.0.1 MOTEY_MQTT_PORT="$mqtt_port" \
   MOTEY_ZEROMQ_PEER_PORT=$((peer_port + i)) MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$dir/capabilities.ipc" \
   MOTEY_CLUSTER_KEY="$cluster_key" MOTEY_SECURITY_BIND_PATHS="$survey" \
@@ -239,7 +240,7 @@ wait_running "$reader_owner" "$reader_id" meter-reader
 cat <<INFO
 
 The survey runs on ${#nodes[@]} node(s).
-  web client:       http://127.0.0.1:$motey_port/   (API token in $survey/api-token)
+  web client:       http://127.0.0.1:$motey_port/   (API token in $survey/api-token, admin token in $survey/admin-token)
   device frontend:  http://127.0.0.1:$device_port/
   Data API:         $api  (CA $survey/pki/ca.pem, researcher token in $survey/pki/researcher.token)
   survey frontends: $api/ui/  (registration and device status; sign in with the researcher or the admin token)

@@ -101,6 +101,33 @@ async fn run_survey(cluster: bool) {
         "the meter's energy register arrives: {power}"
     );
 
+    // Device access (FR-11) on the real workload, through the node that owns the reader
+    // (in the cluster the reader runs on a peer and the owner proxies).
+    let reader_id = reader["id"].as_str().unwrap();
+    let exec = survey
+        .admin_call(
+            reader_owner,
+            reqwest::Method::POST,
+            &format!("/v1/services/{reader_id}/images/reader/exec"),
+            Some(serde_json::json!({"command": ["meter-reader", "status"]})),
+        )
+        .await;
+    assert_eq!(exec["exit_code"], 0, "{exec}");
+    assert!(
+        exec["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pending_measurements"),
+        "{exec}"
+    );
+    let logs = survey
+        .admin_text(
+            reader_owner,
+            &format!("/v1/services/{reader_id}/images/reader/logs?tail=50"),
+        )
+        .await;
+    assert!(logs.contains("meter_reader"), "the reader's log: {logs}");
+
     survey.interrupt_and_wait();
     for id in &node_ids {
         let left = docker::containers_with_label(labels::NODE_ID, id);
@@ -182,6 +209,42 @@ impl SurveyRun {
             .await
             .unwrap()
             .json()
+            .await
+            .unwrap()
+    }
+
+    /// The admin token the script gives every node (logs and exec need it).
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    async fn admin_call(
+        &self,
+        node: u16,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("http://127.0.0.1:{}{path}", self.motey_port + node))
+            .bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn admin_text(&self, node: u16, path: &str) -> String {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.motey_port + node))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }

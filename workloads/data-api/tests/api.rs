@@ -882,6 +882,7 @@ async fn ingest_follows_the_meter_reader_contract() {
         entry.get("user").is_none() && entry.get("address").is_none(),
         "no contact details in the overview"
     );
+    assert!(entry["participant"].is_string(), "the participant is named");
     // Device health: consent was granted moments ago, so measurements dated days back
     // do not make the device silent yet (the judgement itself is unit-tested).
     let health = &entry["measurement_devices"][0]["health"];

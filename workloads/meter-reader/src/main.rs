@@ -121,6 +121,33 @@ enum Command {
         /// Capture file; `-` or nothing reads standard input.
         file: Option<String>,
     },
+    /// Print the running reader's status (consent, pending measurements, latest reading
+    /// per meter) as it wrote it at its last measurement cycle: a diagnostic for admins,
+    /// e.g. `motey exec SERVICE reader -- meter-reader status`.
+    Status {
+        /// The reader's data directory.
+        #[arg(long, env = "METER_READER_DATA_DIR", default_value = "/data")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn status(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join("status.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let status: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "no status in {}: the reader has not completed a measurement cycle yet",
+                path.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => Err(anyhow::anyhow!("read {}: {error}", path.display())),
+    }
 }
 
 fn decode(hex: bool, file: Option<String>) -> anyhow::Result<ExitCode> {
@@ -181,6 +208,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode { hex, file } => decode(hex, file),
         Command::Run(args) => run(*args),
+        Command::Status { data_dir } => status(&data_dir),
     };
     match result {
         Ok(code) => code,

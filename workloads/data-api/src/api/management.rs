@@ -593,6 +593,9 @@ pub struct HouseholdView {
     pub anonymized_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Option<User>>,
+    /// The participant's name (none once anonymized): the Status frontend names to whom a
+    /// device belongs (section 4.2.2), also for administrators, who get no contact details.
+    pub participant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<Option<Address>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -655,6 +658,7 @@ impl HouseholdView {
             anonymized: h.anonymized_at.is_some(),
             anonymized_at: h.anonymized_at,
             consent: h.consent,
+            participant: h.user.as_ref().map(|user| user.name.clone()),
             user: details.then_some(h.user),
             address: details.then_some(h.address),
             location: details.then_some(h.location),
@@ -697,7 +701,7 @@ pub struct ListParams {
 
 /// Endpoint 10 (FR-08, FR-09): every household with its consent and device health.
 /// Researchers also get each participant's name and email (they register them and must
-/// find them again); administrators only see the household ids.
+/// find them again); administrators only the participant's name, no contact details.
 pub async fn list_households(
     State(state): State<AppState>,
     Staff(role): Staff,

@@ -104,8 +104,8 @@ export function mount(main, { announce, who }) {
               h(
                 'td',
                 { 'data-label': 'Household' },
-                household.user ? h('span', { class: 'name' }, household.user.name) : null,
-                household.user ? h('br') : null,
+                household.participant ? h('span', { class: 'name' }, household.participant) : null,
+                household.participant ? h('br') : null,
                 who.role === 'researcher' ? h('a', { href: `#/households/${household.id}` }, h('code', { class: 'id' }, household.id)) : h('code', { class: 'id' }, household.id),
               ),
               h('td', { 'data-label': 'Consent' }, consentBadge(household.consent)),
