@@ -54,7 +54,28 @@ impl AgentProcess {
         agent
     }
 
+    /// Starts the agent and waits for its REST API. Ports come from `free_port`, which
+    /// another test may take before this agent binds them: an agent that exits at its
+    /// first start because an address is in use is started again on fresh ports, instead
+    /// of the test waiting in vain. Any other early exit fails with the agent's log.
     async fn spawn(&mut self) {
+        let first_start = self.child.is_none() && !self.data_dir.join("agent.log").exists();
+        for _attempt in 0..3 {
+            self.launch();
+            match self.wait_until_serving().await {
+                Ok(()) => return,
+                Err(log) if first_start && log.contains("in use") => {
+                    self.port = free_port();
+                    self.mqtt_port = free_port();
+                    let _ = std::fs::remove_file(self.data_dir.join("agent.log"));
+                }
+                Err(log) => panic!("the agent {} exited at start:\n{log}", self.node_id),
+            }
+        }
+        panic!("the agent {} found no free ports in 3 attempts", self.node_id);
+    }
+
+    fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -78,17 +99,33 @@ impl AgentProcess {
             .spawn()
             .expect("start the motey binary");
         self.child = Some(child);
+    }
+
+    /// Ok once `/health` answers; the agent's log if the process ended first.
+    async fn wait_until_serving(&mut self) -> Result<(), String> {
         let url = self.url("/health");
-        wait_for("the agent's REST API", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
+        let limit = Duration::from_secs(60);
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(response) = reqwest::get(&url).await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
             }
-        })
-        .await;
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!("({status})\n{}", self.log()));
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?} waiting for the REST API of {}:\n{}",
+                self.node_id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
