@@ -87,7 +87,13 @@ pub fn python_venv(packages: &[&str]) -> PathBuf {
     }
     // pip skips what is already installed, quietly.
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(packages));
     python
 }

@@ -340,7 +340,8 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         tracing::debug!("peer message without delimiter dropped");
         return Answer::Nothing;
     }
-    let respond = |reply: Reply, id: String| Answer::Now(frame_reply(sign_reply(state, &reply, id)));
+    let respond =
+        |reply: Reply, id: String| Answer::Now(frame_reply(sign_reply(state, &reply, id)));
     let envelope = match Envelope::parse(&body) {
         Ok(envelope) => envelope,
         Err(error) => {

@@ -61,7 +61,9 @@ fn greeting() -> [u8; GREETING_LEN] {
 
 fn check_greeting(greeting: &[u8; GREETING_LEN]) -> io::Result<()> {
     if greeting[0] != 0xff || greeting[9] & 0x01 != 0x01 {
-        return Err(invalid("the peer does not speak ZeroMQ (bad greeting signature)"));
+        return Err(invalid(
+            "the peer does not speak ZeroMQ (bad greeting signature)",
+        ));
     }
     if greeting[10] < 3 {
         return Err(invalid(format!(
