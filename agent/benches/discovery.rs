@@ -9,7 +9,6 @@
 //!     cargo bench -p motey --bench discovery -- [NODES] [ROUNDS]
 
 #[path = "../tests/support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 
 use std::io::{BufRead, BufReader};
