@@ -1,6 +1,8 @@
 //! The peer protocol over real TCP sockets: the four requests round-trip; unsigned,
 //! forged, replayed and stale messages are refused without reaching the handler; a peer
 //! that hangs or vanishes mid-request costs a timeout, and the next request succeeds.
+//! The other side of several tests is another ZeroMQ implementation (the `zeromq`
+//! crate), so the agent's own ZMTP stays wire-compatible both ways.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -19,7 +21,7 @@ use motey::peer::{
 };
 use motey::store::Store;
 use serde_json::json;
-use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 async fn serve(node: &str, handler: Arc<RecordingHandler>) -> PeerServer {
     PeerServer::bind(
@@ -346,4 +348,40 @@ async fn a_peer_that_vanishes_mid_request_and_restarts_is_reached_again() {
     assert_eq!(status.state, ImageState::Instantiating);
     assert_eq!(handler.deployments.lock().unwrap().len(), 1);
     restarted.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_talks_to_another_zeromq_implementation() {
+    // A ROUTER socket of the zeromq crate, answering as a peer server would.
+    let mut router = RouterSocket::new();
+    let endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let answering = tokio::spawn(async move {
+        for _ in 0..2 {
+            let mut frames = router.recv().await.unwrap().into_vec();
+            let body = frames.pop().unwrap();
+            let request = Envelope::parse(&body).unwrap();
+            request.verify_received(&body, &key()).unwrap();
+            let reply = Reply::Capabilities {
+                digest: "0123456789abcdef".into(),
+                capabilities: Vec::new(),
+            };
+            let body = Envelope::new(reply.kind(), request.id, "router", reply.payload())
+                .signed_bytes(&key());
+            let mut out = ZmqMessage::from(body);
+            for frame in frames.into_iter().rev() {
+                out.push_front(frame);
+            }
+            router.send(out).await.unwrap();
+        }
+    });
+    let requester = Requester::new(NodeId("a".into()), key(), Duration::from_secs(30));
+    // The second request goes over the pooled connection.
+    for _ in 0..2 {
+        let reply = requester
+            .call(&endpoint, &Request::Capabilities)
+            .await
+            .unwrap();
+        assert!(matches!(reply, Reply::Capabilities { .. }), "{reply:?}");
+    }
+    answering.await.unwrap();
 }

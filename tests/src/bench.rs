@@ -2,7 +2,8 @@
 //! description of the machine, and writing its own section of `BENCHMARKS.md` between
 //! `<!-- BEGIN name -->` and `<!-- END name -->` so that benchmarks do not clobber each other.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 /// Median, mean, minimum and maximum of timed samples.
@@ -73,6 +74,77 @@ fn meminfo_kib(key: &str, path: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)
+}
+
+/// The interpreter of a Python virtual environment under `target/bench-venv` holding
+/// `packages` (pip requirement specifiers, installed from PyPI the first time): the
+/// benchmarks compare against Python clients, which tests never need.
+pub fn python_venv(packages: &[&str]) -> PathBuf {
+    let venv = crate::docker::repo_root().join("target").join("bench-venv");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    }
+    // pip skips what is already installed, quietly.
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages));
+    python
+}
+
+fn run(command: &mut Command) {
+    let status = command
+        .status()
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// Package version of a Python module in the interpreter `python` (for the record).
+pub fn python_module_version(python: &Path, module: &str) -> String {
+    Command::new(python)
+        .arg("-c")
+        .arg("import importlib.metadata as m, sys; print(m.version(sys.argv[1]))")
+        .arg(module)
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The version line of an executable (`--version`-like `args`), for the record.
+pub fn tool_version(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|output| {
+            let text = [output.stdout, output.stderr].concat();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `sorted[fraction × (len − 1)]`, e.g. 0.5 for the median, 0.99 for p99.
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// A duration in microseconds, one decimal.
+pub fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
 }
 
 /// Replaces the content between the section's markers in `BENCHMARKS.md` at the

@@ -229,7 +229,10 @@ impl SurveyRun {
         body: Option<Value>,
     ) -> Value {
         let mut request = reqwest::Client::new()
-            .request(method, format!("http://127.0.0.1:{}{path}", self.motey_port + node))
+            .request(
+                method,
+                format!("http://127.0.0.1:{}{path}", self.motey_port + node),
+            )
             .bearer_auth(self.admin_token());
         if let Some(body) = body {
             request = request.json(&body);

@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -323,11 +323,16 @@ impl Discovery {
         let (client, eventloop) = AsyncClient::new(options, 64);
 
         let (drive_tx, drive_rx) = mpsc::channel(1024);
+        let broker = BrokerTarget {
+            address: format!("{}:{}", settings.broker_host, settings.broker_port),
+            tls: settings.tls.is_some(),
+        };
         let poll_task = tokio::spawn(drive(
             eventloop,
             drive_tx,
             epoch.clone(),
             will,
+            broker,
             settings.reconnect_min,
             settings.reconnect_max,
         ));
@@ -494,6 +499,7 @@ async fn drive(
     events: mpsc::Sender<Drive>,
     epoch: Arc<AtomicU64>,
     will: WillMaker,
+    broker: BrokerTarget,
     reconnect_min: Duration,
     reconnect_max: Duration,
 ) {
@@ -524,7 +530,7 @@ async fn drive(
                     .mqtt_options
                     .set_last_will(will.make(next_epoch(&epoch)));
                 let event = Drive::Disconnected {
-                    error: error.to_string(),
+                    error: broker.explain(&error),
                     attempts,
                     retry_in: delay,
                 };
@@ -538,6 +544,44 @@ async fn drive(
         };
         if events.send(event).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The broker as configured, to say in an error what to check.
+struct BrokerTarget {
+    address: String,
+    tls: bool,
+}
+
+impl BrokerTarget {
+    /// The connection error with the setting most likely at fault, so that an operator
+    /// reading the log knows what to fix (the bare library errors do not say).
+    fn explain(&self, error: &ConnectionError) -> String {
+        let address = &self.address;
+        match error {
+            ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ) => format!(
+                "the broker at {address} refused this node's credentials ({code:?}); \
+                 check [MQTT] username and password"
+            ),
+            ConnectionError::ConnectionRefused(code) => {
+                format!("the broker at {address} refused the connection ({code:?})")
+            }
+            ConnectionError::Tls(tls) => format!(
+                "TLS with the broker at {address} failed: {tls}; check [MQTT] tls_ca_file \
+                 (the broker's certificate must chain to it and name the configured [MQTT] ip)"
+            ),
+            ConnectionError::Io(io) if self.tls => format!(
+                "no TLS connection to the broker at {address}: {io}; check [MQTT] ip and port, \
+                 and that the broker listens with TLS there"
+            ),
+            ConnectionError::Io(io) => format!(
+                "no connection to the broker at {address}: {io}; check [MQTT] ip and port \
+                 (and tls_ca_file if the broker expects TLS)"
+            ),
+            other => format!("broker at {address}: {other}"),
         }
     }
 }

@@ -1,16 +1,20 @@
-//! The asking side of the peer protocol: signed requests over ZeroMQ REQ sockets, one
-//! request per socket at a time. REQ sockets are kept per endpoint for reuse; a socket
-//! whose request timed out is dropped (a REQ socket waiting for an answer that will never
-//! come would refuse every later send), so a peer that vanishes mid-request costs one
-//! timeout, never a dead lock. Requests to different peers run in parallel.
+//! The asking side of the peer protocol: signed requests over ZeroMQ REQ sockets (ZMTP
+//! spoken by [`super::zmtp`]), one request per socket at a time. REQ sockets are kept per
+//! endpoint for reuse; a socket whose request timed out is dropped (a REQ socket waiting
+//! for an answer that will never come would refuse every later send), so a peer that
+//! vanishes mid-request costs one timeout, never a dead lock. Requests to different peers
+//! run in parallel.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
-use zeromq::{ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqError, ZmqMessage};
+
+use super::zmtp::{self, FrameReader, Incoming, SocketType};
 
 use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, ReplayGuard};
 use super::messages::{ErrorCode, Reply, Request};
@@ -42,6 +46,15 @@ pub enum CallError {
 enum RoundTrip {
     Timeout,
     Transport(String),
+}
+
+/// Largest reply a client reads.
+const MAX_REPLY_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
+
+/// A connected REQ socket: one TCP connection to one peer, greeted.
+struct ReqSocket {
+    stream: BufReader<TcpStream>,
+    frames: FrameReader,
 }
 
 /// Sends signed requests to peer endpoints and checks their replies.
@@ -106,9 +119,9 @@ impl Requester {
             )));
         }
         let authentic = envelope
-            .verify(&self.key)
+            .verify_received(bytes, &self.key)
             .and_then(|()| self.freshness.check_freshness(&envelope, now_ms()));
-        let reply = Reply::from_parts(&envelope.kind, envelope.payload.clone());
+        let reply = Reply::from_parts(&envelope.kind, envelope.payload);
         match (authentic, reply) {
             // An error reply changes nothing here, so even an unauthenticated one may
             // explain the failure (typically: the peer has another cluster key).
@@ -166,14 +179,26 @@ impl Requester {
     }
 
     async fn connect(&self, endpoint: &str, deadline: Instant) -> Result<ReqSocket, CallError> {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(deadline.saturating_duration_since(Instant::now()));
-        let mut socket = ReqSocket::with_options(options);
-        match timeout_at(deadline, socket.connect(endpoint)).await {
-            Ok(Ok(())) => Ok(socket),
-            Ok(Err(ZmqError::ConnectTimeout(_))) | Err(_) => Err(CallError::Timeout(self.timeout)),
-            Ok(Err(error)) => Err(CallError::Connect(error.to_string())),
-        }
+        let address = endpoint.strip_prefix("tcp://").ok_or_else(|| {
+            CallError::Connect(format!("{endpoint}: only tcp:// endpoints are supported"))
+        })?;
+        let connected = async {
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|error| CallError::Connect(error.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let mut stream = BufReader::with_capacity(16 * 1024, stream);
+            zmtp::handshake(&mut stream, SocketType::Req)
+                .await
+                .map_err(|error| CallError::Connect(format!("ZeroMQ handshake: {error}")))?;
+            Ok(ReqSocket {
+                stream,
+                frames: FrameReader::new(MAX_REPLY_BYTES),
+            })
+        };
+        timeout_at(deadline, connected)
+            .await
+            .unwrap_or(Err(CallError::Timeout(self.timeout)))
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ReqSocket>>> {
@@ -188,9 +213,12 @@ impl Requester {
 
     fn put_idle(&self, endpoint: &str, socket: ReqSocket) {
         let mut pool = self.pool();
-        let idle = pool.entry(endpoint.to_owned()).or_default();
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(socket);
+        match pool.get_mut(endpoint) {
+            Some(idle) if idle.len() >= MAX_IDLE_PER_ENDPOINT => {}
+            Some(idle) => idle.push(socket),
+            None => {
+                pool.insert(endpoint.to_owned(), vec![socket]);
+            }
         }
     }
 
@@ -209,24 +237,45 @@ async fn round_trip(
     body: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>, RoundTrip> {
-    match timeout_at(deadline, socket.send(ZmqMessage::from(body))).await {
-        Err(_) => return Err(RoundTrip::Timeout),
-        Ok(Err(error)) => return Err(RoundTrip::Transport(error.to_string())),
-        Ok(Ok(())) => {}
-    }
-    let message = match timeout_at(deadline, socket.recv()).await {
-        Err(_) => return Err(RoundTrip::Timeout),
-        Ok(Err(error)) => return Err(RoundTrip::Transport(error.to_string())),
-        Ok(Ok(message)) => message,
+    let transport = |error: std::io::Error| RoundTrip::Transport(error.to_string());
+    // One deadline over both directions: one timer per request, not two.
+    let exchange = async {
+        socket
+            .stream
+            .get_mut()
+            .write_all(&zmtp::delimited(&body))
+            .await
+            .map_err(transport)?;
+        loop {
+            match socket
+                .frames
+                .message(&mut socket.stream)
+                .await
+                .map_err(transport)?
+            {
+                Incoming::Message(frames) => return Ok(frames),
+                Incoming::Pong(pong) => socket
+                    .stream
+                    .get_mut()
+                    .write_all(&pong)
+                    .await
+                    .map_err(transport)?,
+            }
+        }
     };
-    let mut frames = message.into_vec();
-    if frames.len() != 1 {
-        return Err(RoundTrip::Transport(format!(
+    let frames = match timeout_at(deadline, exchange).await {
+        Err(_) => return Err(RoundTrip::Timeout),
+        Ok(result) => result?,
+    };
+    // A REQ socket drops the empty delimiter and hands on the rest.
+    match <[bytes::Bytes; 2]>::try_from(frames) {
+        Ok([delimiter, body]) if delimiter.is_empty() => Ok(body.to_vec()),
+        Ok(_) => Err(RoundTrip::Transport("reply without delimiter".into())),
+        Err(frames) => Err(RoundTrip::Transport(format!(
             "reply has {} frames, expected 1",
-            frames.len()
-        )));
+            frames.len().saturating_sub(1)
+        ))),
     }
-    Ok(frames.pop().map(|frame| frame.to_vec()).unwrap_or_default())
 }
 
 /// The ZeroMQ endpoints of a node, in the order of its announced addresses.

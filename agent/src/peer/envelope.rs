@@ -127,8 +127,47 @@ pub fn now_ms() -> i64 {
 pub fn new_nonce() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    let mut hex = Vec::with_capacity(32);
+    push_hex(&bytes, &mut hex);
+    String::from_utf8(hex).expect("hex digits are ASCII")
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `bytes` as lowercase hex (the `hex` crate collects chars one by one; this is
+/// on every message's path).
+fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() * 2);
+    for byte in bytes {
+        out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+        out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
+    }
+}
+
+/// A MAC written as 64 hex digits (either case), as bytes.
+fn decode_mac(hex: &[u8]) -> Option<[u8; 32]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut tag = [0u8; 32];
+    for (byte, pair) in tag.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(tag)
+}
+
+/// How a signed message written by [`Envelope::signed_bytes`] ends: the MAC as the last
+/// field, after the canonical form's fields.
+const MAC_FIELD: &[u8] = b",\"mac\":\"";
+const SIGNED_TAIL_LEN: usize = MAC_FIELD.len() + 64 + 2;
 
 impl Envelope {
     /// A new, unsigned message stamped with the current time and a fresh nonce.
@@ -217,13 +256,24 @@ impl Envelope {
     /// Signs the message with the cluster key (replacing any earlier MAC).
     pub fn sign(&mut self, key: &ClusterKey) {
         let tag = key.tag(&self.canonical_bytes()).finalize().into_bytes();
-        self.mac = Some(hex::encode(tag));
+        let mut hex = Vec::with_capacity(64);
+        push_hex(&tag, &mut hex);
+        self.mac = Some(String::from_utf8(hex).expect("hex digits are ASCII"));
     }
 
-    /// The message signed, as the bytes to send.
-    pub fn signed_bytes(mut self, key: &ClusterKey) -> Vec<u8> {
-        self.sign(key);
-        self.to_bytes()
+    /// The message signed, as the bytes to send: its canonical form with the MAC added as
+    /// the last field. That is valid JSON of the envelope like any other layout, and it
+    /// spares a second serialization here and, at a receiver of this project, writing the
+    /// canonical form again (see [`Envelope::verify_received`]).
+    pub fn signed_bytes(self, key: &ClusterKey) -> Vec<u8> {
+        let mut out = self.canonical_bytes();
+        let tag = key.tag(&out).finalize().into_bytes();
+        out.pop(); // the closing brace
+        out.reserve(SIGNED_TAIL_LEN);
+        out.extend_from_slice(MAC_FIELD);
+        push_hex(&tag, &mut out);
+        out.extend_from_slice(b"\"}");
+        out
     }
 
     /// The message as JSON, as it is (signed or not).
@@ -234,7 +284,39 @@ impl Envelope {
     /// Checks the MAC in constant time.
     pub fn verify(&self, key: &ClusterKey) -> Result<(), AuthError> {
         let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
-        let tag = hex::decode(mac).map_err(|_| AuthError::Forged)?;
+        let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
+        key.tag(&self.canonical_bytes())
+            .verify_slice(&tag)
+            .map_err(|_| AuthError::Forged)
+    }
+
+    /// [`Envelope::verify`] for an envelope parsed from `received`, trying the received
+    /// bytes first: when they end in the MAC field, as [`Envelope::signed_bytes`] writes
+    /// them, the MAC is checked over the bytes before that field (closed with `}`), which
+    /// spares writing the canonical form again. This is as strict: a matching MAC proves
+    /// that a holder of the key signed exactly these bytes as a canonical form, and the
+    /// envelope was parsed from exactly them (plus the MAC). Any other layout (another JSON
+    /// library's key order, whitespace) falls back to the canonical form.
+    pub fn verify_received(&self, received: &[u8], key: &ClusterKey) -> Result<(), AuthError> {
+        let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
+        let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
+        if let Some(signed) = received
+            .len()
+            .checked_sub(SIGNED_TAIL_LEN)
+            .map(|end| received.split_at(end))
+            .filter(|(_, tail)| {
+                tail.starts_with(MAC_FIELD)
+                    && tail.ends_with(b"\"}")
+                    && tail[MAC_FIELD.len()..MAC_FIELD.len() + 64] == *mac.as_bytes()
+            })
+            .map(|(signed, _)| signed)
+        {
+            let mut check = key.tag(signed);
+            check.update(b"}");
+            if check.verify_slice(&tag).is_ok() {
+                return Ok(());
+            }
+        }
         key.tag(&self.canonical_bytes())
             .verify_slice(&tag)
             .map_err(|_| AuthError::Forged)
@@ -483,6 +565,54 @@ mod tests {
         )
         .unwrap();
         reply.verify(&key).unwrap();
+        // The reply's payload keys are not in canonical order: the received bytes cannot
+        // be checked as they are, the canonical form is written again.
+        let received = br#"{"v":1,"type":"capability_reply","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-b","ts":1700000000004,"nonce":"0a1b2c3d4e5f60718293a4b5c6d7e8f9","payload":{"digest":"5d1f0c3e8b2a4f6d","capabilities":[{"capability_type":"hardware","capability":"optical-probe"}]},"mac":"c56dc8b23bd297a546b57de4242866ca0dc091e6a3b958054cc4d9138873def1"}"#;
+        reply.verify_received(received, &key).unwrap();
+        // What this node sends is the document's request byte for byte.
+        request.mac = None;
+        assert_eq!(
+            String::from_utf8(request.signed_bytes(&key)).unwrap(),
+            r#"{"v":1,"type":"capability_request","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-a","ts":1700000000000,"nonce":"9b2f4c1d7e8a6b5c4d3e2f1a0b9c8d7e","payload":{},"mac":"02fe7871e2341e03c2e4689bb8832a7016a4f7a15ec7eebbea1afd0b429dc298"}"#
+        );
+    }
+
+    #[test]
+    fn received_bytes_altered_anywhere_are_refused() {
+        let bytes = Envelope::new(
+            "image_status",
+            "0f0e",
+            "node-a",
+            json!({"service_id": "s1", "image_id": "web"}),
+        )
+        .signed_bytes(&key());
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let parsed = Envelope::parse(&bytes).unwrap();
+        parsed.verify_received(&bytes, &key()).unwrap();
+        parsed.verify(&key()).unwrap();
+        for altered in [
+            text.replace("node-a", "node-b"),
+            text.replace("\"web\"", "\"db\""),
+            text.replace("\"s1\"", "\"s1\",\"x\":1"),
+        ] {
+            let envelope = Envelope::parse(altered.as_bytes()).unwrap();
+            assert_eq!(
+                envelope.verify_received(altered.as_bytes(), &key()),
+                Err(AuthError::Forged),
+                "{altered}"
+            );
+        }
+        let other = ClusterKey::from_secret("another cluster's secret");
+        assert_eq!(
+            parsed.verify_received(&bytes, &other),
+            Err(AuthError::Forged)
+        );
+        // Whitespace or another key order on the wire: still authentic.
+        let spaced = text.replace(",\"mac\"", ", \"mac\"");
+        Envelope::parse(spaced.as_bytes())
+            .unwrap()
+            .verify_received(spaced.as_bytes(), &key())
+            .unwrap();
     }
 
     #[test]
@@ -517,6 +647,14 @@ mod tests {
             envelope.sign(&key());
             let parsed = Envelope::parse(&envelope.to_bytes()).unwrap();
             prop_assert_eq!(parsed.verify(&key()), Ok(()));
+            // The bytes sent check as they are, and as the canonical form.
+            envelope.mac = None;
+            let sent = envelope.clone().signed_bytes(&key());
+            let parsed = Envelope::parse(&sent).unwrap();
+            prop_assert_eq!(parsed.verify_received(&sent, &key()), Ok(()));
+            prop_assert_eq!(parsed.verify(&key()), Ok(()));
+            envelope.sign(&key());
+            prop_assert_eq!(parsed, envelope);
         }
     }
 

@@ -23,6 +23,7 @@ mod client;
 pub mod envelope;
 pub mod messages;
 mod server;
+mod zmtp;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,21 +1,27 @@
 //! The answering side of the peer protocol: a ZeroMQ ROUTER socket (a REQ client sees it
-//! as a REP socket) that authenticates every request before handing it to the
-//! orchestrator's [`PeerHandler`]. ROUTER rather than REP lets slow requests (a deploy
-//! that pulls an image) run concurrently instead of holding up everyone else's.
+//! as a REP socket; ZMTP spoken by [`super::zmtp`]) that authenticates every request
+//! before handing it to the orchestrator's [`PeerHandler`]. ROUTER rather than REP lets
+//! slow requests (a deploy that pulls an image) run concurrently instead of holding up
+//! everyone else's: each connection has its own task, and a slow handler its own too.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, ReplayGuard};
 use super::messages::{ErrorCode, Reply, Request};
+use super::zmtp::{self, FrameReader, Incoming, SocketType};
 use super::PeerError;
 use crate::discovery::capabilities_digest;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
@@ -119,6 +125,13 @@ pub struct PeerServer {
     task: Option<JoinHandle<()>>,
 }
 
+/// How long a new connection may take to greet (a port scanner, a stuck client).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest message a connection reads before it is closed: oversized envelopes up to
+/// this are answered `bad_request`, larger ones are not read at all.
+const MAX_READ_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
+
 impl PeerServer {
     /// Binds `endpoint` (e.g. `tcp://0.0.0.0:5091`; port 0 picks a free port) and answers
     /// requests signed with `key` on behalf of node `node`.
@@ -138,15 +151,22 @@ impl PeerServer {
         handler: Arc<dyn PeerHandler>,
         options: ServerOptions,
     ) -> Result<PeerServer, PeerError> {
-        let mut socket = RouterSocket::new();
-        let bound = socket
-            .bind(endpoint)
+        let bind_error = |reason: String| PeerError::Bind {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        let address = endpoint
+            .strip_prefix("tcp://")
+            .ok_or_else(|| bind_error("only tcp:// endpoints are supported".into()))?;
+        let listener = TcpListener::bind(address)
             .await
-            .map_err(|error| PeerError::Bind {
-                endpoint: endpoint.to_owned(),
-                reason: error.to_string(),
-            })?
-            .to_string();
+            .map_err(|error| bind_error(error.to_string()))?;
+        let bound = format!(
+            "tcp://{}",
+            listener
+                .local_addr()
+                .map_err(|error| bind_error(error.to_string()))?
+        );
         tracing::info!(endpoint = %bound, key = key.fingerprint(), "peer server listening");
         let stats = Arc::new(ServerStats::default());
         let stop = CancellationToken::new();
@@ -157,8 +177,9 @@ impl PeerServer {
             handler,
             stats: stats.clone(),
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            last_digest: std::sync::Mutex::new(None),
         });
-        let task = tokio::spawn(serve(socket, state, stop.clone()));
+        let task = tokio::spawn(serve(listener, state, stop.clone()));
         Ok(PeerServer {
             endpoint: bound,
             stats,
@@ -172,7 +193,7 @@ impl PeerServer {
         &self.endpoint
     }
 
-    /// The TCP port bound (0 for other transports).
+    /// The TCP port bound.
     pub fn port(&self) -> u16 {
         self.endpoint
             .rsplit(':')
@@ -185,7 +206,7 @@ impl PeerServer {
         &self.stats
     }
 
-    /// Stops answering and releases the endpoint.
+    /// Stops answering, closes every connection and releases the endpoint.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -207,60 +228,155 @@ struct State {
     handler: Arc<dyn PeerHandler>,
     stats: Arc<ServerStats>,
     permits: Arc<Semaphore>,
+    /// The capabilities last answered and their digest: they rarely change, and the
+    /// digest (sorting, formatting, hashing) was a visible part of answering.
+    last_digest: std::sync::Mutex<Option<(Vec<Capability>, String)>>,
 }
 
-async fn serve(mut socket: RouterSocket, state: Arc<State>, stop: CancellationToken) {
-    let (replies_tx, mut replies_rx) = mpsc::channel::<ZmqMessage>(256);
+impl State {
+    fn digest_of(&self, capabilities: &[Capability]) -> String {
+        let mut last = self
+            .last_digest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match &*last {
+            Some((known, digest)) if known.as_slice() == capabilities => digest.clone(),
+            _ => {
+                let digest = capabilities_digest(capabilities);
+                *last = Some((capabilities.to_vec(), digest.clone()));
+                digest
+            }
+        }
+    }
+}
+
+/// Accepts connections, each served by a task of its own, until `stop`; then waits for
+/// the connections to close.
+async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            Some(reply) = replies_rx.recv() => {
-                if let Err(error) = socket.send(reply).await {
-                    // The requester went away before its answer was ready.
-                    tracing::debug!(%error, "peer reply not delivered");
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection(stream, peer, state.clone(), stop.clone()));
                 }
-            }
-            incoming = socket.recv() => match incoming {
-                Ok(message) => {
-                    if let Some(reply) = accept(&state, message, &replies_tx) {
-                        if let Err(error) = socket.send(reply).await {
-                            tracing::debug!(%error, "peer reply not delivered");
-                        }
-                    }
+                Err(error) => {
+                    // Out of file descriptors, typically: wait instead of spinning.
+                    tracing::warn!(%error, "peer connection not accepted");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(error) => tracing::debug!(%error, "peer receive failed"),
             },
         }
     }
-    let errors = socket.close().await;
-    if !errors.is_empty() {
-        tracing::debug!(?errors, "peer server closed with errors");
+    drop(listener);
+    let closing = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), closing)
+        .await
+        .is_err()
+    {
+        connections.shutdown().await;
     }
 }
 
-/// Checks one incoming message and, if it deserves it, runs its handler. Returns the reply
-/// when it is ready at once; otherwise it goes back through `replies` later.
-fn accept(
-    state: &Arc<State>,
-    message: ZmqMessage,
-    replies: &mpsc::Sender<ZmqMessage>,
-) -> Option<ZmqMessage> {
-    let frames = message.into_vec();
-    // A REQ client sends [identity, empty delimiter, body]; anything else is not ours.
-    let [identity, delimiter, body] = <[Bytes; 3]>::try_from(frames).unwrap_or_else(|frames| {
-        tracing::debug!(
-            frames = frames.len(),
-            "peer message with unexpected framing dropped"
-        );
-        [Bytes::new(), Bytes::from_static(b"x"), Bytes::new()]
-    });
-    if identity.is_empty() || !delimiter.is_empty() {
-        return None;
-    }
-    let respond = |reply: Reply, id: String| {
-        let body = sign_reply(state, &reply, id);
-        let _ = replies.try_send(frame_reply(identity.clone(), body));
+/// Serves one client connection: reads a request, checks it and answers it on this task
+/// when the handler answers at once (one write); slow handlers answer from a task of their
+/// own, so a REQ client's next request waits only for its own previous one.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::with_capacity(16 * 1024, read);
+    let greeted = async {
+        let mut both = tokio::io::join(&mut read, &mut write);
+        zmtp::handshake(&mut both, SocketType::Router).await
     };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "peer connection refused at the handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "peer connection did not greet in time");
+            return;
+        }
+    }
+    let writer = Arc::new(tokio::sync::Mutex::new(write));
+    let mut frames = FrameReader::new(MAX_READ_BYTES);
+    // Registered once, not once per request.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            incoming = frames.message(&mut read) => incoming,
+        };
+        let out = match incoming {
+            Ok(Incoming::Message(message)) => match accept(&state, message) {
+                Answer::Now(reply) => reply,
+                Answer::Later(answer) => {
+                    let writer = writer.clone();
+                    tokio::spawn(async move {
+                        let reply = answer.await;
+                        if let Err(error) = writer.lock().await.write_all(&reply).await {
+                            // The requester went away before its answer was ready.
+                            tracing::debug!(%error, "peer reply not delivered");
+                        }
+                    });
+                    continue;
+                }
+                Answer::Nothing => continue,
+            },
+            Ok(Incoming::Pong(pong)) => pong,
+            Err(error) => {
+                if error.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, %error, "peer connection closed");
+                }
+                break;
+            }
+        };
+        if let Err(error) = writer.lock().await.write_all(&out).await {
+            tracing::debug!(%peer, %error, "peer reply not delivered");
+            break;
+        }
+    }
+    // Tell the client at once, even if a slow handler still holds the writer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        writer.lock().await.shutdown().await
+    })
+    .await;
+}
+
+/// What becomes of one incoming message.
+enum Answer {
+    /// The reply (framed), ready now.
+    Now(Vec<u8>),
+    /// The reply once the handler is done.
+    Later(Pin<Box<dyn Future<Output = Vec<u8>> + Send>>),
+    /// Not ours (bad framing): dropped without an answer.
+    Nothing,
+}
+
+/// Checks one incoming message and, if it deserves it, runs its handler.
+fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
+    // A REQ client sends [empty delimiter, body]; anything else is not ours.
+    let Ok([delimiter, body]) = <[Bytes; 2]>::try_from(frames) else {
+        tracing::debug!("peer message with unexpected framing dropped");
+        return Answer::Nothing;
+    };
+    if !delimiter.is_empty() {
+        tracing::debug!("peer message without delimiter dropped");
+        return Answer::Nothing;
+    }
+    let respond =
+        |reply: Reply, id: String| Answer::Now(frame_reply(sign_reply(state, &reply, id)));
     let envelope = match Envelope::parse(&body) {
         Ok(envelope) => envelope,
         Err(error) => {
@@ -270,12 +386,11 @@ fn accept(
                 AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadRequest,
             };
-            respond(Reply::error(code, error.to_string()), best_effort_id(&body));
-            return None;
+            return respond(Reply::error(code, error.to_string()), best_effort_id(&body));
         }
     };
     let checked = envelope
-        .verify(&state.key)
+        .verify_received(&body, &state.key)
         .and_then(|()| state.guard.check(&envelope, now_ms()));
     if let Err(error) = checked {
         state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -286,11 +401,10 @@ fn accept(
             reason = %error,
             "peer message refused, not executed"
         );
-        respond(
+        return respond(
             Reply::error(ErrorCode::Unauthorized, error.to_string()),
             envelope.id,
         );
-        return None;
     }
     let request = match Request::from_parts(&envelope.kind, envelope.payload) {
         Ok(request) => request,
@@ -301,17 +415,15 @@ fn accept(
                 super::messages::DecodeError::UnknownType(_) => ErrorCode::UnknownType,
                 _ => ErrorCode::BadRequest,
             };
-            respond(Reply::error(code, error.to_string()), envelope.id);
-            return None;
+            return respond(Reply::error(code, error.to_string()), envelope.id);
         }
     };
     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
         tracing::warn!(sender = %envelope.sender, kind = request.kind(), "too many peer requests in progress");
-        respond(
+        return respond(
             Reply::error(ErrorCode::Busy, "too many requests in progress"),
             envelope.id,
         );
-        return None;
     };
     state.stats.handled.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(sender = %envelope.sender, kind = request.kind(), id = %envelope.id, "peer request");
@@ -320,37 +432,32 @@ fn accept(
     let sender = NodeId(envelope.sender);
     let mut answer = Box::pin(async move {
         let kind = request.kind();
-        let reply =
-            std::panic::AssertUnwindSafe(dispatch(state.handler.as_ref(), request, &sender))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(kind, "peer request handler panicked");
-                    Reply::error(ErrorCode::Internal, "the handler failed")
-                });
+        let reply = std::panic::AssertUnwindSafe(dispatch(&state, request, &sender))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(kind, "peer request handler panicked");
+                Reply::error(ErrorCode::Internal, "the handler failed")
+            });
         drop(permit);
-        frame_reply(identity, sign_reply(&state, &reply, id))
+        frame_reply(sign_reply(&state, &reply, id))
     });
     // A handler that answers without waiting (capabilities, most statuses) is answered
-    // inline, saving a task and a channel hop; the others run in a task of their own.
-    if let Some(reply) = (&mut answer).now_or_never() {
-        return Some(reply);
+    // inline, saving a task; the others run in a task of their own.
+    match (&mut answer).now_or_never() {
+        Some(reply) => Answer::Now(reply),
+        None => Answer::Later(answer),
     }
-    let replies = replies.clone();
-    tokio::spawn(async move {
-        let reply = answer.await;
-        let _ = replies.send(reply).await;
-    });
-    None
 }
 
-async fn dispatch(handler: &dyn PeerHandler, request: Request, sender: &NodeId) -> Reply {
+async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
+    let handler = state.handler.as_ref();
     let refused = |reason: String| Reply::error(ErrorCode::Refused, reason);
     match request {
         Request::Capabilities => {
             let capabilities = handler.capabilities().await;
             Reply::Capabilities {
-                digest: capabilities_digest(&capabilities),
+                digest: state.digest_of(&capabilities),
                 capabilities,
             }
         }
@@ -403,11 +510,9 @@ fn sign_reply(state: &State, reply: &Reply, id: String) -> Vec<u8> {
     Envelope::new(reply.kind(), id, state.node.clone(), reply.payload()).signed_bytes(&state.key)
 }
 
-fn frame_reply(identity: Bytes, body: Vec<u8>) -> ZmqMessage {
-    let mut message = ZmqMessage::from(body);
-    message.push_front(Bytes::new());
-    message.push_front(identity);
-    message
+/// A reply as a REQ client expects it: the empty delimiter, then the envelope.
+fn frame_reply(body: Vec<u8>) -> Vec<u8> {
+    zmtp::delimited(&body)
 }
 
 /// The request id of a message that is not a valid envelope, if it has one, so that the

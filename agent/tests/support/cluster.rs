@@ -135,6 +135,15 @@ impl Mosquitto {
         }
     }
 
+    /// Makes the broker read its configuration and password file again (SIGHUP); its
+    /// clients stay connected.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        }
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use motey_val::labels;
 use serde_json::Value;
-use system_tests::{docker, free_port, wait_for};
+use system_tests::{docker, free_port};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
@@ -72,7 +72,10 @@ impl AgentProcess {
                 Err(log) => panic!("the agent {} exited at start:\n{log}", self.node_id),
             }
         }
-        panic!("the agent {} found no free ports in 3 attempts", self.node_id);
+        panic!(
+            "the agent {} found no free ports in 3 attempts",
+            self.node_id
+        );
     }
 
     fn launch(&mut self) {
