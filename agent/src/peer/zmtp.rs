@@ -349,4 +349,37 @@ mod tests {
         };
         assert_eq!(pong, [&[COMMAND, 9, 4][..], b"PONG", b"abcd"].concat());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a peer sends — garbage, a truncated greeting, frames of any length
+        /// and flags — the handshake and the frame reader answer with a result, never a
+        /// panic, and never read a message beyond the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_transport(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            after_greeting in proptest::prelude::any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let mut input = if after_greeting { greeting().to_vec() } else { Vec::new() };
+                input.extend_from_slice(&ready(SocketType::Req));
+                input.extend_from_slice(&bytes);
+                // The peer's bytes to read; what we answer goes nowhere.
+                let mut ours = tokio::io::join(&input[..], tokio::io::sink());
+                let shook = handshake(&mut ours, SocketType::Router).await;
+                assert_eq!(shook.is_ok(), after_greeting, "{shook:?}");
+                if shook.is_ok() {
+                    let mut reader = FrameReader::new(256);
+                    while let Ok(incoming) = reader.message(&mut ours).await {
+                        if let Incoming::Message(frames) = incoming {
+                            let total: usize = frames.iter().map(|f| f.len()).sum();
+                            assert!(total <= 256, "a message over the limit: {total}");
+                        }
+                    }
+                }
+            });
+        }
+    }
 }
