@@ -10,7 +10,6 @@ pub mod error;
 mod nodes;
 mod services;
 mod status;
-mod webclient;
 
 use std::sync::{Arc, Mutex};
 
@@ -152,7 +151,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(status::health))
         .nest("/v1", v1)
-        .merge(webclient::routes())
+        // The admin web client, embedded; its assets are public (it signs in itself).
+        .merge(motey_webclient::routes(motey_webclient::ADMIN_CLIENT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
