@@ -16,7 +16,7 @@ report = json.load(open("coverage/tarpaulin-report.json"))
 per_crate = collections.defaultdict(lambda: [0, 0])
 for f in report["files"]:
     path = pathlib.Path(*f["path"]).as_posix()
-    crate = next((c for c in ("agent", "plugins/val-docker", "plugins/val", "workloads/meter-reader", "workloads/data-api", "tests") if f"/{c}/" in path), "other")
+    crate = next((c for c in ("agent", "plugins/val-docker", "plugins/val", "workloads/meter-reader", "workloads/data-api", "webclient", "tests") if f"/{c}/" in path), "other")
     per_crate[crate][0] += f["covered"]
     per_crate[crate][1] += f["coverable"]
 lines = ["# Coverage (unit tests, cargo-tarpaulin)", "", "| crate | covered | coverable | % |", "|---|---:|---:|---:|"]
