@@ -163,17 +163,9 @@ fn decommission(config: &Config, wipe: bool, timeout_secs: u64) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let asked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(ask_to_decommission(config, timeout_secs)));
-    match asked {
-        Ok(answer) => println!("decommissioning: {answer}"),
-        Err(error) => {
-            eprintln!("motey: {error:#}");
-            return ExitCode::FAILURE;
-        }
+    let asked = rest_client::run(rest_client::decommission(config, timeout_secs));
+    if asked != ExitCode::SUCCESS {
+        return asked;
     }
     // The agent stops by itself once drained (or at the timeout).
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs + 60);
@@ -209,45 +201,6 @@ fn decommission(config: &Config, wipe: bool, timeout_secs: u64) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-async fn ask_to_decommission(config: &Config, timeout_secs: u64) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let token = match &config.webserver.token {
-        Some(token) => token.clone(),
-        None => {
-            let path = config.general.data_dir.join("api-token");
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the API token {}", path.display()))?
-                .trim()
-                .to_owned()
-        }
-    };
-    let host = if config.webserver.ip.is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        config.webserver.ip.to_string()
-    };
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    let url = format!("http://{host}:{}/v1/decommission", config.webserver.port);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "timeout_secs": timeout_secs }))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {url}"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        anyhow::bail!("the agent refused ({status}): {body}");
-    }
-    Ok(body)
 }
 
 fn capability_event(config: &Config, action: CapabilityCommand) -> ExitCode {

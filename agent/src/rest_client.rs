@@ -1,5 +1,5 @@
-//! The commands that talk to the local agent's REST API: `update`, `history`, `logs` and
-//! `exec`. The API token (and, for device access, the admin token) come from the same
+//! The commands that talk to the local agent's REST API: `update`, `history`, `logs`,
+//! `exec` and the request that starts `decommission`. The API token (and, for device access, the admin token) come from the same
 //! configuration as the agent's: `[WEBSERVER] token` / `[SECURITY] admin_token`, else the
 //! files the agent generated in its data directory.
 
@@ -116,6 +116,19 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Asks the running agent to drain its images and leave the fog (`motey decommission`
+/// then waits for it to stop).
+pub async fn decommission(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+    let client = RestClient::new(config, Token::Api)?;
+    let request = client
+        .request(reqwest::Method::POST, "/v1/decommission")
+        .json(&serde_json::json!({ "timeout_secs": timeout_secs }))
+        .timeout(Duration::from_secs(30));
+    let answer = client.send(request).await?.text().await.unwrap_or_default();
+    println!("decommissioning: {answer}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `motey update SERVICE_ID FILE [--wait]`: sends the new blueprint version; with
