@@ -183,6 +183,7 @@ fn decommission(config: &Config, wipe: bool, timeout_secs: u64) -> ExitCode {
             config.database.path.clone(),
             data_dir.join(motey::peer::KEY_FILE),
             data_dir.join("api-token"),
+            data_dir.join("admin-token"),
         ];
         for path in sensitive {
             let removed = if path.is_dir() {

@@ -330,6 +330,10 @@ async fn a_recovering_node_refuses_deployments_and_decommissioning_drains() {
     wait_reader_on(&hub, &id, &hub.node_id).await;
     assert!(edge.containers().is_empty(), "nothing is left on the edge");
     assert!(!edge.data_dir().join("db").exists(), "the store is wiped");
+    assert!(
+        !edge.data_dir().join("admin-token").exists(),
+        "the generated admin token is wiped"
+    );
     wait_for(
         "the hub to forget the edge",
         Duration::from_secs(30),
