@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use motey_val::labels;
 use serde_json::Value;
-use support::{client, AgentProcess, TOKEN};
+use support::{client, send_json, AgentProcess, TOKEN};
 use system_tests::docker::{containers_with_label, docker};
 use system_tests::wait_for;
 
@@ -54,18 +54,11 @@ fn running_bodies(service: &str) -> Vec<String> {
 }
 
 async fn put_blueprint(agent: &AgentProcess, id: &str, yaml: &str, token: &str) -> (u16, Value) {
-    let response = client()
+    let request = client()
         .put(agent.url(&format!("/v1/services/{id}")))
-        .bearer_auth(token)
         .header("content-type", "application/x-yaml")
-        .body(yaml.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+        .body(yaml.to_owned());
+    send_json(request, token).await
 }
 
 async fn wait_for_phase(agent: &AgentProcess, id: &str, phase: &str) -> Value {
@@ -290,17 +283,10 @@ async fn exec(
     command: &[&str],
     token: &str,
 ) -> (u16, Value) {
-    let response = client()
+    let request = client()
         .post(agent.url(&format!("/v1/services/{id}/images/{image}/exec")))
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "command": command }))
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+        .json(&serde_json::json!({ "command": command }));
+    send_json(request, token).await
 }
 
 /// Follows a log until `needle` shows up in it after `trigger` ran.

@@ -168,44 +168,19 @@ impl AgentProcess {
     }
 
     pub async fn post_blueprint(&self, yaml: &str) -> (u16, Value) {
-        let response = client()
+        let request = client()
             .post(self.url("/v1/services"))
-            .bearer_auth(TOKEN)
             .header("content-type", "application/x-yaml")
-            .body(yaml.to_owned())
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        )
+            .body(yaml.to_owned());
+        send_json(request, TOKEN).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = client()
-            .get(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        )
+        send_json(client().get(self.url(path)), TOKEN).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let response = client()
-            .delete(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        )
+        send_json(client().delete(self.url(path)), TOKEN).await
     }
 
     /// Waits until the service reaches `state`; returns the service.
@@ -237,6 +212,15 @@ impl Drop for AgentProcess {
         self.kill();
         docker::remove_containers_with_label(labels::NODE_ID, &self.node_id);
     }
+}
+
+/// Sends `request` with `token` and gives the status and the JSON body (null if none).
+pub async fn send_json(request: reqwest::RequestBuilder, token: &str) -> (u16, Value) {
+    let response = request.bearer_auth(token).send().await.unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 pub fn client() -> reqwest::Client {
