@@ -226,6 +226,12 @@ impl ImageRecord {
     pub fn id(&self) -> &str {
         &self.blueprint.id
     }
+
+    /// Whether `other` describes the same specification (blueprint and version): an
+    /// observation made for one specification must not overwrite a newer one.
+    pub fn same_specification(&self, other: &ImageRecord) -> bool {
+        self.version == other.version && self.blueprint == other.blueprint
+    }
 }
 
 /// A service: a blueprint's desired state plus the observed state of its images.
@@ -490,6 +496,11 @@ pub struct ImageDeployment {
     /// The node that owns the service.
     pub owner: NodeId,
     pub image: ImageBlueprint,
+    /// The blueprint version that last changed the image (as in [`ImageRecord`]): the
+    /// hosting node names the container after it, so that an update starts the new
+    /// container beside the old one there too.
+    #[serde(default = "first_version")]
+    pub version: u32,
 }
 
 /// The state of one image as the node running it reports it.

@@ -63,6 +63,7 @@ fn deployment(service: &str, image: &str) -> ImageDeployment {
             "devices": [{"host_path": "/dev/ttyUSB0", "container_path": "/dev/ttyUSB0"}]
         }))
         .unwrap(),
+        version: 1,
     }
 }
 

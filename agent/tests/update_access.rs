@@ -469,9 +469,13 @@ async fn peer_hosted_image_is_updated_on_its_peer_and_rolled_back_there() {
     assert_eq!(running["images"][0]["node"], edge.node_id.as_str());
     assert_eq!(running_bodies(&id), ["edge-v1"]);
 
+    // The edge starts the new version beside the old one, as the owner would.
+    let watch = Watch::start(&id);
     let (status, _) = put_blueprint(&owner, &id, &reader("edge-v2", ""), TOKEN).await;
     assert_eq!(status, 202);
     wait_for_phase(&owner, &id, "COMPLETED").await;
+    let (gaps, seen) = watch.finish();
+    assert_eq!(gaps, 0, "a moment without a running container: {seen:?}");
     assert_eq!(running_bodies(&id), ["edge-v2"]);
     assert!(
         owner.containers().is_empty(),

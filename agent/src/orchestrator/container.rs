@@ -54,6 +54,11 @@ pub fn versioned_spec(
     spec
 }
 
+/// Whether two containers of this specification cannot run side by side.
+pub fn exclusive(spec: &ContainerSpec, image: &ImageBlueprint) -> bool {
+    image.container_name.is_some() || spec.ports.iter().any(|port| port.host_port.is_some())
+}
+
 /// Labels selecting every container this node runs for one image of a service.
 pub fn selector(node: &NodeId, service: &str, image_id: &str) -> BTreeMap<String, String> {
     let mut selector = node_selector(node);

@@ -77,9 +77,11 @@ impl Orchestrator {
             let image_id = deployment.image.id.clone();
             match service.image_mut(&image_id) {
                 // A repeated request (the owner retried after a lost reply) changes nothing.
-                Some(existing) if existing.blueprint == deployment.image => {}
-                Some(existing) => *existing = hosted_record(deployment.image, &me),
-                None => service.images.push(hosted_record(deployment.image, &me)),
+                Some(existing)
+                    if existing.blueprint == deployment.image
+                        && existing.version == deployment.version => {}
+                Some(existing) => *existing = hosted_record(&deployment, &me),
+                None => service.images.push(hosted_record(&deployment, &me)),
             }
             service.updated_at = chrono::Utc::now();
             store.put(&service)?;
@@ -137,12 +139,10 @@ impl Orchestrator {
     }
 }
 
-fn hosted_record(
-    image: crate::domain::ImageBlueprint,
-    node: &crate::domain::NodeId,
-) -> ImageRecord {
-    let mut record = ImageRecord::new(image);
+fn hosted_record(deployment: &ImageDeployment, node: &crate::domain::NodeId) -> ImageRecord {
+    let mut record = ImageRecord::new(deployment.image.clone());
     record.node = Some(node.clone());
+    record.version = deployment.version;
     record
 }
 

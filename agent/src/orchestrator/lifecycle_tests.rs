@@ -332,6 +332,7 @@ fn hosted_reader() -> ImageDeployment {
         service_name: "meter".into(),
         owner: node("owner"),
         image: blueprint(READER).images.remove(0),
+        version: 1,
     }
 }
 

@@ -57,9 +57,13 @@ impl Orchestrator {
         }
         let mut updated = current.clone();
         for record in observed {
-            // Images removed meanwhile (a peer terminated them) stay removed.
+            // Images removed meanwhile (a peer terminated them) stay removed, and an image
+            // given a new specification meanwhile (a peer updated it) is not set back: the
+            // next pass observes it anew.
             if let Some(slot) = updated.image_mut(record.id()) {
-                *slot = record;
+                if slot.same_specification(&record) {
+                    *slot = record;
+                }
             }
         }
         updated.refresh_state();
@@ -109,7 +113,10 @@ impl Orchestrator {
             if current.desired != snapshot.desired {
                 return;
             }
-            if let Some(slot) = current.image_mut(record.id()) {
+            if let Some(slot) = current
+                .image_mut(record.id())
+                .filter(|slot| slot.same_specification(record))
+            {
                 *slot = record.clone();
                 current.refresh_state();
                 if let Err(error) = inner.store.services.put(&current) {
@@ -194,6 +201,7 @@ impl Orchestrator {
                         service_name: service.name.clone(),
                         owner: self.inner.node.clone(),
                         image: record.blueprint.clone(),
+                        version: record.version,
                     };
                     match self.inner.remote.deploy_image(&peer, deployment).await {
                         Ok(_) => {
@@ -245,26 +253,59 @@ impl Orchestrator {
             }
         };
         let wanted = &spec.labels[labels::SPEC_DIGEST];
-        let (current, stale): (Vec<ContainerStatus>, Vec<ContainerStatus>) = containers
+        let (current, mut outdated): (Vec<ContainerStatus>, Vec<ContainerStatus>) = containers
             .into_iter()
             .partition(|c| c.labels.get(labels::SPEC_DIGEST) == Some(wanted));
-        for container in stale.iter().chain(current.iter().skip(1)) {
-            info!(container = %container.id, image = %record.id(), "removing outdated or duplicate container");
-            self.stop_and_remove(&container.id).await;
+        for duplicate in current.iter().skip(1) {
+            info!(container = %duplicate.id, image = %record.id(), "removing duplicate container");
+            self.stop_and_remove(&duplicate.id).await;
         }
-        if let Some(found) = current.into_iter().next() {
-            if record.container_id.as_deref() != Some(found.id.as_str()) {
-                debug!(container = %found.id, image = %record.id(), "container adopted");
+        // An outdated container (the owner updated a hosted image) keeps running until the
+        // new one runs, so that the image does not stop in between — unless the two cannot
+        // run side by side (same name, fixed name or host port).
+        let side_by_side = !container::exclusive(&spec, &record.blueprint)
+            && outdated.iter().all(|c| c.name != spec.name);
+        if !side_by_side {
+            for container in outdated.drain(..) {
+                info!(container = %container.id, image = %record.id(), "removing outdated container");
+                self.stop_and_remove(&container.id).await;
             }
-            record.container_id = Some(found.id);
-            record.state = found.state;
-            record.reason = found.reason;
-            return record;
         }
-        // No container. Create one if none was made yet, or if the one we made was
-        // removed behind our back (whatever state it was last seen in). An image whose
-        // creation failed (no such image, name taken) is not retried in a loop: the user
-        // terminates or updates it.
+        record = match current.into_iter().next() {
+            Some(found) => {
+                if record.container_id.as_deref() != Some(found.id.as_str()) {
+                    debug!(container = %found.id, image = %record.id(), "container adopted");
+                }
+                record.container_id = Some(found.id);
+                record.state = found.state;
+                record.reason = found.reason;
+                record
+            }
+            None => self.start_container(service, record, &spec).await,
+        };
+        if !matches!(
+            record.state,
+            ImageState::Initial | ImageState::Instantiating
+        ) {
+            for container in &outdated {
+                info!(container = %container.id, image = %record.id(), state = ?record.state, "removing the outdated container (the new one started or failed)");
+                self.stop_and_remove(&container.id).await;
+            }
+        }
+        record
+    }
+
+    /// Creates and starts the image's container when there is none. Creates one if none
+    /// was made yet, or if the one made was removed behind the agent's back (whatever
+    /// state it was last seen in). An image whose creation failed (no such image, name
+    /// taken) is not retried in a loop: the user terminates or updates it.
+    async fn start_container(
+        &self,
+        service: &Service,
+        mut record: ImageRecord,
+        spec: &motey_val::ContainerSpec,
+    ) -> ImageRecord {
+        let engine = &self.inner.engine;
         let should_exist = record.container_id.is_some()
             || matches!(
                 record.state,
@@ -288,7 +329,7 @@ impl Orchestrator {
             record.reason = Some(error.to_string());
             return record;
         }
-        match engine.create_and_start(&spec).await {
+        match engine.create_and_start(spec).await {
             Ok(id) => {
                 info!(service = %service.id, image = %record.id(), container = %id, "container started");
                 let status = engine.inspect(&id).await;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use motey_val::{labels, ContainerSpec, ContainerStatus, ImageState};
+use motey_val::{labels, ContainerStatus, ImageState};
 use tracing::{info, warn};
 
 use super::{container, Orchestrator, OrchestratorError};
@@ -73,11 +73,6 @@ fn goal_version(rollout: &Rollout) -> u32 {
         RolloutPhase::RollingBack => rollout.from_version,
         _ => rollout.to_version,
     }
-}
-
-/// Whether two containers of this specification cannot run side by side.
-fn exclusive(spec: &ContainerSpec, image: &ImageBlueprint) -> bool {
-    image.container_name.is_some() || spec.ports.iter().any(|port| port.host_port.is_some())
 }
 
 /// Checks that `target` may replace the blueprint of `service`: the same images (names)
@@ -251,7 +246,7 @@ impl Orchestrator {
                     .await
             }
             Some(node) => {
-                self.replace_remote(snapshot, &wanted, node, &progress)
+                self.replace_remote(snapshot, &wanted, version, node, &progress)
                     .await
             }
             // Not placed anywhere: nothing runs to be replaced; placing it is the loop's.
@@ -298,7 +293,9 @@ impl Orchestrator {
                     "the container of version {version} vanished while it was checked"
                 ));
             }
-            if exclusive(&new_spec, wanted) || exclusive(&old_spec, &record.blueprint) {
+            if container::exclusive(&new_spec, wanted)
+                || container::exclusive(&old_spec, &record.blueprint)
+            {
                 // A fixed name or host port: the two versions cannot run side by side.
                 for container in &old {
                     info!(container = %container.id, image = %record.id(), "stopping the old version first (fixed name or host port)");
@@ -366,6 +363,7 @@ impl Orchestrator {
         &self,
         service: &Service,
         wanted: &ImageBlueprint,
+        version: u32,
         node: NodeId,
         progress: &Rollout,
     ) -> Step {
@@ -376,6 +374,7 @@ impl Orchestrator {
                 service_name: service.name.clone(),
                 owner: self.inner.node.clone(),
                 image: wanted.clone(),
+                version,
             };
             return match remote.deploy_image(&node, deployment).await {
                 Ok(_) => {

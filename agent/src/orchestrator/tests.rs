@@ -337,6 +337,41 @@ async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_i
     assert_eq!(*peer.terminated.lock().unwrap(), vec!["reader".to_string()]);
 }
 
+/// The owner updates a hosted image while a pass, started from the old record, is under
+/// way: that pass must not write the old specification back over the new one.
+#[tokio::test]
+async fn a_pass_started_before_an_update_of_a_hosted_image_does_not_undo_it() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let deployment = |body: &str| ImageDeployment {
+        service_id: ServiceId("svc1".into()),
+        service_name: "meter".into(),
+        owner: NodeId("owner".into()),
+        image: blueprint(&format!(
+            "name: x\nimages:\n  - {{name: reader, image: r, env: {{BODY: {body}}}}}\n"
+        ))
+        .images
+        .remove(0),
+        version: 1,
+    };
+    orchestrator.host_image(deployment("v1")).await.unwrap();
+    orchestrator.reconcile_all().await;
+    let before_update = store.services.get("svc1").unwrap().unwrap();
+
+    orchestrator.host_image(deployment("v2")).await.unwrap();
+    orchestrator.reconcile_service(before_update).await;
+    let stored = store.services.get("svc1").unwrap().unwrap();
+    assert_eq!(stored.images[0].blueprint.env["BODY"], "v2");
+
+    orchestrator.reconcile_all().await;
+    let bodies: Vec<String> = engine
+        .containers()
+        .iter()
+        .map(|c| engine.spec(&c.id).unwrap().env["BODY"].clone())
+        .collect();
+    assert_eq!(bodies, ["v2"]);
+}
+
 #[tokio::test]
 async fn hosted_images_run_for_their_owner_until_released() {
     let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
@@ -351,6 +386,7 @@ async fn hosted_images_run_for_their_owner_until_released() {
         service_name: "meter".into(),
         owner: NodeId("owner".into()),
         image,
+        version: 1,
     };
     let refused = orchestrator
         .host_image(deployment.clone())

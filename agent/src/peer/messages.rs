@@ -470,6 +470,7 @@ mod tests {
                 service_name: "shop".into(),
                 owner: NodeId("n1".into()),
                 image,
+                version: 2,
             })),
             Request::ImageStatus {
                 service_id: ServiceId("s1".into()),
