@@ -2,22 +2,18 @@
 //! scripted fog: grace period, owners confirming hosted images, lost capabilities,
 //! phases that refuse deployments, decommissioning.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use motey_val::fake::FakeEngine;
 use motey_val::ImageState;
 
-use super::remote::{RemoteError, RemoteNodes};
+use super::remote::RemoteNodes;
 use super::*;
-use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeInfo};
+use crate::domain::ImageDeployment;
 
+use super::scripted_fog::{node, probe, Fog, Script};
 use super::tests::settings;
-
-fn node(id: &str) -> NodeId {
-    NodeId(id.into())
-}
 
 fn orchestrator_of(
     id: &str,
@@ -34,203 +30,12 @@ fn orchestrator_of(
     )
 }
 
-fn probe() -> Capability {
-    Capability {
-        capability: "optical-probe".into(),
-        capability_type: "hardware".into(),
-    }
-}
-
 fn blueprint(yaml: &str) -> Blueprint {
     crate::blueprint::parse(yaml, &Default::default()).unwrap()
 }
 
 const READER: &str =
     "name: meter\nimages:\n  - {name: reader, image: r, capabilities: [optical-probe]}\n";
-
-/// How one scripted peer behaves.
-#[derive(Debug, Clone)]
-struct Script {
-    alive: bool,
-    gone: bool,
-    decommissioning: bool,
-    probe: bool,
-}
-
-impl Script {
-    fn capable() -> Script {
-        Script {
-            alive: true,
-            gone: false,
-            decommissioning: false,
-            probe: true,
-        }
-    }
-}
-
-/// Peers with scripted liveness and phase; records deployments and terminations, and
-/// answers assignment questions as told.
-#[derive(Default)]
-struct Fog {
-    peers: Mutex<HashMap<NodeId, Script>>,
-    deployed: Mutex<Vec<(NodeId, ImageDeployment)>>,
-    terminated: Mutex<Vec<(NodeId, String)>>,
-    /// The owner's answer to "do you still want me to run this"; `None`: unreachable.
-    assigned: Mutex<Option<bool>>,
-    asked: Mutex<usize>,
-}
-
-impl Fog {
-    fn with(peers: &[(&str, Script)]) -> Arc<Fog> {
-        let fog = Fog::default();
-        for (id, script) in peers {
-            fog.peers.lock().unwrap().insert(node(id), script.clone());
-        }
-        Arc::new(fog)
-    }
-
-    fn script(&self, id: &str) -> Script {
-        self.peers.lock().unwrap()[&node(id)].clone()
-    }
-
-    fn change(&self, id: &str, change: impl FnOnce(&mut Script)) {
-        change(self.peers.lock().unwrap().get_mut(&node(id)).unwrap());
-    }
-
-    fn deployments_to(&self, id: &str) -> usize {
-        self.deployed
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(to, _)| to.as_str() == id)
-            .count()
-    }
-}
-
-fn info(id: &NodeId) -> NodeInfo {
-    NodeInfo {
-        id: id.clone(),
-        name: id.to_string(),
-        addresses: vec!["127.0.0.1".into()],
-        rest_port: 1,
-        peer_port: 2,
-        last_seen: None,
-        version: String::new(),
-        capabilities_digest: String::new(),
-    }
-}
-
-#[async_trait::async_trait]
-impl RemoteNodes for Fog {
-    async fn alive_peers(&self) -> Vec<NodeInfo> {
-        let mut alive: Vec<NodeInfo> = self
-            .peers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, script)| script.alive)
-            .map(|(id, _)| info(id))
-            .collect();
-        alive.sort_by(|a, b| a.id.cmp(&b.id));
-        alive
-    }
-
-    async fn capabilities(&self, node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
-        let script = self.script(node.as_str());
-        Ok(if script.probe { vec![probe()] } else { vec![] })
-    }
-
-    async fn deploy_image(
-        &self,
-        node: &NodeId,
-        deployment: ImageDeployment,
-    ) -> Result<ImageStatus, RemoteError> {
-        if self.script(node.as_str()).decommissioning {
-            return Err(RemoteError::Refused {
-                node: node.clone(),
-                reason: format!("node {node} is decommissioning and accepts no deployments"),
-            });
-        }
-        self.deployed
-            .lock()
-            .unwrap()
-            .push((node.clone(), deployment.clone()));
-        Ok(ImageStatus {
-            service_id: deployment.service_id,
-            image_id: deployment.image.id,
-            node: node.clone(),
-            state: ImageState::Instantiating,
-            reason: None,
-            container_id: None,
-        })
-    }
-
-    async fn image_status(
-        &self,
-        node: &NodeId,
-        service_id: &ServiceId,
-        image_id: &str,
-    ) -> Result<ImageStatus, RemoteError> {
-        let script = self.script(node.as_str());
-        if !script.alive {
-            return Err(RemoteError::Unreachable {
-                node: node.clone(),
-                reason: "node is gone".into(),
-            });
-        }
-        if script.decommissioning {
-            return Err(RemoteError::Refused {
-                node: node.clone(),
-                reason: format!("node {node} is decommissioning; place the image elsewhere"),
-            });
-        }
-        Ok(ImageStatus {
-            service_id: service_id.clone(),
-            image_id: image_id.into(),
-            node: node.clone(),
-            state: ImageState::Running,
-            reason: None,
-            container_id: Some(format!("{node}-container")),
-        })
-    }
-
-    async fn is_gone(&self, node: &NodeId) -> bool {
-        self.peers
-            .lock()
-            .unwrap()
-            .get(node)
-            .is_none_or(|script| script.gone)
-    }
-
-    async fn image_assigned(
-        &self,
-        owner: &NodeId,
-        _service_id: &ServiceId,
-        _image_id: &str,
-    ) -> Result<bool, RemoteError> {
-        *self.asked.lock().unwrap() += 1;
-        self.assigned
-            .lock()
-            .unwrap()
-            .ok_or_else(|| RemoteError::Unreachable {
-                node: owner.clone(),
-                reason: "cut off".into(),
-            })
-    }
-
-    async fn terminate_image(
-        &self,
-        node: &NodeId,
-        _service_id: &ServiceId,
-        image_id: &str,
-    ) -> Result<(), RemoteError> {
-        self.terminated
-            .lock()
-            .unwrap()
-            .push((node.clone(), image_id.into()));
-        Ok(())
-    }
-}
 
 async fn passes(orchestrator: &Orchestrator, count: usize) {
     for _ in 0..count {
@@ -420,10 +225,7 @@ async fn a_lost_capability_moves_the_image_or_names_it_in_error() {
     );
 
     // A peer with a probe appears: the image moves there.
-    fog.peers
-        .lock()
-        .unwrap()
-        .insert(node("c"), Script::capable());
+    fog.join("c", Script::capable());
     passes(&orchestrator, 2).await;
     let moved = orchestrator.service(&service.id).unwrap();
     assert_eq!(moved.image("reader").unwrap().node, Some(node("c")));
@@ -483,10 +285,7 @@ async fn images_on_a_decommissioning_peer_move_to_another_capable_node() {
         Some(node("b"))
     );
 
-    fog.peers
-        .lock()
-        .unwrap()
-        .insert(node("c"), Script::capable());
+    fog.join("c", Script::capable());
     fog.change("b", |b| b.decommissioning = true);
     passes(&owner, 2).await;
     let moved = owner.service(&service.id).unwrap();

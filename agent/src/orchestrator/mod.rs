@@ -18,6 +18,8 @@ mod rollout;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
+mod scripted_fog;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

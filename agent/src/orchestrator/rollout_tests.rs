@@ -6,6 +6,8 @@ use motey_val::fake::FakeEngine;
 use motey_val::{labels, ExecRequest, ImageState, LogQuery};
 
 use super::remote::NoPeers;
+use super::scripted_fog::{Fog, Script};
+use super::tests::settings;
 use super::*;
 use crate::domain::{RevisionEvent, RolloutPhase};
 
@@ -15,12 +17,7 @@ fn orchestrator(engine: &FakeEngine, store: &Store) -> Orchestrator {
         store.clone(),
         Arc::new(engine.clone()),
         Arc::new(NoPeers),
-        config::Orchestrator {
-            reconcile_interval_secs: 1,
-            stop_grace_secs: 0,
-            update_settle_secs: 0,
-            update_timeout_secs: 60,
-        },
+        settings(),
     )
 }
 
@@ -304,107 +301,21 @@ async fn logs_and_exec_reach_the_image_and_peers_only_for_their_own_services() {
     assert_eq!(engine.execs().len(), 1);
 }
 
-/// A peer with the `optical-probe` capability that runs whatever it is given, except a
-/// blueprint whose `V` is `broken`, which exits.
-#[derive(Default)]
-struct ProbePeer {
-    deployed: std::sync::Mutex<Vec<crate::domain::ImageBlueprint>>,
-}
-
-impl ProbePeer {
-    fn running(&self) -> Option<String> {
-        self.deployed
-            .lock()
-            .unwrap()
-            .last()
-            .map(|image| image.env["V"].clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl super::remote::RemoteNodes for ProbePeer {
-    async fn alive_peers(&self) -> Vec<crate::domain::NodeInfo> {
-        vec![crate::domain::NodeInfo {
-            id: NodeId("edge".into()),
-            name: "edge".into(),
-            addresses: vec!["127.0.0.1".into()],
-            rest_port: 1,
-            peer_port: 2,
-            last_seen: None,
-            version: String::new(),
-            capabilities_digest: String::new(),
-        }]
-    }
-    async fn capabilities(
-        &self,
-        _node: &NodeId,
-    ) -> Result<Vec<crate::domain::Capability>, super::remote::RemoteError> {
-        Ok(vec![crate::domain::Capability {
-            capability: "optical-probe".into(),
-            capability_type: "hardware".into(),
-        }])
-    }
-    async fn deploy_image(
-        &self,
-        node: &NodeId,
-        deployment: crate::domain::ImageDeployment,
-    ) -> Result<crate::domain::ImageStatus, super::remote::RemoteError> {
-        self.deployed.lock().unwrap().push(deployment.image.clone());
-        Ok(crate::domain::ImageStatus {
-            service_id: deployment.service_id,
-            image_id: deployment.image.id,
-            node: node.clone(),
-            state: ImageState::Instantiating,
-            reason: None,
-            container_id: None,
-        })
-    }
-    async fn image_status(
-        &self,
-        node: &NodeId,
-        service_id: &ServiceId,
-        image_id: &str,
-    ) -> Result<crate::domain::ImageStatus, super::remote::RemoteError> {
-        let broken = self.running().as_deref() == Some("broken");
-        Ok(crate::domain::ImageStatus {
-            service_id: service_id.clone(),
-            image_id: image_id.into(),
-            node: node.clone(),
-            state: if broken {
-                ImageState::Error
-            } else {
-                ImageState::Running
-            },
-            reason: broken.then(|| "exited with code 1".into()),
-            container_id: Some("remote".into()),
-        })
-    }
-    async fn terminate_image(
-        &self,
-        _node: &NodeId,
-        _service_id: &ServiceId,
-        _image_id: &str,
-    ) -> Result<(), super::remote::RemoteError> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
     let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
-    let peer = Arc::new(ProbePeer::default());
+    let fog = Fog::with(&[("edge", Script::capable())]);
     let orchestrator = Orchestrator::new(
         NodeId("here".into()),
         store.clone(),
         Arc::new(engine.clone()),
-        peer.clone(),
-        config::Orchestrator {
-            reconcile_interval_secs: 1,
-            stop_grace_secs: 0,
-            update_settle_secs: 0,
-            update_timeout_secs: 60,
-        },
+        fog.clone(),
+        settings(),
     );
+    let running_on_edge = || {
+        fog.last_deployed("edge", "reader")
+            .map(|image| image.env["V"].clone())
+    };
     let reader = |v: &str| {
         crate::blueprint::parse(
             &format!("name: metering\nimages:\n  - {{name: reader, image: busybox, env: {{V: {v}}}, capabilities: [optical-probe]}}\n"),
@@ -419,7 +330,7 @@ async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
         orchestrator.service(&service.id).unwrap().state,
         ServiceState::Running
     );
-    assert_eq!(peer.running().as_deref(), Some("1"));
+    assert_eq!(running_on_edge().as_deref(), Some("1"));
     assert!(engine.containers().is_empty());
 
     orchestrator.update(&service.id, reader("2")).await.unwrap();
@@ -429,7 +340,7 @@ async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
     let updated = orchestrator.service(&service.id).unwrap();
     assert_eq!(updated.state, ServiceState::Running, "{updated:?}");
     assert_eq!(updated.version, 2);
-    assert_eq!(peer.running().as_deref(), Some("2"));
+    assert_eq!(running_on_edge().as_deref(), Some("2"));
 
     orchestrator
         .update(&service.id, reader("broken"))
@@ -449,6 +360,6 @@ async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
         .unwrap()
         .contains("image reader version 3: exited with code 1"));
     // The peer was given version 2 again.
-    assert_eq!(peer.running().as_deref(), Some("2"));
+    assert_eq!(running_on_edge().as_deref(), Some("2"));
     assert_eq!(rolled_back.images[0].blueprint.env["V"], "2");
 }

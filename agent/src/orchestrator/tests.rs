@@ -1,14 +1,15 @@
 //! The reconcile loop against the in-memory engine and scripted peers.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use motey_val::fake::FakeEngine;
 use motey_val::{labels, ImageState};
 
-use super::remote::{NoPeers, RemoteError, RemoteNodes};
+use super::remote::{NoPeers, RemoteNodes};
+use super::scripted_fog::{node, Fog, Script};
 use super::*;
-use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeInfo};
+use crate::domain::{Capability, ImageDeployment};
 
 /// Orchestrator settings of the unit tests: fast passes, no waiting.
 pub(super) fn settings() -> config::Orchestrator {
@@ -197,95 +198,11 @@ async fn containers_no_service_wants_are_removed() {
     assert!(engine.containers().is_empty());
 }
 
-/// A peer that offers `optical-probe` and records what it was asked.
-#[derive(Default)]
-struct ScriptedPeer {
-    alive: Mutex<bool>,
-    deployed: Mutex<Vec<ImageDeployment>>,
-    terminated: Mutex<Vec<String>>,
-}
-
-fn peer_info() -> NodeInfo {
-    NodeInfo {
-        id: NodeId("probe-node".into()),
-        name: "probe".into(),
-        addresses: vec!["127.0.0.1".into()],
-        rest_port: 1,
-        peer_port: 2,
-        last_seen: None,
-        version: String::new(),
-        capabilities_digest: String::new(),
-    }
-}
-
-#[async_trait::async_trait]
-impl RemoteNodes for ScriptedPeer {
-    async fn alive_peers(&self) -> Vec<NodeInfo> {
-        if *self.alive.lock().unwrap() {
-            vec![peer_info()]
-        } else {
-            vec![]
-        }
-    }
-    async fn capabilities(&self, _node: &NodeId) -> Result<Vec<Capability>, RemoteError> {
-        Ok(vec![Capability {
-            capability: "optical-probe".into(),
-            capability_type: "hardware".into(),
-        }])
-    }
-    async fn deploy_image(
-        &self,
-        node: &NodeId,
-        deployment: ImageDeployment,
-    ) -> Result<ImageStatus, RemoteError> {
-        self.deployed.lock().unwrap().push(deployment.clone());
-        Ok(ImageStatus {
-            service_id: deployment.service_id,
-            image_id: deployment.image.id,
-            node: node.clone(),
-            state: ImageState::Instantiating,
-            reason: None,
-            container_id: None,
-        })
-    }
-    async fn image_status(
-        &self,
-        node: &NodeId,
-        service_id: &ServiceId,
-        image_id: &str,
-    ) -> Result<ImageStatus, RemoteError> {
-        if !*self.alive.lock().unwrap() {
-            return Err(RemoteError::Unreachable {
-                node: node.clone(),
-                reason: "timeout".into(),
-            });
-        }
-        Ok(ImageStatus {
-            service_id: service_id.clone(),
-            image_id: image_id.into(),
-            node: node.clone(),
-            state: ImageState::Running,
-            reason: None,
-            container_id: Some("remote1".into()),
-        })
-    }
-    async fn terminate_image(
-        &self,
-        _node: &NodeId,
-        _service_id: &ServiceId,
-        image_id: &str,
-    ) -> Result<(), RemoteError> {
-        self.terminated.lock().unwrap().push(image_id.into());
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_is_gone() {
     let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
-    let peer = Arc::new(ScriptedPeer::default());
-    *peer.alive.lock().unwrap() = true;
-    let orchestrator = orchestrator(&engine, &store, peer.clone());
+    let fog = Fog::with(&[("probe-node", Script::capable())]);
+    let orchestrator = orchestrator(&engine, &store, fog.clone());
     let service = orchestrator
         .submit(blueprint("name: meter\nimages:\n  - {name: reader, image: r, capabilities: [optical-probe]}\n  - {name: local, image: l}\n"))
         .await
@@ -303,7 +220,7 @@ async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_i
     );
     assert_eq!(placed.state, ServiceState::Running, "{placed:?}");
     assert_eq!(
-        peer.deployed.lock().unwrap()[0].owner,
+        fog.deployed.lock().unwrap()[0].1.owner,
         NodeId("here".into())
     );
     assert_eq!(
@@ -313,14 +230,14 @@ async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_i
     );
 
     // The peer vanishes: the image is placed again; with no capable node it waits in ERROR.
-    *peer.alive.lock().unwrap() = false;
+    fog.change("probe-node", |peer| (peer.alive, peer.gone) = (false, true));
     orchestrator.reconcile_all().await;
     orchestrator.reconcile_all().await;
     let lost = orchestrator.service(&service.id).unwrap();
     assert_eq!(lost.image("reader").unwrap().node, None);
     assert_eq!(lost.state, ServiceState::Error);
 
-    *peer.alive.lock().unwrap() = true;
+    fog.change("probe-node", |peer| (peer.alive, peer.gone) = (true, false));
     orchestrator.reconcile_all().await;
     orchestrator.reconcile_all().await;
     assert_eq!(
@@ -334,7 +251,10 @@ async fn image_needing_a_peer_capability_runs_there_and_is_rescheduled_when_it_i
         orchestrator.service(&service.id).unwrap().state,
         ServiceState::Terminated
     );
-    assert_eq!(*peer.terminated.lock().unwrap(), vec!["reader".to_string()]);
+    assert_eq!(
+        *fog.terminated.lock().unwrap(),
+        [(node("probe-node"), "reader".to_string())]
+    );
 }
 
 /// The owner updates a hosted image while a pass, started from the old record, is under
