@@ -35,11 +35,14 @@ pub struct DockerEngine {
 }
 
 struct Inner {
-    docker: Docker,
+    /// The endpoint as configured (`None`: `DOCKER_HOST` or the default socket).
+    configured: Option<String>,
     endpoint: String,
-    /// Set once the API version has been agreed with the daemon. Older daemons refuse
-    /// requests from a newer client, so nothing is sent before this.
-    negotiated: OnceCell<()>,
+    /// The client, set once it has agreed on an API version with the daemon. Older
+    /// daemons refuse requests from a newer client, so nothing is sent before this; and a
+    /// socket that does not exist yet (Docker starting after the agent) is looked for again
+    /// at the next operation.
+    docker: OnceCell<Docker>,
 }
 
 impl std::fmt::Debug for DockerEngine {
@@ -50,30 +53,43 @@ impl std::fmt::Debug for DockerEngine {
     }
 }
 
+/// A client for `endpoint` (see [`DockerEngine::connect`]); nothing is sent yet.
+fn open(endpoint: Option<&str>) -> Result<Docker, bollard::errors::Error> {
+    match endpoint {
+        None => Docker::connect_with_defaults(),
+        Some(path) if path.starts_with('/') => {
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        }
+        Some(host) => Docker::connect_with_host(host),
+    }
+}
+
 impl DockerEngine {
     /// Prepares a client for the Docker Engine at `endpoint`: `unix:///path/docker.sock`,
     /// a bare socket path, or `tcp://host:port`. `None` uses `DOCKER_HOST`, else the default
     /// Unix socket. Nothing is sent yet; the first operation negotiates the API version, so
     /// an agent may start before its engine does.
     pub fn connect(endpoint: Option<&str>) -> Result<DockerEngine, ValError> {
-        let connected = match endpoint {
-            None => Docker::connect_with_defaults(),
-            Some(path) if path.starts_with('/') => {
-                Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        match open(endpoint) {
+            Ok(_) => {}
+            // The socket appears when Docker starts; until then operations fail as
+            // unreachable, which the agent reports and retries.
+            Err(bollard::errors::Error::SocketNotFoundError(socket)) => {
+                warn!(%socket, "the Docker socket does not exist yet; will keep looking for it");
             }
-            Some(host) => Docker::connect_with_host(host),
-        };
-        let docker = connected.map_err(|error| to_val_error("connect", Subject::Engine, error))?;
-        let endpoint = endpoint
-            .map(str::to_owned)
+            Err(error) => return Err(to_val_error("connect", Subject::Engine, error)),
+        }
+        let configured = endpoint.map(str::to_owned);
+        let endpoint = configured
+            .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
         debug!(%endpoint, "Docker client prepared");
         Ok(DockerEngine {
             inner: Arc::new(Inner {
-                docker,
+                configured,
                 endpoint,
-                negotiated: OnceCell::new(),
+                docker: OnceCell::new(),
             }),
         })
     }
@@ -87,20 +103,17 @@ impl DockerEngine {
     async fn client(&self) -> Result<&Docker, ValError> {
         let inner = &self.inner;
         inner
-            .negotiated
+            .docker
             .get_or_try_init(|| async {
-                // Negotiation lowers the version shared by all clones of the client.
-                let docker = inner
-                    .docker
-                    .clone()
+                let docker = open(inner.configured.as_deref())
+                    .map_err(|error| to_val_error("connect", Subject::Engine, error))?
                     .negotiate_version()
                     .await
                     .map_err(|error| to_val_error("negotiate API version", Subject::Engine, error))?;
                 info!(endpoint = %inner.endpoint, api_version = %docker.client_version(), "connected to Docker");
-                Ok::<(), ValError>(())
+                Ok::<Docker, ValError>(docker)
             })
-            .await?;
-        Ok(&inner.docker)
+            .await
     }
 
     async fn pull(

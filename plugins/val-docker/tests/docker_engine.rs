@@ -49,11 +49,28 @@ async fn endpoints_are_configurable_and_failures_are_unreachable() {
     let bare_path = DockerEngine::connect(Some("/var/run/docker.sock")).unwrap();
     assert_eq!(bare_path.ping().await.unwrap(), version);
 
-    let missing = DockerEngine::connect(Some("unix:///nonexistent/docker.sock")).unwrap_err();
+    // Docker may start after the agent: a socket that is not there yet is looked for again
+    // at every operation, which fails as unreachable naming it until it appears.
+    let later = tempfile::tempdir().unwrap();
+    let socket = later.path().join("docker.sock");
+    let waiting = DockerEngine::connect(Some(socket.to_str().unwrap())).unwrap();
+    let missing = waiting.ping().await.unwrap_err();
     assert!(
-        matches!(missing, ValError::Unreachable(ref m) if m.contains("/nonexistent/docker.sock")),
+        matches!(missing, ValError::Unreachable(ref m) if m.contains("docker.sock")),
         "{missing:?}"
     );
+    let mut relay = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+        .arg("UNIX-CONNECT:/var/run/docker.sock")
+        .spawn()
+        .expect("socat (scripts/setup-deps.sh installs it)");
+    let reached = poll("the engine behind the new socket", || async {
+        waiting.ping().await.ok()
+    })
+    .await;
+    let _ = relay.kill();
+    let _ = relay.wait();
+    assert_eq!(reached, version);
 
     // Port 1 on loopback: nothing listens there.
     let closed = DockerEngine::connect(Some("tcp://127.0.0.1:1")).unwrap();
