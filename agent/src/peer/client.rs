@@ -16,7 +16,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::zmtp::{self, FrameReader, Incoming, SocketType};
 
-use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, ReplayGuard};
+use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard};
 use super::messages::{ErrorCode, Reply, Request};
 use crate::discovery::{PeerDirectory, PeerState};
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
@@ -111,7 +111,7 @@ impl Requester {
 
     fn check_reply(&self, request: &Request, id: &str, bytes: &[u8]) -> Result<Reply, CallError> {
         let envelope =
-            Envelope::parse(bytes).map_err(|error| CallError::BadReply(error.to_string()))?;
+            Received::parse(bytes).map_err(|error| CallError::BadReply(error.to_string()))?;
         if envelope.id != id {
             return Err(CallError::BadReply(format!(
                 "answers request {:?}, not {id:?}",
@@ -119,9 +119,9 @@ impl Requester {
             )));
         }
         let authentic = envelope
-            .verify_received(bytes, &self.key)
+            .verify(bytes, &self.key)
             .and_then(|()| self.freshness.check_freshness(&envelope, now_ms()));
-        let reply = Reply::from_parts(&envelope.kind, envelope.payload);
+        let reply = Reply::from_parts(&envelope.kind, envelope.payload());
         match (authentic, reply) {
             // An error reply changes nothing here, so even an unauthenticated one may
             // explain the failure (typically: the peer has another cluster key).

@@ -1,7 +1,7 @@
 //! The typed requests and replies of the peer protocol and how they map to envelope types
 //! and payloads.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
@@ -184,8 +184,12 @@ impl Request {
         }
     }
 
-    /// The request an envelope of type `kind` with this payload stands for.
-    pub fn from_parts(kind: &str, payload: Value) -> Result<Request, DecodeError> {
+    /// The request an envelope of type `kind` with this payload stands for. The payload
+    /// is a JSON value or, as received, raw JSON (`&RawValue`).
+    pub fn from_parts<'de, P>(kind: &str, payload: P) -> Result<Request, DecodeError>
+    where
+        P: Deserializer<'de, Error = serde_json::Error>,
+    {
         let bad = |error: serde_json::Error| DecodeError::BadPayload {
             kind: kind.to_owned(),
             reason: error.to_string(),
@@ -193,13 +197,13 @@ impl Request {
         match kind {
             kinds::CAPABILITY_REQUEST => Ok(Request::Capabilities),
             kinds::DEPLOY_IMAGE => Ok(Request::DeployImage(Box::new(
-                serde_json::from_value(payload).map_err(bad)?,
+                Deserialize::deserialize(payload).map_err(bad)?,
             ))),
             kinds::IMAGE_STATUS => {
                 let ImageRef {
                     service_id,
                     image_id,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Request::ImageStatus {
                     service_id,
                     image_id,
@@ -209,7 +213,7 @@ impl Request {
                 let ImageRef {
                     service_id,
                     image_id,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Request::TerminateImage {
                     service_id,
                     image_id,
@@ -220,7 +224,7 @@ impl Request {
                     service_id,
                     image_id,
                     node,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Request::ImageAssignment {
                     service_id,
                     image_id,
@@ -233,7 +237,7 @@ impl Request {
                     image_id,
                     tail,
                     since_ns,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Request::ImageLogs {
                     service_id,
                     image_id,
@@ -247,7 +251,7 @@ impl Request {
                     command,
                     timeout_secs,
                     max_output_bytes,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Request::ImageExec {
                     service_id,
                     image_id,
@@ -387,7 +391,12 @@ impl Reply {
         value.expect("replies serialize to JSON")
     }
 
-    pub fn from_parts(kind: &str, payload: Value) -> Result<Reply, DecodeError> {
+    /// The reply an envelope of type `kind` with this payload stands for (see
+    /// [`Request::from_parts`]).
+    pub fn from_parts<'de, P>(kind: &str, payload: P) -> Result<Reply, DecodeError>
+    where
+        P: Deserializer<'de, Error = serde_json::Error>,
+    {
         let bad = |error: serde_json::Error| DecodeError::BadPayload {
             kind: kind.to_owned(),
             reason: error.to_string(),
@@ -397,34 +406,34 @@ impl Reply {
                 let CapabilitiesPayload {
                     capabilities,
                     digest,
-                } = serde_json::from_value(payload).map_err(bad)?;
+                } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Reply::Capabilities {
                     capabilities,
                     digest,
                 })
             }
             kinds::DEPLOY_IMAGE_REPLY => Ok(Reply::Deployed(
-                serde_json::from_value(payload).map_err(bad)?,
+                Deserialize::deserialize(payload).map_err(bad)?,
             )),
             kinds::IMAGE_STATUS_REPLY => Ok(Reply::ImageStatus(
-                serde_json::from_value(payload).map_err(bad)?,
+                Deserialize::deserialize(payload).map_err(bad)?,
             )),
             kinds::TERMINATE_IMAGE_REPLY => Ok(Reply::Terminated),
             kinds::IMAGE_ASSIGNMENT_REPLY => {
                 let AssignmentPayload { assigned } =
-                    serde_json::from_value(payload).map_err(bad)?;
+                    Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Reply::Assignment { assigned })
             }
             kinds::IMAGE_LOGS_REPLY => {
-                let LogLinesPayload { lines } = serde_json::from_value(payload).map_err(bad)?;
+                let LogLinesPayload { lines } = Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Reply::ImageLogs(lines))
             }
             kinds::IMAGE_EXEC_REPLY => Ok(Reply::ImageExec(
-                serde_json::from_value(payload).map_err(bad)?,
+                Deserialize::deserialize(payload).map_err(bad)?,
             )),
             kinds::ERROR => {
                 let ErrorPayload { code, message } =
-                    serde_json::from_value(payload).map_err(bad)?;
+                    Deserialize::deserialize(payload).map_err(bad)?;
                 Ok(Reply::Error { code, message })
             }
             other => Err(DecodeError::UnknownType(other.to_owned())),

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use client::{endpoints_of, CallError, PeerClient, Requester};
-pub use envelope::{AuthError, ClusterKey, Envelope, ReplayGuard};
+pub use envelope::{canonical_json, AuthError, ClusterKey, Envelope, Received, ReplayGuard};
 pub use messages::{ErrorCode, Reply, Request};
 pub use server::{PeerHandler, PeerServer, ServerOptions, ServerStats};
 

@@ -19,7 +19,9 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, ReplayGuard};
+use super::envelope::{
+    canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
+};
 use super::messages::{ErrorCode, Reply, Request};
 use super::zmtp::{self, FrameReader, Incoming, SocketType};
 use super::PeerError;
@@ -177,7 +179,7 @@ impl PeerServer {
             handler,
             stats: stats.clone(),
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
-            last_digest: std::sync::Mutex::new(None),
+            last_capabilities: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(serve(listener, state, stop.clone()));
         Ok(PeerServer {
@@ -228,23 +230,40 @@ struct State {
     handler: Arc<dyn PeerHandler>,
     stats: Arc<ServerStats>,
     permits: Arc<Semaphore>,
-    /// The capabilities last answered and their digest: they rarely change, and the
-    /// digest (sorting, formatting, hashing) was a visible part of answering.
-    last_digest: std::sync::Mutex<Option<(Vec<Capability>, String)>>,
+    /// The capabilities last answered, with their digest and the reply's payload in
+    /// canonical form: they rarely change, and the digest (sorting, formatting, hashing)
+    /// and the payload (converting, sorting keys) were a visible part of answering.
+    last_capabilities: std::sync::Mutex<Option<CapabilitiesAnswer>>,
+}
+
+#[derive(Clone)]
+struct CapabilitiesAnswer {
+    capabilities: Vec<Capability>,
+    digest: String,
+    payload: Arc<[u8]>,
 }
 
 impl State {
-    fn digest_of(&self, capabilities: &[Capability]) -> String {
+    fn capabilities_answer(&self, capabilities: &[Capability]) -> CapabilitiesAnswer {
         let mut last = self
-            .last_digest
+            .last_capabilities
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         match &*last {
-            Some((known, digest)) if known.as_slice() == capabilities => digest.clone(),
+            Some(answer) if answer.capabilities.as_slice() == capabilities => answer.clone(),
             _ => {
                 let digest = capabilities_digest(capabilities);
-                *last = Some((capabilities.to_vec(), digest.clone()));
-                digest
+                let reply = Reply::Capabilities {
+                    capabilities: capabilities.to_vec(),
+                    digest: digest.clone(),
+                };
+                let answer = CapabilitiesAnswer {
+                    capabilities: capabilities.to_vec(),
+                    digest,
+                    payload: canonical_json(&reply.payload()).into(),
+                };
+                *last = Some(answer.clone());
+                answer
             }
         }
     }
@@ -377,7 +396,7 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
     }
     let respond =
         |reply: Reply, id: String| Answer::Now(frame_reply(sign_reply(state, &reply, id)));
-    let envelope = match Envelope::parse(&body) {
+    let envelope = match Received::parse(&body) {
         Ok(envelope) => envelope,
         Err(error) => {
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -390,7 +409,7 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         }
     };
     let checked = envelope
-        .verify_received(&body, &state.key)
+        .verify(&body, &state.key)
         .and_then(|()| state.guard.check(&envelope, now_ms()));
     if let Err(error) = checked {
         state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -403,10 +422,10 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         );
         return respond(
             Reply::error(ErrorCode::Unauthorized, error.to_string()),
-            envelope.id,
+            envelope.id.into_owned(),
         );
     }
-    let request = match Request::from_parts(&envelope.kind, envelope.payload) {
+    let request = match Request::from_parts(&envelope.kind, envelope.payload()) {
         Ok(request) => request,
         Err(error) => {
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -415,21 +434,24 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
                 super::messages::DecodeError::UnknownType(_) => ErrorCode::UnknownType,
                 _ => ErrorCode::BadRequest,
             };
-            return respond(Reply::error(code, error.to_string()), envelope.id);
+            return respond(
+                Reply::error(code, error.to_string()),
+                envelope.id.into_owned(),
+            );
         }
     };
     let Ok(permit) = state.permits.clone().try_acquire_owned() else {
         tracing::warn!(sender = %envelope.sender, kind = request.kind(), "too many peer requests in progress");
         return respond(
             Reply::error(ErrorCode::Busy, "too many requests in progress"),
-            envelope.id,
+            envelope.id.into_owned(),
         );
     };
     state.stats.handled.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(sender = %envelope.sender, kind = request.kind(), id = %envelope.id, "peer request");
     let state = state.clone();
-    let id = envelope.id;
-    let sender = NodeId(envelope.sender);
+    let id = envelope.id.into_owned();
+    let sender = NodeId(envelope.sender.into_owned());
     let mut answer = Box::pin(async move {
         let kind = request.kind();
         let reply = std::panic::AssertUnwindSafe(dispatch(&state, request, &sender))
@@ -457,7 +479,7 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
         Request::Capabilities => {
             let capabilities = handler.capabilities().await;
             Reply::Capabilities {
-                digest: state.digest_of(&capabilities),
+                digest: state.capabilities_answer(&capabilities).digest,
                 capabilities,
             }
         }
@@ -507,7 +529,11 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
 }
 
 fn sign_reply(state: &State, reply: &Reply, id: String) -> Vec<u8> {
-    Envelope::new(reply.kind(), id, state.node.clone(), reply.payload()).signed_bytes(&state.key)
+    let payload: Arc<[u8]> = match reply {
+        Reply::Capabilities { capabilities, .. } => state.capabilities_answer(capabilities).payload,
+        other => canonical_json(&other.payload()).into(),
+    };
+    Envelope::signed_bytes_with_payload(reply.kind(), &id, &state.node, &payload, &state.key)
 }
 
 /// A reply as a REQ client expects it: the empty delimiter, then the envelope.
