@@ -105,7 +105,9 @@ impl Requester {
             request.payload(),
         )
         .signed_bytes(&self.key);
-        let reply = self.exchange(endpoint, body, deadline).await?;
+        // Framed once: a retry on a new connection sends the same bytes.
+        let framed = zmtp::delimited(&body);
+        let reply = self.exchange(endpoint, &framed, deadline).await?;
         self.check_reply(request, &id, &reply)
     }
 
@@ -146,11 +148,11 @@ impl Requester {
     async fn exchange(
         &self,
         endpoint: &str,
-        body: Vec<u8>,
+        framed: &[u8],
         deadline: Instant,
-    ) -> Result<Vec<u8>, CallError> {
+    ) -> Result<bytes::Bytes, CallError> {
         if let Some(mut socket) = self.take_idle(endpoint) {
-            match round_trip(&mut socket, body.clone(), deadline).await {
+            match round_trip(&mut socket, framed, deadline).await {
                 Ok(reply) => {
                     self.put_idle(endpoint, socket);
                     return Ok(reply);
@@ -168,7 +170,7 @@ impl Requester {
             }
         }
         let mut socket = self.connect(endpoint, deadline).await?;
-        match round_trip(&mut socket, body, deadline).await {
+        match round_trip(&mut socket, framed, deadline).await {
             Ok(reply) => {
                 self.put_idle(endpoint, socket);
                 Ok(reply)
@@ -232,18 +234,19 @@ impl Requester {
     }
 }
 
+/// Sends one request (already framed by [`zmtp::delimited`]) and reads its reply.
 async fn round_trip(
     socket: &mut ReqSocket,
-    body: Vec<u8>,
+    framed: &[u8],
     deadline: Instant,
-) -> Result<Vec<u8>, RoundTrip> {
+) -> Result<bytes::Bytes, RoundTrip> {
     let transport = |error: std::io::Error| RoundTrip::Transport(error.to_string());
     // One deadline over both directions: one timer per request, not two.
     let exchange = async {
         socket
             .stream
             .get_mut()
-            .write_all(&zmtp::delimited(&body))
+            .write_all(framed)
             .await
             .map_err(transport)?;
         loop {
@@ -269,7 +272,7 @@ async fn round_trip(
     };
     // A REQ socket drops the empty delimiter and hands on the rest.
     match <[bytes::Bytes; 2]>::try_from(frames) {
-        Ok([delimiter, body]) if delimiter.is_empty() => Ok(body.to_vec()),
+        Ok([delimiter, body]) if delimiter.is_empty() => Ok(body),
         Ok(_) => Err(RoundTrip::Transport("reply without delimiter".into())),
         Err(frames) => Err(RoundTrip::Transport(format!(
             "reply has {} frames, expected 1",

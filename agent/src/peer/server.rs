@@ -233,10 +233,9 @@ struct State {
     /// The capabilities last answered, with their digest and the reply's payload in
     /// canonical form: they rarely change, and the digest (sorting, formatting, hashing)
     /// and the payload (converting, sorting keys) were a visible part of answering.
-    last_capabilities: std::sync::Mutex<Option<CapabilitiesAnswer>>,
+    last_capabilities: std::sync::Mutex<Option<Arc<CapabilitiesAnswer>>>,
 }
 
-#[derive(Clone)]
 struct CapabilitiesAnswer {
     capabilities: Vec<Capability>,
     digest: String,
@@ -244,7 +243,7 @@ struct CapabilitiesAnswer {
 }
 
 impl State {
-    fn capabilities_answer(&self, capabilities: &[Capability]) -> CapabilitiesAnswer {
+    fn capabilities_answer(&self, capabilities: &[Capability]) -> Arc<CapabilitiesAnswer> {
         let mut last = self
             .last_capabilities
             .lock()
@@ -257,11 +256,11 @@ impl State {
                     capabilities: capabilities.to_vec(),
                     digest: digest.clone(),
                 };
-                let answer = CapabilitiesAnswer {
+                let answer = Arc::new(CapabilitiesAnswer {
                     capabilities: capabilities.to_vec(),
                     digest,
                     payload: canonical_json(&reply.payload()).into(),
-                };
+                });
                 *last = Some(answer.clone());
                 answer
             }
@@ -479,7 +478,7 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
         Request::Capabilities => {
             let capabilities = handler.capabilities().await;
             Reply::Capabilities {
-                digest: state.capabilities_answer(&capabilities).digest,
+                digest: state.capabilities_answer(&capabilities).digest.clone(),
                 capabilities,
             }
         }
@@ -530,7 +529,9 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
 
 fn sign_reply(state: &State, reply: &Reply, id: String) -> Vec<u8> {
     let payload: Arc<[u8]> = match reply {
-        Reply::Capabilities { capabilities, .. } => state.capabilities_answer(capabilities).payload,
+        Reply::Capabilities { capabilities, .. } => {
+            state.capabilities_answer(capabilities).payload.clone()
+        }
         other => canonical_json(&other.payload()).into(),
     };
     Envelope::signed_bytes_with_payload(reply.kind(), &id, &state.node, &payload, &state.key)
