@@ -430,6 +430,8 @@ impl HealthMonitor {
         let engine_problem = match tokio::time::timeout(Duration::from_secs(5), engine.ping()).await
         {
             Ok(Ok(_)) => None,
+            // The phase's reason already says "container engine unreachable".
+            Ok(Err(motey_val::ValError::Unreachable(why))) => Some(why),
             Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some("no answer within 5 s".into()),
         };
