@@ -167,13 +167,7 @@ impl Orchestrator {
     pub async fn terminate(&self, id: &ServiceId) -> Result<Service, OrchestratorError> {
         let service = {
             let _guard = self.inner.records.lock().await;
-            let mut service = self.load(id)?;
-            if service.owner != self.inner.node {
-                return Err(OrchestratorError::NotOwner {
-                    service: id.clone(),
-                    owner: service.owner,
-                });
-            }
+            let mut service = self.load_owned(id)?;
             if service.desired != DesiredState::Terminated {
                 service.desired = DesiredState::Terminated;
                 service.state = ServiceState::Stopping;
@@ -287,5 +281,17 @@ impl Orchestrator {
             .services
             .get(id.as_str())?
             .ok_or_else(|| OrchestratorError::NotFound(id.clone()))
+    }
+
+    /// A service this node owns: only its owner changes what a service should be.
+    fn load_owned(&self, id: &ServiceId) -> Result<Service, OrchestratorError> {
+        let service = self.load(id)?;
+        if service.owner != self.inner.node {
+            return Err(OrchestratorError::NotOwner {
+                service: id.clone(),
+                owner: service.owner,
+            });
+        }
+        Ok(service)
     }
 }

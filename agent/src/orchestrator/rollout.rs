@@ -156,13 +156,7 @@ impl Orchestrator {
         };
         let service = {
             let _guard = self.inner.records.lock().await;
-            let mut service = self.load(id)?;
-            if service.owner != self.inner.node {
-                return Err(OrchestratorError::NotOwner {
-                    service: id.clone(),
-                    owner: service.owner,
-                });
-            }
+            let mut service = self.load_owned(id)?;
             if service.desired != DesiredState::Running {
                 return Err(refused(
                     "service_terminated",
