@@ -2,37 +2,16 @@
 //! scripted fog: grace period, owners confirming hosted images, lost capabilities,
 //! phases that refuse deployments, decommissioning.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use motey_val::fake::FakeEngine;
 use motey_val::ImageState;
 
-use super::remote::RemoteNodes;
 use super::*;
 use crate::domain::ImageDeployment;
 
 use super::scripted_fog::{node, probe, Fog, Script};
-use super::tests::settings;
-
-fn orchestrator_of(
-    id: &str,
-    engine: &FakeEngine,
-    store: &Store,
-    remote: Arc<dyn RemoteNodes>,
-) -> Orchestrator {
-    Orchestrator::new(
-        node(id),
-        store.clone(),
-        Arc::new(engine.clone()),
-        remote,
-        settings(),
-    )
-}
-
-fn blueprint(yaml: &str) -> Blueprint {
-    crate::blueprint::parse(yaml, &Default::default()).unwrap()
-}
+use super::tests::{blueprint, orchestrator_of};
 
 const READER: &str =
     "name: meter\nimages:\n  - {name: reader, image: r, capabilities: [optical-probe]}\n";

@@ -7,18 +7,11 @@ use motey_val::{labels, ExecRequest, ImageState, LogQuery};
 
 use super::remote::NoPeers;
 use super::scripted_fog::{Fog, Script};
-use super::tests::settings;
 use super::*;
 use crate::domain::{RevisionEvent, RolloutPhase};
 
 fn orchestrator(engine: &FakeEngine, store: &Store) -> Orchestrator {
-    Orchestrator::new(
-        NodeId("here".into()),
-        store.clone(),
-        Arc::new(engine.clone()),
-        Arc::new(NoPeers),
-        settings(),
-    )
+    super::tests::orchestrator(engine, store, Arc::new(NoPeers))
 }
 
 fn blueprint(web_env: &str, db_env: &str) -> Blueprint {
@@ -305,13 +298,7 @@ async fn logs_and_exec_reach_the_image_and_peers_only_for_their_own_services() {
 async fn peer_hosted_image_is_redeployed_there_and_rolled_back_there() {
     let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
     let fog = Fog::with(&[("edge", Script::capable())]);
-    let orchestrator = Orchestrator::new(
-        NodeId("here".into()),
-        store.clone(),
-        Arc::new(engine.clone()),
-        fog.clone(),
-        settings(),
-    );
+    let orchestrator = super::tests::orchestrator(&engine, &store, fog.clone());
     let running_on_edge = || {
         fog.last_deployed("edge", "reader")
             .map(|image| image.env["V"].clone())

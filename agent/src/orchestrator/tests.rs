@@ -21,9 +21,15 @@ pub(super) fn settings() -> config::Orchestrator {
     }
 }
 
-fn orchestrator(engine: &FakeEngine, store: &Store, remote: Arc<dyn RemoteNodes>) -> Orchestrator {
+/// The orchestrator of node `id` over the in-memory engine, a temporary store and `remote`.
+pub(super) fn orchestrator_of(
+    id: &str,
+    engine: &FakeEngine,
+    store: &Store,
+    remote: Arc<dyn RemoteNodes>,
+) -> Orchestrator {
     Orchestrator::new(
-        NodeId("here".into()),
+        NodeId(id.into()),
         store.clone(),
         Arc::new(engine.clone()),
         remote,
@@ -31,7 +37,15 @@ fn orchestrator(engine: &FakeEngine, store: &Store, remote: Arc<dyn RemoteNodes>
     )
 }
 
-fn blueprint(yaml: &str) -> Blueprint {
+pub(super) fn orchestrator(
+    engine: &FakeEngine,
+    store: &Store,
+    remote: Arc<dyn RemoteNodes>,
+) -> Orchestrator {
+    orchestrator_of("here", engine, store, remote)
+}
+
+pub(super) fn blueprint(yaml: &str) -> Blueprint {
     crate::blueprint::parse(yaml, &Default::default()).unwrap()
 }
 
