@@ -340,28 +340,12 @@ impl VirtualizationEngine for DockerEngine {
     }
 
     async fn logs(&self, container_id: &str, tail: usize) -> Result<Vec<String>, ValError> {
-        let options = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: tail.to_string(),
-            ..Default::default()
+        let query = LogQuery {
+            tail,
+            since_ns: None,
         };
-        let chunks: Vec<_> = self
-            .client()
-            .await?
-            .logs(container_id, Some(options))
-            .try_collect()
-            .await
-            .map_err(|error| to_val_error("read logs", Subject::Container(container_id), error))?;
-        // Chunks are not lines: join them, then split.
-        let output: Vec<u8> = chunks
-            .iter()
-            .flat_map(|chunk| chunk.as_ref().to_vec())
-            .collect();
-        Ok(String::from_utf8_lossy(&output)
-            .lines()
-            .map(str::to_owned)
-            .collect())
+        let lines = self.log_lines(container_id, &query).await?;
+        Ok(lines.into_iter().map(|line| line.text).collect())
     }
 
     async fn log_lines(
