@@ -201,14 +201,7 @@ impl Envelope {
     /// Parses bytes into an envelope, refusing anything oversized or out of shape. The
     /// MAC is not checked here: see [`Envelope::verify`].
     pub fn parse(bytes: &[u8]) -> Result<Envelope, AuthError> {
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(AuthError::Malformed(format!(
-                "{} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
-                bytes.len()
-            )));
-        }
-        let envelope: Envelope = serde_json::from_slice(bytes)
-            .map_err(|error| AuthError::Malformed(error.to_string()))?;
+        let envelope: Envelope = decode(bytes)?;
         envelope.check_shape()?;
         Ok(envelope)
     }
@@ -331,14 +324,7 @@ impl<'a> Received<'a> {
     /// Parses received bytes, refusing anything oversized or out of shape, as
     /// [`Envelope::parse`] does. The MAC is not checked here: see [`Received::verify`].
     pub fn parse(bytes: &'a [u8]) -> Result<Received<'a>, AuthError> {
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(AuthError::Malformed(format!(
-                "{} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
-                bytes.len()
-            )));
-        }
-        let received: Received = serde_json::from_slice(bytes)
-            .map_err(|error| AuthError::Malformed(error.to_string()))?;
+        let received: Received = decode(bytes)?;
         check_shape(
             received.v,
             &received.kind,
@@ -397,6 +383,17 @@ impl Stamped for Received<'_> {
     fn ts(&self) -> i64 {
         self.ts
     }
+}
+
+/// The JSON of a message, refusing oversized ones before reading them.
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AuthError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(AuthError::Malformed(format!(
+            "{} bytes, more than the {MAX_MESSAGE_BYTES} allowed",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|error| AuthError::Malformed(error.to_string()))
 }
 
 fn check_shape(v: u32, kind: &str, id: &str, sender: &str, nonce: &str) -> Result<(), AuthError> {
