@@ -10,13 +10,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::zmtp::{self, FrameReader, Incoming, SocketType};
 
-use super::envelope::{now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard};
+use super::envelope::{
+    canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
+};
 use super::messages::{ErrorCode, Reply, Request};
 use crate::discovery::{PeerDirectory, PeerState};
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
@@ -53,7 +55,7 @@ const MAX_REPLY_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
 
 /// A connected REQ socket: one TCP connection to one peer, greeted.
 struct ReqSocket {
-    stream: BufReader<TcpStream>,
+    stream: TcpStream,
     frames: FrameReader,
 }
 
@@ -97,18 +99,19 @@ impl Requester {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let deadline = Instant::now() + timeout;
-        let id = uuid::Uuid::new_v4().to_string();
-        let body = Envelope::new(
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+        let body = Envelope::signed_bytes_with_payload(
             request.kind(),
-            id.clone(),
-            self.node.clone(),
-            request.payload(),
-        )
-        .signed_bytes(&self.key);
+            id,
+            &self.node,
+            &canonical_json(&request.payload()),
+            &self.key,
+        );
         // Framed once: a retry on a new connection sends the same bytes.
-        let framed = zmtp::delimited(&body);
+        let framed = zmtp::delimited(body);
         let reply = self.exchange(endpoint, &framed, deadline).await?;
-        self.check_reply(request, &id, &reply)
+        self.check_reply(request, id, &reply)
     }
 
     fn check_reply(&self, request: &Request, id: &str, bytes: &[u8]) -> Result<Reply, CallError> {
@@ -185,18 +188,15 @@ impl Requester {
             CallError::Connect(format!("{endpoint}: only tcp:// endpoints are supported"))
         })?;
         let connected = async {
-            let stream = TcpStream::connect(address)
+            let mut stream = TcpStream::connect(address)
                 .await
                 .map_err(|error| CallError::Connect(error.to_string()))?;
             let _ = stream.set_nodelay(true);
-            let mut stream = BufReader::with_capacity(16 * 1024, stream);
-            zmtp::handshake(&mut stream, SocketType::Req)
+            let mut frames = FrameReader::new(MAX_REPLY_BYTES);
+            zmtp::handshake(&mut stream, &mut frames, SocketType::Req)
                 .await
                 .map_err(|error| CallError::Connect(format!("ZeroMQ handshake: {error}")))?;
-            Ok(ReqSocket {
-                stream,
-                frames: FrameReader::new(MAX_REPLY_BYTES),
-            })
+            Ok(ReqSocket { stream, frames })
         };
         timeout_at(deadline, connected)
             .await
@@ -243,12 +243,7 @@ async fn round_trip(
     let transport = |error: std::io::Error| RoundTrip::Transport(error.to_string());
     // One deadline over both directions: one timer per request, not two.
     let exchange = async {
-        socket
-            .stream
-            .get_mut()
-            .write_all(framed)
-            .await
-            .map_err(transport)?;
+        socket.stream.write_all(framed).await.map_err(transport)?;
         loop {
             match socket
                 .frames
@@ -257,12 +252,7 @@ async fn round_trip(
                 .map_err(transport)?
             {
                 Incoming::Message(frames) => return Ok(frames),
-                Incoming::Pong(pong) => socket
-                    .stream
-                    .get_mut()
-                    .write_all(&pong)
-                    .await
-                    .map_err(transport)?,
+                Incoming::Pong(pong) => socket.stream.write_all(&pong).await.map_err(transport)?,
             }
         }
     };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
@@ -308,11 +308,11 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::with_capacity(16 * 1024, read);
+    let (mut read, mut write) = stream.into_split();
+    let mut frames = FrameReader::new(MAX_READ_BYTES);
     let greeted = async {
         let mut both = tokio::io::join(&mut read, &mut write);
-        zmtp::handshake(&mut both, SocketType::Router).await
+        zmtp::handshake(&mut both, &mut frames, SocketType::Router).await
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
         Ok(Ok(())) => {}
@@ -326,7 +326,6 @@ async fn connection(
         }
     }
     let writer = Arc::new(tokio::sync::Mutex::new(write));
-    let mut frames = FrameReader::new(MAX_READ_BYTES);
     // Registered once, not once per request.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -539,7 +538,7 @@ fn sign_reply(state: &State, reply: &Reply, id: String) -> Vec<u8> {
 
 /// A reply as a REQ client expects it: the empty delimiter, then the envelope.
 fn frame_reply(body: Vec<u8>) -> Vec<u8> {
-    zmtp::delimited(&body)
+    zmtp::delimited(body)
 }
 
 /// The request id of a message that is not a valid envelope, if it has one, so that the

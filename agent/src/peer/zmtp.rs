@@ -13,7 +13,7 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Flags of a frame header.
@@ -126,31 +126,47 @@ fn property<'a>(mut metadata: &'a [u8], wanted: &str) -> io::Result<Option<&'a [
 }
 
 fn push_header(out: &mut Vec<u8>, flags: u8, len: usize) {
+    let (header, header_len) = header(flags, len);
+    out.extend_from_slice(&header[..header_len]);
+}
+
+/// A frame header (flags, then the length in one byte or eight) and its length.
+fn header(flags: u8, len: usize) -> ([u8; 9], usize) {
+    let mut header = [0u8; 9];
     if len > 255 {
-        out.push(flags | LONG);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        header[0] = flags | LONG;
+        header[1..].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 9)
     } else {
-        out.push(flags);
-        out.push(len as u8);
+        header[0] = flags;
+        header[1] = len as u8;
+        (header, 2)
     }
 }
 
 /// A REQ-style message as one buffer, ready for a single write: the empty delimiter
-/// frame, then `body`. ROUTER replies to a REQ peer look the same on the wire.
-pub fn delimited(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 11);
-    out.extend_from_slice(&[MORE, 0]);
-    push_header(&mut out, 0, body.len());
-    out.extend_from_slice(body);
-    out
+/// frame, then `body`. ROUTER replies to a REQ peer look the same on the wire. The
+/// headers (at most 11 bytes) are put in front of `body` in its own buffer: moving it
+/// costs less than a second buffer when it has the room.
+pub fn delimited(mut body: Vec<u8>) -> Vec<u8> {
+    let (header, header_len) = header(0, body.len());
+    let delimiter = [MORE, 0];
+    let prefix = delimiter.iter().chain(&header[..header_len]).copied();
+    body.splice(0..0, prefix);
+    body
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
-/// Exchanges greetings and READY commands on a fresh connection, as `socket_type`.
-pub async fn handshake<S>(stream: &mut S, socket_type: SocketType) -> io::Result<()>
+/// Exchanges greetings and READY commands on a fresh connection, as `socket_type`,
+/// reading through `reader` (which keeps whatever the peer sent after its READY).
+pub async fn handshake<S>(
+    stream: &mut S,
+    reader: &mut FrameReader,
+    socket_type: SocketType,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -159,10 +175,8 @@ where
     let mut hello = greeting().to_vec();
     hello.extend_from_slice(&ready(socket_type));
     stream.write_all(&hello).await?;
-    let mut theirs = [0u8; GREETING_LEN];
-    stream.read_exact(&mut theirs).await?;
+    let theirs = reader.greeting(stream).await?;
     check_greeting(&theirs)?;
-    let mut reader = FrameReader::new(usize::MAX >> 1);
     let (flags, body) = reader.frame(stream, 4096).await?;
     if flags & COMMAND == 0 {
         return Err(invalid("the peer sent a message before READY"));
@@ -212,8 +226,65 @@ pub enum Incoming {
     Pong(Vec<u8>),
 }
 
-/// Reads frames off a stream, bounding what one message may hold.
+/// Where a frame lies at the start of a buffer: its flags, the length of its header and
+/// of its body (which may not have arrived yet).
+struct FrameAt {
+    flags: u8,
+    header: usize,
+    len: usize,
+}
+
+impl FrameAt {
+    /// The frame at the start of `bytes`, once its header has arrived; a body longer
+    /// than `limit` is an error.
+    fn parse(bytes: &[u8], limit: usize) -> io::Result<Option<FrameAt>> {
+        let Some(&flags) = bytes.first() else {
+            return Ok(None);
+        };
+        let (header, len) = if flags & LONG != 0 {
+            let Some(size) = bytes.get(1..9) else {
+                return Ok(None);
+            };
+            (9, u64::from_be_bytes(size.try_into().expect("eight bytes")))
+        } else {
+            let Some(&size) = bytes.get(1) else {
+                return Ok(None);
+            };
+            (2, u64::from(size))
+        };
+        if len > limit as u64 {
+            return Err(invalid(format!(
+                "frame of {len} bytes, more than the {limit} allowed"
+            )));
+        }
+        Ok(Some(FrameAt {
+            flags,
+            header,
+            len: len as usize,
+        }))
+    }
+
+    fn end(&self) -> usize {
+        self.header + self.len
+    }
+}
+
+/// What the buffer holds so far.
+enum Buffered {
+    Complete(Incoming),
+    /// Not a whole message yet: this many bytes in all are needed at least.
+    Needs(usize),
+}
+
+/// Bytes a read asks the kernel for at least.
+const MIN_READ: usize = 4 * 1024;
+
+/// Reads frames off a stream through a buffer of its own, bounding what one message may
+/// hold. The frames of a message are handed out as parts of that buffer, without copies;
+/// a message is taken from the buffer only once all its frames have arrived, so a read
+/// cut off by a cancellation loses nothing.
 pub struct FrameReader {
+    buffer: BytesMut,
     max_message: usize,
 }
 
@@ -221,72 +292,126 @@ impl FrameReader {
     /// A reader refusing (with an error, which closes the connection) messages larger
     /// than `max_message` bytes in all.
     pub fn new(max_message: usize) -> FrameReader {
-        FrameReader { max_message }
+        FrameReader {
+            buffer: BytesMut::with_capacity(4 * MIN_READ),
+            max_message,
+        }
     }
 
+    /// Reads more of the stream, with room for `needed` bytes in all at least.
+    async fn read_more<R>(&mut self, stream: &mut R, needed: usize) -> io::Result<()>
+    where
+        R: AsyncRead + Unpin,
+    {
+        // Once the frames handed out are dropped, this reuses the buffer's memory.
+        self.buffer
+            .reserve(needed.saturating_sub(self.buffer.len()).max(MIN_READ));
+        if stream.read_buf(&mut self.buffer).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    async fn greeting<R>(&mut self, stream: &mut R) -> io::Result<[u8; GREETING_LEN]>
+    where
+        R: AsyncRead + Unpin,
+    {
+        while self.buffer.len() < GREETING_LEN {
+            self.read_more(stream, GREETING_LEN).await?;
+        }
+        let mut greeting = [0u8; GREETING_LEN];
+        greeting.copy_from_slice(&self.buffer.split_to(GREETING_LEN));
+        Ok(greeting)
+    }
+
+    /// The next frame, whatever it is.
     async fn frame<R>(&mut self, stream: &mut R, limit: usize) -> io::Result<(u8, Bytes)>
     where
         R: AsyncRead + Unpin,
     {
-        let mut header = [0u8; 2];
-        stream.read_exact(&mut header).await?;
-        let flags = header[0];
-        let len = if flags & LONG != 0 {
-            let mut rest = [0u8; 8];
-            rest[0] = header[1];
-            stream.read_exact(&mut rest[1..]).await?;
-            u64::from_be_bytes(rest)
-        } else {
-            u64::from(header[1])
-        };
-        if len > limit as u64 {
-            return Err(invalid(format!(
-                "frame of {len} bytes, more than the {limit} allowed"
-            )));
+        loop {
+            match FrameAt::parse(&self.buffer, limit)? {
+                Some(frame) if self.buffer.len() >= frame.end() => {
+                    self.buffer.advance(frame.header);
+                    return Ok((frame.flags, self.buffer.split_to(frame.len).freeze()));
+                }
+                Some(frame) => self.read_more(stream, frame.end()).await?,
+                None => self.read_more(stream, 9).await?,
+            }
         }
-        let mut body = BytesMut::zeroed(len as usize);
-        stream.read_exact(&mut body).await?;
-        Ok((flags, body.freeze()))
     }
 
     /// The next message (all its frames), or a PING to answer. Other commands are
-    /// skipped. Not cancel-safe: a message cut off by a cancellation is lost.
+    /// skipped. Cancel-safe.
     pub async fn message<R>(&mut self, stream: &mut R) -> io::Result<Incoming>
     where
         R: AsyncRead + Unpin,
     {
-        let mut frames = Vec::with_capacity(3);
-        let mut total = 0usize;
         loop {
-            let (flags, body) = self.frame(stream, self.max_message - total).await?;
-            if flags & COMMAND != 0 {
-                if !frames.is_empty() {
-                    return Err(invalid("command inside a multipart message"));
-                }
-                let (name, data) = command(&body)?;
-                if name == b"PING" && data.len() >= 2 {
-                    // PONG echoes the ping's context (after its 2-byte TTL).
-                    let context = &data[2..data.len().min(18)];
-                    let mut pong_body = vec![4];
-                    pong_body.extend_from_slice(b"PONG");
-                    pong_body.extend_from_slice(context);
-                    let mut pong = Vec::with_capacity(pong_body.len() + 2);
-                    push_header(&mut pong, COMMAND, pong_body.len());
-                    pong.extend_from_slice(&pong_body);
-                    return Ok(Incoming::Pong(pong));
-                }
-                continue;
-            }
-            total += body.len();
-            frames.push(body);
-            if flags & MORE == 0 {
-                return Ok(Incoming::Message(frames));
-            }
-            if frames.len() > 64 {
-                return Err(invalid("more than 64 frames in one message"));
+            match self.buffered()? {
+                Buffered::Complete(incoming) => return Ok(incoming),
+                Buffered::Needs(needed) => self.read_more(stream, needed).await?,
             }
         }
     }
+
+    /// Takes the next message (or PING) off the buffer if all of it has arrived.
+    fn buffered(&mut self) -> io::Result<Buffered> {
+        let (mut at, mut total, mut frames) = (0, 0, 0);
+        loop {
+            let Some(frame) = FrameAt::parse(&self.buffer[at..], self.max_message - total)? else {
+                return Ok(Buffered::Needs(at + 9));
+            };
+            let end = at + frame.end();
+            if self.buffer.len() < end {
+                return Ok(Buffered::Needs(end));
+            }
+            if frame.flags & COMMAND != 0 {
+                if frames > 0 {
+                    return Err(invalid("command inside a multipart message"));
+                }
+                let pong = pong_for(&self.buffer[at + frame.header..end])?;
+                self.buffer.advance(end);
+                match pong {
+                    Some(pong) => return Ok(Buffered::Complete(Incoming::Pong(pong))),
+                    None => continue,
+                }
+            }
+            total += frame.len;
+            frames += 1;
+            at = end;
+            if frame.flags & MORE == 0 {
+                break;
+            }
+            if frames > 64 {
+                return Err(invalid("more than 64 frames in one message"));
+            }
+        }
+        let mut message = Vec::with_capacity(frames);
+        for _ in 0..frames {
+            let frame = FrameAt::parse(&self.buffer, usize::MAX)?.expect("checked above");
+            self.buffer.advance(frame.header);
+            message.push(self.buffer.split_to(frame.len).freeze());
+        }
+        Ok(Buffered::Complete(Incoming::Message(message)))
+    }
+}
+
+/// The PONG answering a command if it is a PING (which PONG echoes the context of, after
+/// its 2-byte TTL).
+fn pong_for(body: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let (name, data) = command(body)?;
+    if name != b"PING" || data.len() < 2 {
+        return Ok(None);
+    }
+    let context = &data[2..data.len().min(18)];
+    let mut pong_body = vec![4];
+    pong_body.extend_from_slice(b"PONG");
+    pong_body.extend_from_slice(context);
+    let mut pong = Vec::with_capacity(pong_body.len() + 2);
+    push_header(&mut pong, COMMAND, pong_body.len());
+    pong.extend_from_slice(&pong_body);
+    Ok(Some(pong))
 }
 
 #[cfg(test)]
@@ -296,26 +421,75 @@ mod tests {
     #[tokio::test]
     async fn two_ends_handshake_and_exchange_a_message() {
         let (mut client, mut server) = tokio::io::duplex(4096);
+        let (mut client_reader, mut server_reader) =
+            (FrameReader::new(1024), FrameReader::new(1024));
         let (a, b) = tokio::join!(
-            handshake(&mut client, SocketType::Req),
-            handshake(&mut server, SocketType::Router)
+            handshake(&mut client, &mut client_reader, SocketType::Req),
+            handshake(&mut server, &mut server_reader, SocketType::Router)
         );
         a.unwrap();
         b.unwrap();
-        client.write_all(&delimited(b"hello")).await.unwrap();
-        let mut reader = FrameReader::new(1024);
-        let Incoming::Message(frames) = reader.message(&mut server).await.unwrap() else {
+        client
+            .write_all(&delimited(b"hello".to_vec()))
+            .await
+            .unwrap();
+        let Incoming::Message(frames) = server_reader.message(&mut server).await.unwrap() else {
             panic!("expected a message");
         };
         assert_eq!(frames, vec![Bytes::new(), Bytes::from_static(b"hello")]);
     }
 
     #[tokio::test]
+    async fn a_message_sent_with_the_greeting_is_kept() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut hello = greeting().to_vec();
+        hello.extend_from_slice(&ready(SocketType::Req));
+        hello.extend_from_slice(&delimited(b"first".to_vec()));
+        client.write_all(&hello).await.unwrap();
+        let mut reader = FrameReader::new(1024);
+        handshake(&mut server, &mut reader, SocketType::Router)
+            .await
+            .unwrap();
+        let Incoming::Message(frames) = reader.message(&mut server).await.unwrap() else {
+            panic!("expected a message");
+        };
+        assert_eq!(frames[1], Bytes::from_static(b"first"));
+    }
+
+    #[tokio::test]
+    async fn messages_split_or_joined_in_any_way_are_read_whole_even_across_cancellations() {
+        let mut wire = Vec::new();
+        for body in [&b"one"[..], &[b'x'; 300][..], b"three"] {
+            wire.extend_from_slice(&delimited(body.to_vec()));
+        }
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut reader = FrameReader::new(1024);
+        let mut read = Vec::new();
+        for chunk in wire.chunks(7) {
+            client.write_all(chunk).await.unwrap();
+            // Reads as far as the bytes go, then gives up (a cancellation).
+            while let Ok(Ok(Incoming::Message(frames))) = tokio::time::timeout(
+                std::time::Duration::from_millis(1),
+                reader.message(&mut server),
+            )
+            .await
+            {
+                read.push(frames[1].clone());
+            }
+        }
+        assert_eq!(read.len(), 3);
+        assert_eq!(read[1].len(), 300);
+        assert_eq!(read[2], Bytes::from_static(b"three"));
+    }
+
+    #[tokio::test]
     async fn two_req_sockets_refuse_each_other() {
         let (mut client, mut server) = tokio::io::duplex(4096);
+        let (mut client_reader, mut server_reader) =
+            (FrameReader::new(1024), FrameReader::new(1024));
         let (a, _) = tokio::join!(
-            handshake(&mut client, SocketType::Req),
-            handshake(&mut server, SocketType::Req)
+            handshake(&mut client, &mut client_reader, SocketType::Req),
+            handshake(&mut server, &mut server_reader, SocketType::Req)
         );
         assert!(a.unwrap_err().to_string().contains("cannot talk"));
     }
@@ -324,13 +498,13 @@ mod tests {
     async fn long_frames_and_limits() {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         let body = vec![b'x'; 1000];
-        client.write_all(&delimited(&body)).await.unwrap();
+        client.write_all(&delimited(body.clone())).await.unwrap();
         let mut reader = FrameReader::new(2000);
         let Incoming::Message(frames) = reader.message(&mut server).await.unwrap() else {
             panic!("expected a message");
         };
         assert_eq!(frames[1].len(), 1000);
-        client.write_all(&delimited(&body)).await.unwrap();
+        client.write_all(&delimited(body.clone())).await.unwrap();
         let mut small = FrameReader::new(999);
         assert!(small.message(&mut server).await.is_err());
     }
@@ -368,10 +542,10 @@ mod tests {
                 input.extend_from_slice(&bytes);
                 // The peer's bytes to read; what we answer goes nowhere.
                 let mut ours = tokio::io::join(&input[..], tokio::io::sink());
-                let shook = handshake(&mut ours, SocketType::Router).await;
+                let mut reader = FrameReader::new(256);
+                let shook = handshake(&mut ours, &mut reader, SocketType::Router).await;
                 assert_eq!(shook.is_ok(), after_greeting, "{shook:?}");
                 if shook.is_ok() {
-                    let mut reader = FrameReader::new(256);
                     while let Ok(incoming) = reader.message(&mut ours).await {
                         if let Incoming::Message(frames) = incoming {
                             let total: usize = frames.iter().map(|f| f.len()).sum();

@@ -4,11 +4,10 @@
 //! clock and a nonce it has not seen before. See `PROTOCOL.md` beside this file.
 
 use std::borrow::Cow;
-use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+mod as_written;
 
 /// Version of the envelope format; a receiver refuses any other.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -153,30 +154,52 @@ fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// A MAC written as 64 hex digits (either case), as bytes.
-fn decode_mac(hex: &[u8]) -> Option<[u8; 32]> {
-    fn nibble(digit: u8) -> Option<u8> {
-        match digit {
-            b'0'..=b'9' => Some(digit - b'0'),
-            b'a'..=b'f' => Some(digit - b'a' + 10),
-            b'A'..=b'F' => Some(digit - b'A' + 10),
-            _ => None,
-        }
+/// Value of each byte as a hex digit (either case); `INVALID` for any other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut values = [INVALID; 256];
+    let mut digit = 0;
+    while digit < 10 {
+        values[b'0' as usize + digit] = digit as u8;
+        digit += 1;
     }
+    let mut letter = 0;
+    while letter < 6 {
+        values[b'a' as usize + letter] = 10 + letter as u8;
+        values[b'A' as usize + letter] = 10 + letter as u8;
+        letter += 1;
+    }
+    values
+};
+const INVALID: u8 = 0x10;
+
+/// A MAC written as 64 hex digits (either case), as bytes. Through a table, without a
+/// branch per digit: the digits of a MAC are random, so per-digit branches were
+/// mispredicted about every other time, and this runs twice per round trip.
+fn decode_mac(hex: &[u8]) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }
     let mut tag = [0u8; 32];
+    let mut invalid = 0u8;
     for (byte, pair) in tag.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        let (high, low) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        invalid |= high | low;
+        *byte = high << 4 | (low & 0x0f);
     }
-    Some(tag)
+    (invalid & INVALID == 0).then_some(tag)
 }
 
 /// How a signed message written by [`Envelope::signed_bytes`] ends: the MAC as the last
 /// field, after the canonical form's fields.
 const MAC_FIELD: &[u8] = b",\"mac\":\"";
 const SIGNED_TAIL_LEN: usize = MAC_FIELD.len() + 64 + 2;
+
+/// Room left in a message's buffer for a transport to put its framing in front of it
+/// without another buffer (ZMTP adds up to 11 bytes).
+const TRANSPORT_ROOM: usize = 16;
 
 impl Envelope {
     /// A new, unsigned message stamped with the current time and a fresh nonce.
@@ -324,7 +347,13 @@ impl<'a> Received<'a> {
     /// Parses received bytes, refusing anything oversized or out of shape, as
     /// [`Envelope::parse`] does. The MAC is not checked here: see [`Received::verify`].
     pub fn parse(bytes: &'a [u8]) -> Result<Received<'a>, AuthError> {
-        let received: Received = decode(bytes)?;
+        let as_written = (bytes.len() <= MAX_MESSAGE_BYTES)
+            .then(|| as_written::read(bytes))
+            .flatten();
+        let received = match as_written {
+            Some(received) => received,
+            None => decode(bytes)?,
+        };
         check_shape(
             received.v,
             &received.kind,
@@ -433,9 +462,10 @@ fn canonical_form(
     nonce: &str,
     canonical_payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + canonical_payload.len() + SIGNED_TAIL_LEN);
+    let mut out =
+        Vec::with_capacity(128 + canonical_payload.len() + SIGNED_TAIL_LEN + TRANSPORT_ROOM);
     out.extend_from_slice(b"{\"v\":");
-    out.extend_from_slice(v.to_string().as_bytes());
+    write_integer(i64::from(v), &mut out);
     out.extend_from_slice(b",\"type\":");
     write_json_string(kind, &mut out);
     out.extend_from_slice(b",\"id\":");
@@ -443,13 +473,27 @@ fn canonical_form(
     out.extend_from_slice(b",\"sender\":");
     write_json_string(sender, &mut out);
     out.extend_from_slice(b",\"ts\":");
-    out.extend_from_slice(ts.to_string().as_bytes());
+    write_integer(ts, &mut out);
     out.extend_from_slice(b",\"nonce\":");
     write_json_string(nonce, &mut out);
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(canonical_payload);
     out.push(b'}');
     out
+}
+
+/// Whether JSON writes `bytes` other than as they are (between quotes): a quote, a
+/// backslash or a control character among them. Without a branch per byte, so that it
+/// runs several bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |found, &byte| {
+        found | (byte == b'"') | (byte == b'\\') | (byte < 0x20)
+    })
+}
+
+fn write_integer(value: i64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    write!(out, "{value}").expect("writing to a Vec cannot fail");
 }
 
 /// A canonical form with the MAC added as the last field: the bytes to send.
@@ -495,7 +539,17 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
 }
 
 fn write_json_string(text: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    // Most strings here (kinds, ids, nonces) need no escapes: JSON writes them as they
+    // are, and going through the serializer for them was a visible cost per message.
+    let plain = !needs_escape(text.as_bytes());
+    if plain {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    }
 }
 
 /// Writes a JSON value with object keys sorted, so that the bytes do not depend on how
@@ -546,8 +600,35 @@ pub struct ReplayGuard {
 
 #[derive(Default)]
 struct Seen {
-    fingerprints: HashSet<u128>,
-    expiries: BinaryHeap<Reverse<(i64, u128)>>,
+    /// Fingerprints are keyed hashes already: the set uses them as they are instead of
+    /// hashing them again.
+    fingerprints: HashSet<u128, BuildHasherDefault<AlreadyHashed>>,
+    /// Expiry of each fingerprint, in the order the messages arrived. Timestamps arrive
+    /// nearly in order, so the oldest entry is at the front; one that arrived early with
+    /// a later expiry holds those behind it a little longer, which costs memory (bounded
+    /// by `max_entries`) but never forgets a nonce too early. A priority queue was exact
+    /// but walked its whole depth, through cold memory, for every expiry.
+    expiries: VecDeque<(i64, u128)>,
+}
+
+/// A [`Hasher`] for values that are random already (keyed fingerprints).
+#[derive(Default)]
+struct AlreadyHashed(u64);
+
+impl Hasher for AlreadyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
+    }
 }
 
 impl ReplayGuard {
@@ -569,13 +650,12 @@ impl ReplayGuard {
             .seen
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        while let Some(Reverse((expiry, _))) = seen.expiries.peek() {
-            if *expiry >= now_ms {
+        while let Some(&(expiry, fingerprint)) = seen.expiries.front() {
+            if expiry >= now_ms {
                 break;
             }
-            if let Some(Reverse((_, fingerprint))) = seen.expiries.pop() {
-                seen.fingerprints.remove(&fingerprint);
-            }
+            seen.expiries.pop_front();
+            seen.fingerprints.remove(&fingerprint);
         }
         let fingerprint = self.fingerprint(envelope.sender(), envelope.nonce());
         if seen.fingerprints.contains(&fingerprint) {
@@ -587,7 +667,7 @@ impl ReplayGuard {
         // Past this instant the timestamp check refuses the message anyway.
         let expiry = envelope.ts().saturating_add(self.window_ms);
         seen.fingerprints.insert(fingerprint);
-        seen.expiries.push(Reverse((expiry, fingerprint)));
+        seen.expiries.push_back((expiry, fingerprint));
         Ok(())
     }
 
@@ -871,6 +951,82 @@ mod tests {
                     prop_assert_eq!(Envelope::parse(&altered), Envelope::parse(&sent));
                 }
             }
+        }
+    }
+
+    /// What a receiver reads of a message, comparable.
+    fn fields(
+        received: &Received,
+    ) -> (
+        u32,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        Option<String>,
+    ) {
+        (
+            received.v,
+            received.kind.to_string(),
+            received.id.to_string(),
+            received.sender.to_string(),
+            received.ts,
+            received.nonce.to_string(),
+            received.payload().get().to_owned(),
+            received.mac.as_deref().map(str::to_owned),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// The reader of this project's layout and the JSON parser read every message
+        /// alike: signed messages with any fields, and the same with any byte changed
+        /// or cut off (the layout reader may pass a message on to the JSON parser, never
+        /// read it otherwise).
+        #[test]
+        fn the_layout_reader_reads_as_the_json_parser(
+            kind in "[a-z_]{1,12}|.{0,12}",
+            id in "[0-9a-f-]{0,36}|.{0,12}",
+            sender in ".{0,16}",
+            ts in any::<i64>(),
+            value in arbitrary_json(),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+        ) {
+            let plain = [&kind, &id, &sender]
+                .iter()
+                .all(|text| !text.chars().any(|c| c == '"' || c == '\\' || c < ' '));
+            let mut envelope = Envelope::new(kind, id, sender, value);
+            envelope.ts = ts;
+            let sent = envelope.signed_bytes(&key());
+            let mut altered = sent.clone();
+            let at = at % altered.len();
+            if cut {
+                altered.truncate(at);
+            } else {
+                altered[at] = byte;
+            }
+            for bytes in [&sent, &altered] {
+                if let Some(read) = as_written::read(bytes) {
+                    let parsed: Received = decode(bytes).expect("the JSON parser reads it too");
+                    prop_assert_eq!(fields(&read), fields(&parsed));
+                }
+            }
+            // Messages this project writes take the short way whenever they can.
+            prop_assert_eq!(as_written::read(&sent).is_some(), plain);
+        }
+
+        #[test]
+        fn macs_decode_as_hex_does(bytes in proptest::collection::vec(any::<u8>(), 32), at in 0usize..64, byte in any::<u8>()) {
+            let mut hex = hex::encode(&bytes).into_bytes();
+            prop_assert_eq!(decode_mac(&hex).map(|tag| tag.to_vec()), Some(bytes.clone()));
+            prop_assert_eq!(decode_mac(&hex.to_ascii_uppercase()).map(|tag| tag.to_vec()), Some(bytes));
+            hex[at] = byte;
+            prop_assert_eq!(decode_mac(&hex).map(|tag| tag.to_vec()), hex::decode(&hex).ok());
         }
     }
 
