@@ -14,24 +14,27 @@ use super::{Received, MAC_FIELD, SIGNED_TAIL_LEN};
 
 /// The message in `bytes` if it has the layout this project writes; `None` otherwise.
 pub(super) fn read(bytes: &[u8]) -> Option<Received<'_>> {
-    let mut rest = bytes.strip_prefix(b"{\"v\":")?;
+    // Checked as UTF-8 once, as a whole: the fields are slices of it, cut at ASCII
+    // delimiters.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut rest = text.strip_prefix("{\"v\":")?;
     let v = u32::try_from(integer(&mut rest)?).ok()?;
-    let kind = field(&mut rest, b",\"type\":")?;
-    let id = field(&mut rest, b",\"id\":")?;
-    let sender = field(&mut rest, b",\"sender\":")?;
-    rest = rest.strip_prefix(b",\"ts\":")?;
+    let kind = field(&mut rest, ",\"type\":")?;
+    let id = field(&mut rest, ",\"id\":")?;
+    let sender = field(&mut rest, ",\"sender\":")?;
+    rest = rest.strip_prefix(",\"ts\":")?;
     let ts = integer(&mut rest)?;
-    let nonce = field(&mut rest, b",\"nonce\":")?;
-    rest = rest.strip_prefix(b",\"payload\":")?;
-    let (payload, tail) = rest.split_at(rest.len().checked_sub(SIGNED_TAIL_LEN)?);
-    let (mac, end) = tail.strip_prefix(MAC_FIELD)?.split_at(64);
-    if end != b"\"}" {
+    let nonce = field(&mut rest, ",\"nonce\":")?;
+    rest = rest.strip_prefix(",\"payload\":")?;
+    let (payload, tail) = rest.split_at_checked(rest.len().checked_sub(SIGNED_TAIL_LEN)?)?;
+    let tail = tail.strip_prefix(std::str::from_utf8(MAC_FIELD).ok()?)?;
+    let (mac, end) = tail.split_at_checked(64)?;
+    if end != "\"}" || super::needs_escape(mac.as_bytes()) {
         return None;
     }
-    let mac = plain(mac)?;
     // The payload must be one JSON value on its own: validated here (without building
     // it) and decoded by whoever knows its type.
-    let payload: &RawValue = serde_json::from_str(std::str::from_utf8(payload).ok()?).ok()?;
+    let payload: &RawValue = serde_json::from_str(payload).ok()?;
     Some(Received {
         v,
         kind: Cow::Borrowed(kind),
@@ -44,29 +47,25 @@ pub(super) fn read(bytes: &[u8]) -> Option<Received<'_>> {
     })
 }
 
-/// The string value after `key` (which includes the separator and the colon).
-fn field<'a>(rest: &mut &'a [u8], key: &[u8]) -> Option<&'a str> {
-    let body = rest.strip_prefix(key)?.strip_prefix(b"\"")?;
-    let end = body.iter().position(|&byte| byte == b'"')?;
-    let text = plain(&body[..end])?;
-    *rest = &body[end + 1..];
+/// The string value after `key` (which includes the separator and the colon), if JSON
+/// writes it as it is: without quotes, backslashes or control characters (anything else
+/// needs the JSON parser).
+fn field<'a>(rest: &mut &'a str, key: &str) -> Option<&'a str> {
+    let body = rest.strip_prefix(key)?.strip_prefix('"')?;
+    let end = body.bytes().position(|byte| byte == b'"')?;
+    let (text, after) = body.split_at(end);
+    if super::needs_escape(text.as_bytes()) {
+        return None;
+    }
+    *rest = &after[1..];
     Some(text)
 }
 
-/// `bytes` as text if JSON writes them between quotes as they are: UTF-8 without
-/// quotes, backslashes or control characters (anything else needs the JSON parser).
-fn plain(bytes: &[u8]) -> Option<&str> {
-    if super::needs_escape(bytes) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()
-}
-
 /// A JSON integer (no fraction, no exponent, no leading zeros), ending before a comma.
-fn integer(rest: &mut &[u8]) -> Option<i64> {
-    let (negative, digits) = match rest.strip_prefix(b"-") {
-        Some(after) => (true, after),
-        None => (false, *rest),
+fn integer(rest: &mut &str) -> Option<i64> {
+    let (negative, digits) = match rest.strip_prefix('-') {
+        Some(after) => (true, after.as_bytes()),
+        None => (false, rest.as_bytes()),
     };
     let len = digits
         .iter()
@@ -85,7 +84,7 @@ fn integer(rest: &mut &[u8]) -> Option<i64> {
             value.checked_add(digit)?
         };
     }
-    *rest = &digits[len..];
+    *rest = &rest[rest.len() - (digits.len() - len)..];
     Some(value)
 }
 
@@ -96,7 +95,7 @@ mod tests {
     #[test]
     fn integers_as_json_writes_them() {
         let read = |text: &str| {
-            let mut rest = text.as_bytes();
+            let mut rest = text;
             integer(&mut rest).map(|value| (value, rest.len()))
         };
         assert_eq!(read("0,"), Some((0, 1)));
@@ -118,10 +117,19 @@ mod tests {
 
     #[test]
     fn strings_that_need_escapes_are_left_to_the_json_parser() {
-        assert_eq!(plain(b"node-a"), Some("node-a"));
-        assert_eq!(plain("z\u{e4}hler".as_bytes()), Some("z\u{e4}hler"));
-        for refused in [&b"a\\u0041"[..], b"tab\there", b"\xff"] {
-            assert_eq!(plain(refused), None);
+        let read = |text: &'static str| {
+            let mut rest = text;
+            field(&mut rest, ",\"id\":").map(|value| (value, rest))
+        };
+        assert_eq!(read(",\"id\":\"node-a\",x"), Some(("node-a", ",x")));
+        assert_eq!(read(",\"id\":\"z\u{e4}hler\"}"), Some(("z\u{e4}hler", "}")));
+        for refused in [
+            ",\"id\":\"a\\u0041\"",
+            ",\"id\":\"tab\there\"",
+            ",\"id\":\"open",
+            ",\"ID\":\"a\"",
+        ] {
+            assert_eq!(read(refused), None, "{refused}");
         }
     }
 }

@@ -135,11 +135,19 @@ pub fn now_ms() -> i64 {
 
 /// A fresh random nonce (16 bytes, hex).
 pub fn new_nonce() -> String {
+    String::from_utf8(nonce_digits().to_vec()).expect("hex digits are ASCII")
+}
+
+/// The hex digits of a fresh random nonce, without a heap allocation (one per message).
+fn nonce_digits() -> [u8; 32] {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
-    let mut hex = Vec::with_capacity(32);
-    push_hex(&bytes, &mut hex);
-    String::from_utf8(hex).expect("hex digits are ASCII")
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+    }
+    digits
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -282,7 +290,7 @@ impl Envelope {
             id,
             sender,
             now_ms(),
-            &new_nonce(),
+            std::str::from_utf8(&nonce_digits()).expect("hex digits are ASCII"),
             canonical_payload,
         );
         append_mac(canonical, key)
