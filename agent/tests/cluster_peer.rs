@@ -280,6 +280,21 @@ async fn a_hanging_peer_costs_one_timeout_and_the_socket_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_socket_idle_past_its_last_deadline_is_reused_with_a_fresh_one() {
+    let server = serve("b", cluster::shared(RecordingHandler::new("b"))).await;
+    let requester = Requester::new(NodeId("a".into()), key(), Duration::from_millis(300));
+    let endpoint = server.endpoint().to_owned();
+    for _ in 0..2 {
+        let reply = requester.call(&endpoint, &Request::Capabilities).await;
+        assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
+        // Idle beyond the deadline of the request just answered.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(server.stats().handled(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn requests_to_different_peers_do_not_wait_for_each_other() {
     let hanging = cluster::shared(RecordingHandler::hanging("slow"));
     let answering = cluster::shared(RecordingHandler::new("fast"));

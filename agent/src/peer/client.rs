@@ -57,6 +57,8 @@ const MAX_REPLY_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
 struct ReqSocket {
     stream: TcpStream,
     frames: FrameReader,
+    /// The deadline of the request in progress.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Sends signed requests to peer endpoints and checks their replies.
@@ -196,7 +198,11 @@ impl Requester {
             zmtp::handshake(&mut stream, &mut frames, SocketType::Req)
                 .await
                 .map_err(|error| CallError::Connect(format!("ZeroMQ handshake: {error}")))?;
-            Ok(ReqSocket { stream, frames })
+            Ok(ReqSocket {
+                stream,
+                frames,
+                timer: Box::pin(tokio::time::sleep_until(deadline)),
+            })
         };
         timeout_at(deadline, connected)
             .await
@@ -241,24 +247,28 @@ async fn round_trip(
     deadline: Instant,
 ) -> Result<bytes::Bytes, RoundTrip> {
     let transport = |error: std::io::Error| RoundTrip::Transport(error.to_string());
-    // One deadline over both directions: one timer per request, not two.
+    let ReqSocket {
+        stream,
+        frames,
+        timer,
+    } = socket;
+    // One deadline over both directions, on the socket's own timer: moved to a later
+    // instant it stays registered, where a new timer per request was registered and
+    // removed under the runtime's timer lock each time.
+    timer.as_mut().reset(deadline);
     let exchange = async {
-        socket.stream.write_all(framed).await.map_err(transport)?;
+        stream.write_all(framed).await.map_err(transport)?;
         loop {
-            match socket
-                .frames
-                .message(&mut socket.stream)
-                .await
-                .map_err(transport)?
-            {
+            match frames.message(stream).await.map_err(transport)? {
                 Incoming::Message(frames) => return Ok(frames),
-                Incoming::Pong(pong) => socket.stream.write_all(&pong).await.map_err(transport)?,
+                Incoming::Pong(pong) => stream.write_all(&pong).await.map_err(transport)?,
             }
         }
     };
-    let frames = match timeout_at(deadline, exchange).await {
-        Err(_) => return Err(RoundTrip::Timeout),
-        Ok(result) => result?,
+    let frames = tokio::select! {
+        biased;
+        result = exchange => result?,
+        () = timer.as_mut() => return Err(RoundTrip::Timeout),
     };
     // A REQ socket drops the empty delimiter and hands on the rest.
     match <[bytes::Bytes; 2]>::try_from(frames) {
