@@ -539,14 +539,18 @@ fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
             .min()
             .unwrap()
     };
+    // As the client makes a request: the id formatted on the stack, the payload in
+    // canonical form, the envelope written once with its MAC.
     let request = || {
-        Envelope::new(
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+        Envelope::signed_bytes_with_payload(
             Request::Capabilities.kind(),
-            uuid::Uuid::new_v4().to_string(),
+            id,
             "bench-client",
-            Request::Capabilities.payload(),
+            &canonical_json(&Request::Capabilities.payload()),
+            &key,
         )
-        .signed_bytes(&key)
     };
     // The server keeps the capabilities reply's payload (in canonical form) while its
     // capabilities stay the same; it signs a fresh envelope around it for each request.
@@ -568,7 +572,7 @@ fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
     let replies: Vec<Vec<u8>> = (0..batch * 20)
         .map(|_| reply(uuid::Uuid::new_v4().to_string()))
         .collect();
-    let sample = Envelope::parse(&requests[0]).unwrap();
+    let sample = Received::parse(&requests[0]).unwrap();
     let (mut i, mut j) = (0, 0);
     vec![
         (
@@ -578,13 +582,13 @@ fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
             }),
         ),
         (
-            "of which: one HMAC-SHA256 over a request's canonical form",
+            "of which: verifying a request's HMAC-SHA256 (over the bytes received)",
             time(&mut || {
-                std::hint::black_box(sample.verify(&key)).unwrap();
+                std::hint::black_box(sample.verify(&requests[0], &key)).unwrap();
             }),
         ),
         (
-            "of which: parsing a request (JSON)",
+            "of which: reading a request (its layout, the payload validated as JSON)",
             time(&mut || {
                 std::hint::black_box(Received::parse(&requests[0]).unwrap());
             }),
@@ -731,12 +735,16 @@ fn report(
          itself (`agent/src/peer/zmtp.rs`, wire-compatible with any ZeroMQ REQ/ROUTER peer) \
          instead of going through the `zeromq` crate's sockets, whose ROUTER receives through a \
          fair queue over all peers and hands each reply to a per-peer writer task through a \
-         channel; a signed message is serialized once (its canonical form with the MAC \
-         appended) and checked over the received bytes; a received message is read without \
-         building a JSON tree (its payload decoded straight into the request or reply); the \
-         capabilities reply's payload is kept while the capabilities stay the same; the replay \
-         cache remembers 128-bit fingerprints instead of text. p99 figures are noisy on a \
-         shared machine.\n",
+         channel; frames are handed out as parts of the connection's read buffer, without a \
+         copy; a signed message is serialized once (its canonical form with the MAC \
+         appended, framed in the same buffer) and checked over the received bytes; a message \
+         laid out as this project writes it is read by that layout (any other layout through \
+         the JSON parser), without building a JSON tree, its payload decoded straight into the \
+         request or reply; the MAC's hex digits are decoded through a table (per-digit \
+         branches were mispredicted on random digits); the capabilities reply's payload is \
+         kept while the capabilities stay the same; the replay cache remembers 128-bit \
+         fingerprints in arrival order; each client socket keeps its deadline timer. p99 \
+         figures are noisy on a shared machine.\n",
     );
     out
 }
