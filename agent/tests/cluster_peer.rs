@@ -16,8 +16,8 @@ use motey::domain::{ImageDeployment, ImageState, NodeId, ServiceId};
 use motey::orchestrator::remote::{RemoteError, RemoteNodes};
 use motey::peer::envelope::now_ms;
 use motey::peer::{
-    CallError, ClusterKey, Envelope, ErrorCode, PeerClient, PeerHandler, PeerServer, Reply,
-    Request, Requester,
+    CallError, ClusterKey, Envelope, ErrorCode, PeerClient, PeerHandler, PeerServer, Received,
+    Reply, Request, Requester,
 };
 use motey::store::Store;
 use serde_json::json;
@@ -375,13 +375,13 @@ async fn the_client_talks_to_another_zeromq_implementation() {
         for _ in 0..2 {
             let mut frames = router.recv().await.unwrap().into_vec();
             let body = frames.pop().unwrap();
-            let request = Envelope::parse(&body).unwrap();
-            request.verify_received(&body, &key()).unwrap();
+            let request = Received::parse(&body).unwrap();
+            request.verify(&body, &key()).unwrap();
             let reply = Reply::Capabilities {
                 digest: "0123456789abcdef".into(),
                 capabilities: Vec::new(),
             };
-            let body = Envelope::new(reply.kind(), request.id, "router", reply.payload())
+            let body = Envelope::new(reply.kind(), request.id.as_ref(), "router", reply.payload())
                 .signed_bytes(&key());
             let mut out = ZmqMessage::from(body);
             for frame in frames.into_iter().rev() {

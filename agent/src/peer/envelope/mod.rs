@@ -269,7 +269,7 @@ impl Envelope {
     /// The message signed, as the bytes to send: its canonical form with the MAC added as
     /// the last field. That is valid JSON of the envelope like any other layout, and it
     /// spares a second serialization here and, at a receiver of this project, writing the
-    /// canonical form again (see [`Envelope::verify_received`]).
+    /// canonical form again (see [`Received::verify`]).
     pub fn signed_bytes(self, key: &ClusterKey) -> Vec<u8> {
         append_mac(self.canonical_bytes(), key)
     }
@@ -305,24 +305,6 @@ impl Envelope {
     pub fn verify(&self, key: &ClusterKey) -> Result<(), AuthError> {
         let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
         let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
-        key.tag(&self.canonical_bytes())
-            .verify_slice(&tag)
-            .map_err(|_| AuthError::Forged)
-    }
-
-    /// [`Envelope::verify`] for an envelope parsed from `received`, trying the received
-    /// bytes first: when they end in the MAC field, as [`Envelope::signed_bytes`] writes
-    /// them, the MAC is checked over the bytes before that field (closed with `}`), which
-    /// spares writing the canonical form again. This is as strict: a matching MAC proves
-    /// that a holder of the key signed exactly these bytes as a canonical form, and the
-    /// envelope was parsed from exactly them (plus the MAC). Any other layout (another JSON
-    /// library's key order, whitespace) falls back to the canonical form.
-    pub fn verify_received(&self, received: &[u8], key: &ClusterKey) -> Result<(), AuthError> {
-        let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
-        let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
-        if verifies_as_sent(received, mac, &tag, key) {
-            return Ok(());
-        }
         key.tag(&self.canonical_bytes())
             .verify_slice(&tag)
             .map_err(|_| AuthError::Forged)
@@ -372,8 +354,13 @@ impl<'a> Received<'a> {
         Ok(received)
     }
 
-    /// Checks the MAC of the message parsed from `bytes`, as
-    /// [`Envelope::verify_received`] does.
+    /// [`Envelope::verify`] for the message parsed from `bytes`, trying the received
+    /// bytes first: when they end in the MAC field, as [`Envelope::signed_bytes`] writes
+    /// them, the MAC is checked over the bytes before that field (closed with `}`), which
+    /// spares writing the canonical form again. This is as strict: a matching MAC proves
+    /// that a holder of the key signed exactly these bytes as a canonical form, and the
+    /// message was parsed from exactly them (plus the MAC). Any other layout (another JSON
+    /// library's key order, whitespace) falls back to the canonical form.
     pub fn verify(&self, bytes: &[u8], key: &ClusterKey) -> Result<(), AuthError> {
         let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
         let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
@@ -671,7 +658,10 @@ mod tests {
         // The reply's payload keys are not in canonical order: the received bytes cannot
         // be checked as they are, the canonical form is written again.
         let received = br#"{"v":1,"type":"capability_reply","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-b","ts":1700000000004,"nonce":"0a1b2c3d4e5f60718293a4b5c6d7e8f9","payload":{"digest":"5d1f0c3e8b2a4f6d","capabilities":[{"capability_type":"hardware","capability":"optical-probe"}]},"mac":"c56dc8b23bd297a546b57de4242866ca0dc091e6a3b958054cc4d9138873def1"}"#;
-        reply.verify_received(received, &key).unwrap();
+        Received::parse(received)
+            .unwrap()
+            .verify(received, &key)
+            .unwrap();
         // What this node sends is the document's request byte for byte.
         request.mac = None;
         assert_eq!(
@@ -690,31 +680,28 @@ mod tests {
         )
         .signed_bytes(&key());
         let text = String::from_utf8(bytes.clone()).unwrap();
-        let parsed = Envelope::parse(&bytes).unwrap();
-        parsed.verify_received(&bytes, &key()).unwrap();
-        parsed.verify(&key()).unwrap();
+        Envelope::parse(&bytes).unwrap().verify(&key()).unwrap();
+        let parsed = Received::parse(&bytes).unwrap();
+        parsed.verify(&bytes, &key()).unwrap();
         for altered in [
             text.replace("node-a", "node-b"),
             text.replace("\"web\"", "\"db\""),
             text.replace("\"s1\"", "\"s1\",\"x\":1"),
         ] {
-            let envelope = Envelope::parse(altered.as_bytes()).unwrap();
+            let received = Received::parse(altered.as_bytes()).unwrap();
             assert_eq!(
-                envelope.verify_received(altered.as_bytes(), &key()),
+                received.verify(altered.as_bytes(), &key()),
                 Err(AuthError::Forged),
                 "{altered}"
             );
         }
         let other = ClusterKey::from_secret("another cluster's secret");
-        assert_eq!(
-            parsed.verify_received(&bytes, &other),
-            Err(AuthError::Forged)
-        );
+        assert_eq!(parsed.verify(&bytes, &other), Err(AuthError::Forged));
         // Whitespace or another key order on the wire: still authentic.
         let spaced = text.replace(",\"mac\"", ", \"mac\"");
-        Envelope::parse(spaced.as_bytes())
+        Received::parse(spaced.as_bytes())
             .unwrap()
-            .verify_received(spaced.as_bytes(), &key())
+            .verify(spaced.as_bytes(), &key())
             .unwrap();
     }
 
@@ -754,11 +741,10 @@ mod tests {
             envelope.sign(&key());
             let parsed = Envelope::parse(&envelope.to_bytes()).unwrap();
             prop_assert_eq!(parsed.verify(&key()), Ok(()));
-            // The bytes sent check as they are, and as the canonical form.
+            // The bytes sent check as the canonical form (and as they are: below).
             envelope.mac = None;
             let sent = envelope.clone().signed_bytes(&key());
             let parsed = Envelope::parse(&sent).unwrap();
-            prop_assert_eq!(parsed.verify_received(&sent, &key()), Ok(()));
             prop_assert_eq!(parsed.verify(&key()), Ok(()));
             envelope.sign(&key());
             prop_assert_eq!(parsed, envelope.clone());
