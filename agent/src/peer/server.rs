@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::envelope::{
     canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
 };
-use super::messages::{ErrorCode, Reply, Request};
+use super::messages::{kinds, ErrorCode, Reply, Request};
 use super::zmtp::{self, FrameReader, Incoming, SocketType};
 use super::PeerError;
 use crate::discovery::capabilities_digest;
@@ -238,7 +238,6 @@ struct State {
 
 struct CapabilitiesAnswer {
     capabilities: Vec<Capability>,
-    digest: String,
     payload: Arc<[u8]>,
 }
 
@@ -251,14 +250,12 @@ impl State {
         match &*last {
             Some(answer) if answer.capabilities.as_slice() == capabilities => answer.clone(),
             _ => {
-                let digest = capabilities_digest(capabilities);
                 let reply = Reply::Capabilities {
                     capabilities: capabilities.to_vec(),
-                    digest: digest.clone(),
+                    digest: capabilities_digest(capabilities),
                 };
                 let answer = Arc::new(CapabilitiesAnswer {
                     capabilities: capabilities.to_vec(),
-                    digest,
                     payload: canonical_json(&reply.payload()).into(),
                 });
                 *last = Some(answer.clone());
@@ -392,8 +389,9 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         tracing::debug!("peer message without delimiter dropped");
         return Answer::Nothing;
     }
-    let respond =
-        |reply: Reply, id: String| Answer::Now(frame_reply(sign_reply(state, &reply, id)));
+    let respond = |reply: Reply, id: String| {
+        Answer::Now(frame_reply(sign_reply(state, Outgoing::Reply(reply), id)))
+    };
     let envelope = match Received::parse(&body) {
         Ok(envelope) => envelope,
         Err(error) => {
@@ -457,10 +455,10 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
             .await
             .unwrap_or_else(|_| {
                 tracing::error!(kind, "peer request handler panicked");
-                Reply::error(ErrorCode::Internal, "the handler failed")
+                Outgoing::Reply(Reply::error(ErrorCode::Internal, "the handler failed"))
             });
         drop(permit);
-        frame_reply(sign_reply(&state, &reply, id))
+        frame_reply(sign_reply(&state, reply, id))
     });
     // A handler that answers without waiting (capabilities, most statuses) is answered
     // inline, saving a task; the others run in a task of their own.
@@ -470,16 +468,20 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
     }
 }
 
-async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
+/// What a request is answered with.
+enum Outgoing {
+    Reply(Reply),
+    /// The capabilities, as kept while they stay the same.
+    Capabilities(Arc<CapabilitiesAnswer>),
+}
+
+async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Outgoing {
     let handler = state.handler.as_ref();
     let refused = |reason: String| Reply::error(ErrorCode::Refused, reason);
-    match request {
+    let reply = match request {
         Request::Capabilities => {
             let capabilities = handler.capabilities().await;
-            Reply::Capabilities {
-                digest: state.capabilities_answer(&capabilities).digest.clone(),
-                capabilities,
-            }
+            return Outgoing::Capabilities(state.capabilities_answer(&capabilities));
         }
         Request::DeployImage(deployment) => handler
             .deploy_image(*deployment)
@@ -523,17 +525,16 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Reply {
             .image_exec(sender, &service_id, &image_id, exec)
             .await
             .map_or_else(refused, Reply::ImageExec),
-    }
+    };
+    Outgoing::Reply(reply)
 }
 
-fn sign_reply(state: &State, reply: &Reply, id: String) -> Vec<u8> {
-    let payload: Arc<[u8]> = match reply {
-        Reply::Capabilities { capabilities, .. } => {
-            state.capabilities_answer(capabilities).payload.clone()
-        }
-        other => canonical_json(&other.payload()).into(),
+fn sign_reply(state: &State, reply: Outgoing, id: String) -> Vec<u8> {
+    let (kind, payload) = match reply {
+        Outgoing::Capabilities(answer) => (kinds::CAPABILITY_REPLY, answer.payload.clone()),
+        Outgoing::Reply(reply) => (reply.kind(), canonical_json(&reply.payload()).into()),
     };
-    Envelope::signed_bytes_with_payload(reply.kind(), &id, &state.node, &payload, &state.key)
+    Envelope::signed_bytes_with_payload(kind, &id, &state.node, &payload, &state.key)
 }
 
 /// A reply as a REQ client expects it: the empty delimiter, then the envelope.
