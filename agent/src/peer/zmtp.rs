@@ -23,6 +23,9 @@ const COMMAND: u8 = 0x04;
 
 const GREETING_LEN: usize = 64;
 
+/// Length of a frame header with an eight-byte length (the longest).
+const LONG_HEADER: usize = 9;
+
 /// The ZeroMQ socket types the peer protocol uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketType {
@@ -131,12 +134,12 @@ fn push_header(out: &mut Vec<u8>, flags: u8, len: usize) {
 }
 
 /// A frame header (flags, then the length in one byte or eight) and its length.
-fn header(flags: u8, len: usize) -> ([u8; 9], usize) {
-    let mut header = [0u8; 9];
+fn header(flags: u8, len: usize) -> ([u8; LONG_HEADER], usize) {
+    let mut header = [0u8; LONG_HEADER];
     if len > 255 {
         header[0] = flags | LONG;
         header[1..].copy_from_slice(&(len as u64).to_be_bytes());
-        (header, 9)
+        (header, LONG_HEADER)
     } else {
         header[0] = flags;
         header[1] = len as u8;
@@ -242,10 +245,13 @@ impl FrameAt {
             return Ok(None);
         };
         let (header, len) = if flags & LONG != 0 {
-            let Some(size) = bytes.get(1..9) else {
+            let Some(size) = bytes.get(1..LONG_HEADER) else {
                 return Ok(None);
             };
-            (9, u64::from_be_bytes(size.try_into().expect("eight bytes")))
+            (
+                LONG_HEADER,
+                u64::from_be_bytes(size.try_into().expect("eight bytes")),
+            )
         } else {
             let Some(&size) = bytes.get(1) else {
                 return Ok(None);
@@ -332,11 +338,10 @@ impl FrameReader {
         loop {
             match FrameAt::parse(&self.buffer, limit)? {
                 Some(frame) if self.buffer.len() >= frame.end() => {
-                    self.buffer.advance(frame.header);
-                    return Ok((frame.flags, self.buffer.split_to(frame.len).freeze()));
+                    return Ok((frame.flags, self.take(&frame)));
                 }
                 Some(frame) => self.read_more(stream, frame.end()).await?,
-                None => self.read_more(stream, 9).await?,
+                None => self.read_more(stream, LONG_HEADER).await?,
             }
         }
     }
@@ -360,7 +365,7 @@ impl FrameReader {
         let (mut at, mut total, mut frames) = (0, 0, 0);
         loop {
             let Some(frame) = FrameAt::parse(&self.buffer[at..], self.max_message - total)? else {
-                return Ok(Buffered::Needs(at + 9));
+                return Ok(Buffered::Needs(at + LONG_HEADER));
             };
             let end = at + frame.end();
             if self.buffer.len() < end {
@@ -390,10 +395,16 @@ impl FrameReader {
         let mut message = Vec::with_capacity(frames);
         for _ in 0..frames {
             let frame = FrameAt::parse(&self.buffer, usize::MAX)?.expect("checked above");
-            self.buffer.advance(frame.header);
-            message.push(self.buffer.split_to(frame.len).freeze());
+            message.push(self.take(&frame));
         }
         Ok(Buffered::Complete(Incoming::Message(message)))
+    }
+
+    /// Takes `frame`, which has arrived whole at the start of the buffer, off it: its
+    /// body as a part of the buffer.
+    fn take(&mut self, frame: &FrameAt) -> Bytes {
+        self.buffer.advance(frame.header);
+        self.buffer.split_to(frame.len).freeze()
     }
 }
 
