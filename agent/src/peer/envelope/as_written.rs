@@ -27,7 +27,7 @@ pub(super) fn read(bytes: &[u8]) -> Option<Received<'_>> {
     let nonce = field(&mut rest, ",\"nonce\":")?;
     rest = rest.strip_prefix(",\"payload\":")?;
     let (payload, tail) = rest.split_at_checked(rest.len().checked_sub(SIGNED_TAIL_LEN)?)?;
-    let tail = tail.strip_prefix(std::str::from_utf8(MAC_FIELD).ok()?)?;
+    let tail = tail.strip_prefix(MAC_FIELD)?;
     let (mac, end) = tail.split_at_checked(64)?;
     if end != "\"}" || super::needs_escape(mac.as_bytes()) {
         return None;

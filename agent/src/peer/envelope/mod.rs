@@ -202,7 +202,7 @@ fn decode_mac(hex: &[u8]) -> Option<[u8; 32]> {
 
 /// How a signed message written by [`Envelope::signed_bytes`] ends: the MAC as the last
 /// field, after the canonical form's fields.
-const MAC_FIELD: &[u8] = b",\"mac\":\"";
+const MAC_FIELD: &str = ",\"mac\":\"";
 const SIGNED_TAIL_LEN: usize = MAC_FIELD.len() + 64 + 2;
 
 /// Room left in a message's buffer for a transport to put its framing in front of it
@@ -464,7 +464,7 @@ fn append_mac(mut canonical: Vec<u8>, key: &ClusterKey) -> Vec<u8> {
     let tag = key.tag(&canonical).finalize().into_bytes();
     canonical.pop(); // the closing brace
     canonical.reserve(SIGNED_TAIL_LEN);
-    canonical.extend_from_slice(MAC_FIELD);
+    canonical.extend_from_slice(MAC_FIELD.as_bytes());
     push_hex(&tag, &mut canonical);
     canonical.extend_from_slice(b"\"}");
     canonical
@@ -483,7 +483,7 @@ fn verifies_as_sent(received: &[u8], mac: &str, tag: &[u8; 32], key: &ClusterKey
     else {
         return false;
     };
-    if !(tail.starts_with(MAC_FIELD)
+    if !(tail.starts_with(MAC_FIELD.as_bytes())
         && tail.ends_with(b"\"}")
         && tail[MAC_FIELD.len()..MAC_FIELD.len() + 64] == *mac.as_bytes())
     {
