@@ -285,6 +285,18 @@ enum Buffered {
 /// Bytes a read asks the kernel for at least.
 const MIN_READ: usize = 4 * 1024;
 
+/// The free room to read into when `buffered` bytes have arrived and `needed` are wanted.
+/// A frame's declared length is only a claim: the room grows with the bytes that actually
+/// came (at most doubling the buffer per read), so a peer that declares a large frame and
+/// sends nothing more holds a small buffer, while a large message still arrives in a few
+/// reads.
+fn room_for(buffered: usize, needed: usize) -> usize {
+    needed
+        .saturating_sub(buffered)
+        .min(buffered.max(MIN_READ))
+        .max(MIN_READ)
+}
+
 /// Reads frames off a stream through a buffer of its own, bounding what one message may
 /// hold. The frames of a message are handed out as parts of that buffer, without copies;
 /// a message is taken from the buffer only once all its frames have arrived, so a read
@@ -304,14 +316,13 @@ impl FrameReader {
         }
     }
 
-    /// Reads more of the stream, with room for `needed` bytes in all at least.
+    /// Reads more of the stream, towards `needed` bytes in all.
     async fn read_more<R>(&mut self, stream: &mut R, needed: usize) -> io::Result<()>
     where
         R: AsyncRead + Unpin,
     {
         // Once the frames handed out are dropped, this reuses the buffer's memory.
-        self.buffer
-            .reserve(needed.saturating_sub(self.buffer.len()).max(MIN_READ));
+        self.buffer.reserve(room_for(self.buffer.len(), needed));
         if stream.read_buf(&mut self.buffer).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -533,6 +544,50 @@ mod tests {
             panic!("expected a pong");
         };
         assert_eq!(pong, [&[COMMAND, 9, 4][..], b"PONG", b"abcd"].concat());
+    }
+
+    #[tokio::test]
+    async fn a_declared_frame_is_not_reserved_before_its_bytes_arrive() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(4 << 20);
+        let mut claim = vec![MORE, 0];
+        push_header(&mut claim, 0, 2 << 20);
+        claim.extend_from_slice(b"0123456789");
+        client.write_all(&claim).await.unwrap();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.message(&mut server),
+        )
+        .await;
+        assert!(read.is_err(), "the frame is not complete");
+        assert!(
+            reader.buffer.capacity() <= 4 * MIN_READ,
+            "a 2 MiB claim with 10 bytes received holds {} bytes",
+            reader.buffer.capacity()
+        );
+    }
+
+    #[test]
+    fn the_read_room_grows_with_what_arrived() {
+        assert_eq!(room_for(0, 2 << 20), MIN_READ);
+        assert_eq!(room_for(10, 2 << 20), MIN_READ);
+        assert_eq!(room_for(64 << 10, 2 << 20), 64 << 10);
+        assert_eq!(room_for(1 << 20, (1 << 20) + 100), MIN_READ);
+        assert_eq!(room_for(100, 50), MIN_READ);
+    }
+
+    #[tokio::test]
+    async fn a_large_message_still_arrives_whole() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let body = vec![b'x'; 1_500_000];
+        let sent = delimited(body.clone());
+        let writer = tokio::spawn(async move { client.write_all(&sent).await.unwrap() });
+        let mut reader = FrameReader::new(2 << 20);
+        let Incoming::Message(frames) = reader.message(&mut server).await.unwrap() else {
+            panic!("expected a message");
+        };
+        writer.await.unwrap();
+        assert_eq!(frames[1].len(), body.len());
     }
 
     proptest::proptest! {
