@@ -561,6 +561,7 @@ fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
     ServerOptions {
         max_connections: settings.max_connections,
         max_connections_per_address: settings.max_connections_per_address,
+        max_buffered_bytes: settings.max_buffered_bytes,
         idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
         max_in_flight_per_connection: settings.max_requests_per_connection,
         ..ServerOptions::default()

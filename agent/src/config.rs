@@ -137,6 +137,8 @@ pub struct ZeroMq {
     pub max_connections: usize,
     /// Peer connections from one remote address open at the same time.
     pub max_connections_per_address: usize,
+    /// Bytes all peer connections together may hold of unfinished messages.
+    pub max_buffered_bytes: usize,
     /// Seconds a peer connection may stay idle before it is closed.
     pub idle_timeout_secs: u64,
     /// Requests of one peer connection handled at the same time.
@@ -570,6 +572,7 @@ impl RawConfig {
                 }),
             max_connections,
             max_connections_per_address,
+            max_buffered_bytes: self.count("ZEROMQ", "max_buffered_bytes")?,
             idle_timeout_secs: self.seconds("ZEROMQ", "idle_timeout")?,
             max_requests_per_connection: self.count("ZEROMQ", "max_requests_per_connection")?,
         })
@@ -746,6 +749,7 @@ mod tests {
         assert_eq!(config.zeromq.max_connections, 256);
         assert_eq!(config.zeromq.max_connections_per_address, 16);
         assert_eq!(config.zeromq.idle_timeout_secs, 60);
+        assert_eq!(config.zeromq.max_buffered_bytes, 8 << 20);
         assert_eq!(config.zeromq.max_requests_per_connection, 8);
 
         let mut raw = RawConfig::defaults();

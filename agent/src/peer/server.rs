@@ -25,7 +25,7 @@ use super::envelope::{
     canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
 };
 use super::messages::{kinds, ErrorCode, Reply, Request};
-use super::zmtp::{self, FrameReader, Incoming, SocketType};
+use super::zmtp::{self, FrameReader, Incoming, ReadBudget, SocketType};
 use super::PeerError;
 use crate::discovery::capabilities_digest;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
@@ -100,6 +100,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Connections from one remote address open at the same time; more are closed at once.
     pub max_connections_per_address: usize,
+    /// Bytes that all connections together may hold of messages that have not arrived
+    /// whole, beyond 16 KiB each; a connection that would hold more is closed.
+    pub max_buffered_bytes: usize,
     /// How long a new connection may take to greet (a port scanner, a stuck client).
     pub handshake_timeout: Duration,
     /// How long a connection may stay without a complete message while none of its
@@ -117,6 +120,7 @@ impl Default for ServerOptions {
             max_in_flight_per_connection: 8,
             max_connections: 256,
             max_connections_per_address: 16,
+            max_buffered_bytes: 8 << 20,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             refusal_log_interval: Duration::from_secs(10),
@@ -284,6 +288,7 @@ impl PeerServer {
             last_capabilities: std::sync::Mutex::new(None),
             refusals: RefusalLog::new(options.refusal_log_interval),
             open: std::sync::Mutex::new(OpenConnections::default()),
+            read_budget: ReadBudget::new(options.max_buffered_bytes),
             options,
         });
         let task = tokio::spawn(serve(listener, state, stop.clone()));
@@ -341,6 +346,7 @@ struct State {
     last_capabilities: std::sync::Mutex<Option<Arc<CapabilitiesAnswer>>>,
     refusals: RefusalLog,
     open: std::sync::Mutex<OpenConnections>,
+    read_budget: Arc<ReadBudget>,
     options: ServerOptions,
 }
 
@@ -487,7 +493,7 @@ async fn connection(
     let state = admitted.state.clone();
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
-    let mut frames = FrameReader::new(MAX_READ_BYTES);
+    let mut frames = FrameReader::with_budget(MAX_READ_BYTES, state.read_budget.clone());
     let greeted = async {
         let mut both = tokio::io::join(&mut read, &mut write);
         zmtp::handshake(&mut both, &mut frames, SocketType::Router).await
@@ -554,7 +560,12 @@ async fn connection(
                 }
             }
             Ok(Incoming::Pong(pong)) => pong,
-            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::OutOfMemory
+                ) =>
+            {
                 refuse_transport(&state, peer, &error);
                 break;
             }
