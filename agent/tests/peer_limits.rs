@@ -1,10 +1,11 @@
 //! The peer port's limits, attacked over real TCP: connections over the caps (in all and
-//! per remote address) are closed at once, an idle connection is closed after the idle
-//! timeout while one waiting for its own slow answer is not, a client pipelining requests
-//! is answered `busy` beyond its share, and a node with many requests for one peer stays
-//! under that peer's cap. Against a real `motey` process: 300 half-open connections leave
-//! its memory small and its REST API and peer port answering, and 1,000 garbage messages
-//! do not write 1,000 warnings.
+//! per remote address) are closed at once; an idle connection is closed after the idle
+//! timeout, one waiting for its own slow answer is not, and a client whose pooled
+//! connection was closed so just reconnects; a client pipelining requests is answered
+//! `busy` beyond its share; a node with many requests for one peer stays under that
+//! peer's cap. Against a real `motey` process: 300 half-open connections leave its memory
+//! small and its REST API and peer port answering, and 1,000 garbage messages do not
+//! write 1,000 warnings.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -203,6 +204,29 @@ async fn an_idle_connection_is_closed_but_one_awaiting_its_answer_is_not() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(server.stats().closed_idle(), 1, "still open");
     assert_eq!(server.stats().connections(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_for_idling_costs_the_client_nothing() {
+    let options = ServerOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let server = serve_with(RecordingHandler::new("b"), options).await;
+    let requester = Requester::new(NodeId("a".into()), key(), PATIENCE);
+    let reply = requester
+        .call(server.endpoint(), &Request::Capabilities)
+        .await;
+    assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
+    cluster::eventually("the pooled connection is closed for idling", || {
+        server.stats().closed_idle() == 1
+    })
+    .await;
+    let reply = requester
+        .call(server.endpoint(), &Request::Capabilities)
+        .await;
+    assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
     server.shutdown().await;
 }
 
