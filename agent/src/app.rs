@@ -23,7 +23,9 @@ use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, 
 use crate::lifecycle::{self, Health, NodePhase};
 use crate::orchestrator::remote::RemoteNodes;
 use crate::orchestrator::Orchestrator;
-use crate::peer::{load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer};
+use crate::peer::{
+    load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer, ServerOptions,
+};
 use crate::store::{Store, StoreError};
 use crate::val;
 
@@ -151,11 +153,12 @@ impl Agent {
         orchestrator.lifecycle().set(phase, reason);
         directory.set_this_phase(orchestrator.lifecycle().current());
         let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
-        let peer_server = PeerServer::bind(
+        let peer_server = PeerServer::bind_with(
             &peer_endpoint,
             node,
             key.clone(),
             Arc::new(HostedImages(orchestrator.clone(), config.access.clone())),
+            peer_limits(&config.zeromq),
         )
         .await?;
         // The real port, when 0 was configured.
@@ -553,6 +556,18 @@ impl NodeDirectory for PeerDirectory {
 }
 
 /// The configured node id, else the one generated on the first start and kept in the store.
+/// The peer server's limits from `[ZEROMQ]`.
+fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
+    ServerOptions {
+        max_connections: settings.max_connections,
+        max_connections_per_address: settings.max_connections_per_address,
+        max_buffered_bytes: settings.max_buffered_bytes,
+        idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
+        max_in_flight_per_connection: settings.max_requests_per_connection,
+        ..ServerOptions::default()
+    }
+}
+
 fn node_id(config: &Config, store: &Store) -> Result<NodeId, StoreError> {
     if let Some(id) = &config.general.node_id {
         return Ok(NodeId(id.clone()));

@@ -133,6 +133,16 @@ pub struct Database {
 pub struct ZeroMq {
     pub peer_port: u16,
     pub capability_events: String,
+    /// Peer connections open at the same time, in all.
+    pub max_connections: usize,
+    /// Peer connections from one remote address open at the same time.
+    pub max_connections_per_address: usize,
+    /// Bytes all peer connections together may hold of unfinished messages.
+    pub max_buffered_bytes: usize,
+    /// Seconds a peer connection may stay idle before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Requests of one peer connection handled at the same time.
+    pub max_requests_per_connection: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -386,13 +396,7 @@ impl RawConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| data_dir.join("db")),
         };
-        let zeromq =
-            ZeroMq {
-                peer_port: self.port("ZEROMQ", "peer_port")?,
-                capability_events: self.optional("ZEROMQ", "capability_events").unwrap_or_else(
-                    || format!("ipc://{}", data_dir.join("capabilities.ipc").display()),
-                ),
-            };
+        let zeromq = self.parse_zeromq(&data_dir)?;
         let plugin = self.string("VAL", "plugin");
         if !crate::val::PLUGINS.contains(&plugin.as_str()) {
             return Err(self.invalid(
@@ -538,6 +542,39 @@ impl RawConfig {
             heartbeat_interval_secs,
             peer_suspect_after_secs,
             peer_gone_after_secs,
+        })
+    }
+
+    /// A count of at least 1.
+    fn count(&self, section: &str, key: &str) -> Result<usize, ConfigError> {
+        match self.raw(section, key).parse::<usize>() {
+            Ok(count) if count > 0 => Ok(count),
+            _ => Err(self.invalid(section, key, "expected a number (1 or more)")),
+        }
+    }
+
+    fn parse_zeromq(&self, data_dir: &Path) -> Result<ZeroMq, ConfigError> {
+        let max_connections = self.count("ZEROMQ", "max_connections")?;
+        let max_connections_per_address = self.count("ZEROMQ", "max_connections_per_address")?;
+        if max_connections_per_address > max_connections {
+            return Err(self.invalid(
+                "ZEROMQ",
+                "max_connections_per_address",
+                format!("expected at most max_connections ({max_connections})"),
+            ));
+        }
+        Ok(ZeroMq {
+            peer_port: self.port("ZEROMQ", "peer_port")?,
+            capability_events: self
+                .optional("ZEROMQ", "capability_events")
+                .unwrap_or_else(|| {
+                    format!("ipc://{}", data_dir.join("capabilities.ipc").display())
+                }),
+            max_connections,
+            max_connections_per_address,
+            max_buffered_bytes: self.count("ZEROMQ", "max_buffered_bytes")?,
+            idle_timeout_secs: self.seconds("ZEROMQ", "idle_timeout")?,
+            max_requests_per_connection: self.count("ZEROMQ", "max_requests_per_connection")?,
         })
     }
 
@@ -704,6 +741,35 @@ mod tests {
         raw.set("CLUSTER", "key", "a-long-enough-cluster-secret");
         let config = raw.parse_config().unwrap();
         assert!(!format!("{:?}", config.cluster).contains("a-long-enough"));
+    }
+
+    #[test]
+    fn peer_limits_parse_and_validate() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert_eq!(config.zeromq.max_connections, 256);
+        assert_eq!(config.zeromq.max_connections_per_address, 16);
+        assert_eq!(config.zeromq.idle_timeout_secs, 60);
+        assert_eq!(config.zeromq.max_buffered_bytes, 8 << 20);
+        assert_eq!(config.zeromq.max_requests_per_connection, 8);
+
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| (name == "MOTEY_ZEROMQ_IDLE_TIMEOUT").then(|| "5".to_owned()));
+        assert_eq!(raw.parse_config().unwrap().zeromq.idle_timeout_secs, 5);
+
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections_per_address", "300"),
+            ("idle_timeout", "0"),
+            ("max_requests_per_connection", "many"),
+        ] {
+            let mut raw = RawConfig::defaults();
+            raw.set("ZEROMQ", key, value);
+            let error = raw.parse_config().unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("[ZEROMQ] {key} = \"{value}\"")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -150,3 +150,83 @@ async fn publishing_without_an_agent_fails_clearly() {
         .unwrap_err();
     assert!(matches!(error, EventError::Malformed(_)), "{error}");
 }
+
+#[tokio::test]
+async fn the_socket_is_owner_only_and_another_user_cannot_publish() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    // Others may enter both directories: only the socket's own mode keeps them out.
+    for open in [dir.path(), run.as_path()] {
+        std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = run.join("capabilities.ipc");
+    let endpoint = format!("ipc://{}", path.display());
+    let store = Store::temporary().unwrap();
+    let shutdown = CancellationToken::new();
+    let events = CapabilityEvents::bind(&endpoint, store.capabilities.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(events.endpoint(), endpoint);
+    let metadata = std::fs::metadata(&path).unwrap();
+    assert!(metadata.file_type().is_socket());
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "only the socket is left in its directory"
+    );
+
+    // Only root can run a process as another user.
+    if metadata.uid() == 0 {
+        // `motey capability add` as user nobody.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_motey"))
+            .args(["capability", "add", "zigbee"])
+            .env("MOTEY_ZEROMQ_CAPABILITY_EVENTS", &endpoint)
+            .env("MOTEY_GENERAL_DATA_DIR", dir.path().join("nobody"))
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "another user published an event");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("ermission denied"), "{stderr}");
+    }
+    // The owner still can.
+    let mut changes = events.subscribe();
+    publish_capability_event(&endpoint, "zigbee", "hardware", CapabilityAction::Add)
+        .await
+        .unwrap();
+    assert!(next_change(&mut changes).await.changed);
+    assert_eq!(
+        store.capabilities.list().unwrap(),
+        vec![capability("zigbee")]
+    );
+    shutdown.cancel();
+    events.join().await;
+}
+
+#[tokio::test]
+async fn a_socket_directory_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let endpoint = format!("ipc://{}", dir.path().join("capabilities.ipc").display());
+    let store = Store::temporary().unwrap();
+    let refused = CapabilityEvents::bind(
+        &endpoint,
+        store.capabilities.clone(),
+        CancellationToken::new(),
+    )
+    .await;
+    let error = refused
+        .err()
+        .expect("a world-writable directory is refused");
+    assert!(matches!(error, EventError::Endpoint { .. }), "{error}");
+    assert!(error.to_string().contains("writable by others"), "{error}");
+    assert!(!dir.path().join("capabilities.ipc").exists());
+}

@@ -9,8 +9,11 @@
 //! `action` is `add` or `remove`; Motey's events had no action and meant `add`, so a
 //! missing action still adds. Motey's Python publishers wrote the JSON with single quotes
 //! (`{'capability': 'zigbee', ...}`); that is accepted too. Anything else is logged and
-//! dropped. Valid events are applied to the capabilities repository and announced on a
-//! broadcast channel (for the discovery to republish the capabilities digest, and for the
+//! dropped (at most one warning per 10 s, naming the frame; the others are counted).
+//! The socket file is created owner-only (0600), in a directory others cannot write:
+//! whoever can publish changes the node's capabilities, so a publisher runs as the
+//! agent's user (or root). Valid events are applied to the capabilities repository and
+//! announced on a broadcast channel (for the discovery to republish the capabilities digest, and for the
 //! orchestrator to move images whose capability went away).
 
 use std::path::{Path, PathBuf};
@@ -200,16 +203,19 @@ impl CapabilityEvents {
             .subscribe(TOPIC)
             .await
             .map_err(|e| endpoint_error(e.to_string()))?;
-        let bound = socket
-            .bind(endpoint)
-            .await
-            .map_err(|e| endpoint_error(e.to_string()))?
-            .to_string();
-        if let Some(path) = &socket_path {
-            // Whoever can write here can change the node's capabilities: owner and group only.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
-        }
+        let bound = match &socket_path {
+            Some(path) => {
+                bind_owner_only(&mut socket, path)
+                    .await
+                    .map_err(endpoint_error)?;
+                endpoint.to_owned()
+            }
+            None => socket
+                .bind(endpoint)
+                .await
+                .map_err(|e| endpoint_error(e.to_string()))?
+                .to_string(),
+        };
         tracing::info!(endpoint = %bound, "listening for capability events");
         let (changes, _) = broadcast::channel(64);
         let task = tokio::spawn(receive(
@@ -249,10 +255,30 @@ fn ipc_path(endpoint: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The directory a socket path lies in (`.` for a bare file name).
+fn socket_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 fn prepare_socket_path(path: &Path) -> Result<(), String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let parent = socket_dir(path);
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let mode = std::fs::metadata(parent)
+        .map_err(|e| format!("cannot read {}: {e}", parent.display()))?
+        .permissions()
+        .mode();
+    // Anyone who can write there could swap the socket for their own and read every
+    // event meant for the agent, or replace it between start-ups.
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "its directory {} is writable by others (mode {:o}); use a directory only the agent's user can write",
+            parent.display(),
+            mode & 0o7777
+        ));
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -264,6 +290,56 @@ fn prepare_socket_path(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds `socket` on `path` so that only the agent's user can ever connect: whoever can
+/// send here changes the node's capabilities. The socket is bound inside a fresh
+/// directory only the owner can enter, made owner-only (0600) and only then moved to
+/// `path`, so there is no moment at which it is both reachable and open to others.
+async fn bind_owner_only(socket: &mut SubSocket, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let staging = socket_dir(path).join(format!(".capabilities-{}.bind", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let staged = staging.join("socket");
+    let bound = async {
+        socket
+            .bind(&format!("ipc://{}", staged.display()))
+            .await
+            .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot make the socket owner-only: {e}"))?;
+        std::fs::rename(&staged, path)
+            .map_err(|e| format!("cannot move the socket into place: {e}"))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// At most one warning per this time for bad events (whoever may publish can send them
+/// in a loop); the others are counted.
+const BAD_EVENT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The bytes of an event message: one frame `topic#json`, as Motey sends, or two frames
+/// (topic, json), joined; larger messages are refused before they are copied.
+fn event_bytes(frames: &[bytes::Bytes]) -> Result<Vec<u8>, String> {
+    let total: usize = frames.iter().map(|frame| frame.len()).sum::<usize>() + 1;
+    if total > MAX_EVENT_BYTES + 1 {
+        return Err(format!(
+            "{} bytes in {} frame(s), more than {MAX_EVENT_BYTES}",
+            total - 1,
+            frames.len()
+        ));
+    }
+    match frames {
+        [single] => Ok(single.to_vec()),
+        [topic, body] => Ok([topic.as_ref(), b"#", body.as_ref()].concat()),
+        _ => Err(format!("{} frames, expected 1 or 2", frames.len())),
+    }
+}
+
 async fn receive(
     mut socket: SubSocket,
     repository: Arc<dyn Repository<Capability>>,
@@ -271,6 +347,7 @@ async fn receive(
     shutdown: CancellationToken,
     socket_path: Option<PathBuf>,
 ) {
+    let bad_events = crate::logging::RateLimit::new(BAD_EVENT_LOG_INTERVAL);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -283,24 +360,19 @@ async fn receive(
                 continue;
             }
         };
-        // One frame `topic#json`, as Motey sends; two frames (topic, json) are joined.
         let frames = message.into_vec();
-        let bytes: Vec<u8> = match frames.as_slice() {
-            [single] => single.to_vec(),
-            [topic, body] => [topic.as_ref(), b"#", body.as_ref()].concat(),
-            _ => {
-                tracing::warn!(
-                    frames = frames.len(),
-                    "capability event with unexpected frames dropped"
-                );
-                continue;
-            }
-        };
-        let event = match CapabilityEvent::parse(&bytes) {
-            Ok(event) => event,
-            Err(error) => {
+        let parsed = event_bytes(&frames).and_then(|bytes| {
+            CapabilityEvent::parse(&bytes).map_err(|error| {
                 let shown: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-                tracing::warn!(%error, event = %shown, "capability event dropped");
+                format!("{error}; the frame was {shown:?}")
+            })
+        });
+        let event = match parsed {
+            Ok(event) => event,
+            Err(reason) => {
+                if let Some(suppressed) = bad_events.admit() {
+                    tracing::warn!("capability event dropped: {reason}{suppressed}");
+                }
                 continue;
             }
         };
@@ -443,6 +515,24 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
+    }
+
+    #[test]
+    fn oversized_and_misframed_messages_are_refused_naming_the_frames() {
+        let big = bytes::Bytes::from(vec![b'x'; MAX_EVENT_BYTES + 1]);
+        let error = event_bytes(&[big]).unwrap_err();
+        assert!(error.contains("4097 bytes in 1 frame(s)"), "{error}");
+        let frames = [b"a", b"b", b"c"].map(|frame| bytes::Bytes::from_static(frame));
+        assert_eq!(
+            event_bytes(&frames).unwrap_err(),
+            "3 frames, expected 1 or 2"
+        );
+        let joined = event_bytes(&[
+            bytes::Bytes::from_static(b"capabilityevent"),
+            bytes::Bytes::from_static(b"{}"),
+        ])
+        .unwrap();
+        assert_eq!(joined, b"capabilityevent#{}");
     }
 
     proptest! {

@@ -25,8 +25,10 @@ use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, 
 use crate::orchestrator::remote::{RemoteError, RemoteNodes};
 use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 
-/// Idle sockets kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 8;
+/// Sockets open to one endpoint at the same time, idle or in use: below a server's cap
+/// on connections per address (16 by default), so a node with many requests for one peer
+/// queues them instead of being refused connections.
+const MAX_OPEN_PER_ENDPOINT: usize = 8;
 
 /// Why one request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +69,40 @@ pub struct Requester {
     key: ClusterKey,
     timeout: Duration,
     freshness: ReplayGuard,
-    idle: Mutex<HashMap<String, Vec<ReqSocket>>>,
+    idle: Mutex<HashMap<String, EndpointSockets>>,
+}
+
+/// The sockets of one endpoint.
+#[derive(Default)]
+struct EndpointSockets {
+    idle: Vec<ReqSocket>,
+    /// Requests holding a socket (or connecting one).
+    in_use: usize,
+    /// Requests waiting for one of them to finish.
+    waiting: usize,
+    freed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// One request's place among an endpoint's sockets, given back when it is dropped
+/// (however the request ends), with the socket to keep idle if there is one.
+struct InUse<'a> {
+    requester: &'a Requester,
+    endpoint: &'a str,
+    keep: Option<ReqSocket>,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.requester.pool();
+        let Some(sockets) = pool.get_mut(self.endpoint) else {
+            return;
+        };
+        sockets.in_use -= 1;
+        sockets.idle.extend(self.keep.take());
+        if sockets.waiting > 0 {
+            sockets.freed.notify_one();
+        }
+    }
 }
 
 impl Requester {
@@ -156,10 +191,13 @@ impl Requester {
         framed: &[u8],
         deadline: Instant,
     ) -> Result<bytes::Bytes, CallError> {
-        if let Some(mut socket) = self.take_idle(endpoint) {
+        let (mut in_use, idle) = timeout_at(deadline, self.check_out(endpoint))
+            .await
+            .map_err(|_| CallError::Timeout(self.timeout))?;
+        if let Some(mut socket) = idle {
             match round_trip(&mut socket, framed, deadline).await {
                 Ok(reply) => {
-                    self.put_idle(endpoint, socket);
+                    in_use.keep = Some(socket);
                     return Ok(reply);
                 }
                 Err(RoundTrip::Timeout) => {
@@ -177,7 +215,7 @@ impl Requester {
         let mut socket = self.connect(endpoint, deadline).await?;
         match round_trip(&mut socket, framed, deadline).await {
             Ok(reply) => {
-                self.put_idle(endpoint, socket);
+                in_use.keep = Some(socket);
                 Ok(reply)
             }
             Err(RoundTrip::Timeout) => Err(CallError::Timeout(self.timeout)),
@@ -209,34 +247,79 @@ impl Requester {
             .unwrap_or(Err(CallError::Timeout(self.timeout)))
     }
 
-    fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ReqSocket>>> {
+    fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<String, EndpointSockets>> {
         self.idle
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn take_idle(&self, endpoint: &str) -> Option<ReqSocket> {
-        self.pool().get_mut(endpoint).and_then(Vec::pop)
-    }
-
-    fn put_idle(&self, endpoint: &str, socket: ReqSocket) {
-        let mut pool = self.pool();
-        match pool.get_mut(endpoint) {
-            Some(idle) if idle.len() >= MAX_IDLE_PER_ENDPOINT => {}
-            Some(idle) => idle.push(socket),
-            None => {
-                pool.insert(endpoint.to_owned(), vec![socket]);
-            }
+    /// A place among the sockets of `endpoint`, waiting while all of them are in use,
+    /// with an idle socket if there is one. Sockets are connected only when none is idle,
+    /// so they never number more than [`MAX_OPEN_PER_ENDPOINT`].
+    async fn check_out<'a>(&'a self, endpoint: &'a str) -> (InUse<'a>, Option<ReqSocket>) {
+        let mut waited = false;
+        loop {
+            let freed = {
+                let mut pool = self.pool();
+                let sockets = match pool.get_mut(endpoint) {
+                    Some(sockets) => sockets,
+                    None => pool.entry(endpoint.to_owned()).or_default(),
+                };
+                if waited {
+                    sockets.waiting -= 1;
+                }
+                if sockets.in_use < MAX_OPEN_PER_ENDPOINT {
+                    sockets.in_use += 1;
+                    let idle = sockets.idle.pop();
+                    let in_use = InUse {
+                        requester: self,
+                        endpoint,
+                        keep: None,
+                    };
+                    return (in_use, idle);
+                }
+                sockets.waiting += 1;
+                sockets.freed.clone()
+            };
+            waited = true;
+            // Leaving while counted as waiting would leave the count too high: count
+            // down even when the caller gives up here.
+            let mut waiter = Waiting {
+                requester: self,
+                endpoint,
+                counted: true,
+            };
+            freed.notified().await;
+            waiter.counted = false;
         }
     }
 
     fn clear_idle(&self, endpoint: &str) {
-        self.pool().remove(endpoint);
+        if let Some(sockets) = self.pool().get_mut(endpoint) {
+            sockets.idle.clear();
+        }
     }
 
     /// Drops the idle sockets of endpoints not in `keep` (peers that left or moved).
     pub fn retain_endpoints(&self, keep: &[String]) {
         self.pool().retain(|endpoint, _| keep.contains(endpoint));
+    }
+}
+
+/// A request waiting for a socket of `endpoint`; counted down if it gives up.
+struct Waiting<'a> {
+    requester: &'a Requester,
+    endpoint: &'a str,
+    counted: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            if let Some(sockets) = self.requester.pool().get_mut(self.endpoint) {
+                sockets.waiting -= 1;
+            }
+        }
     }
 }
 

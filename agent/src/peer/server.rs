@@ -4,16 +4,18 @@
 //! slow requests (a deploy that pulls an image) run concurrently instead of holding up
 //! everyone else's: each connection has its own task, and a slow handler its own too.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
@@ -23,10 +25,11 @@ use super::envelope::{
     canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
 };
 use super::messages::{kinds, ErrorCode, Reply, Request};
-use super::zmtp::{self, FrameReader, Incoming, SocketType};
+use super::zmtp::{self, FrameReader, Incoming, ReadBudget, SocketType};
 use super::PeerError;
 use crate::discovery::capabilities_digest;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
+use crate::logging::RateLimit;
 use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 
 /// What a node does for its peers. The orchestrator implements it.
@@ -82,13 +85,31 @@ pub trait PeerHandler: Send + Sync {
     }
 }
 
-/// Limits of a peer server.
+/// Limits of a peer server. The port is open to anyone on the node's network, so every
+/// resource a connection can hold without the cluster key is bounded here.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// How far a request's timestamp may be from this node's clock.
     pub replay_window: Duration,
     /// Requests handled at the same time; more are answered `busy`.
     pub max_in_flight: usize,
+    /// Requests of one connection handled at the same time (a client pipelining without
+    /// waiting for answers); more are answered `busy`.
+    pub max_in_flight_per_connection: usize,
+    /// Connections open at the same time; more are closed at once.
+    pub max_connections: usize,
+    /// Connections from one remote address open at the same time; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// Bytes that all connections together may hold of messages that have not arrived
+    /// whole, beyond 16 KiB each; a connection that would hold more is closed.
+    pub max_buffered_bytes: usize,
+    /// How long a new connection may take to greet (a port scanner, a stuck client).
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay without a complete message while none of its
+    /// requests is in progress before it is closed.
+    pub idle_timeout: Duration,
+    /// At most one warning per kind of refusal in this time; the others are counted.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -96,6 +117,13 @@ impl Default for ServerOptions {
         ServerOptions {
             replay_window: super::envelope::DEFAULT_REPLAY_WINDOW,
             max_in_flight: 64,
+            max_in_flight_per_connection: 8,
+            max_connections: 256,
+            max_connections_per_address: 16,
+            max_buffered_bytes: 8 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            refusal_log_interval: Duration::from_secs(10),
         }
     }
 }
@@ -105,6 +133,9 @@ impl Default for ServerOptions {
 pub struct ServerStats {
     handled: AtomicU64,
     refused: AtomicU64,
+    connections: AtomicUsize,
+    connections_refused: AtomicU64,
+    closed_idle: AtomicU64,
 }
 
 impl ServerStats {
@@ -113,9 +144,87 @@ impl ServerStats {
         self.handled.load(Ordering::Relaxed)
     }
 
-    /// Messages refused as unsigned, forged, stale, replayed or malformed.
+    /// Messages refused as badly framed, unsigned, forged, stale, replayed, malformed or
+    /// over the requests in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (greeted or not).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once for being over a connection cap, or closed for
+    /// breaking the transport protocol (no greeting in time, an oversized frame...).
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed for staying idle longer than the idle timeout.
+    pub fn closed_idle(&self) -> u64 {
+        self.closed_idle.load(Ordering::Relaxed)
+    }
+}
+
+/// The kinds of refusal, each logged at most once per [`ServerOptions::refusal_log_interval`].
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Over a connection cap.
+    Connection,
+    /// Not ZMTP as the protocol speaks it: no greeting in time, an oversized frame.
+    Transport,
+    /// Frames other than a REQ client's delimiter and body.
+    Framing,
+    Malformed,
+    Unauthorized,
+    NotUnderstood,
+    Busy,
+}
+
+const REFUSAL_KINDS: usize = 7;
+
+/// The rate limits of the refusal warnings, one per kind.
+struct RefusalLog([RateLimit; REFUSAL_KINDS]);
+
+impl RefusalLog {
+    fn new(interval: Duration) -> RefusalLog {
+        RefusalLog(std::array::from_fn(|_| RateLimit::new(interval)))
+    }
+
+    fn admit(&self, kind: Refusal) -> Option<crate::logging::Suppressed> {
+        self.0[kind as usize].admit()
+    }
+}
+
+/// Connections open, in all and per remote address.
+#[derive(Default)]
+struct OpenConnections {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection's place under the caps, given back when it is dropped
+/// (whichever way its task ends).
+struct Admitted {
+    state: Arc<State>,
+    address: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.state.open_connections();
+        open.total -= 1;
+        if let Some(count) = open.per_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_address.remove(&self.address);
+            }
+        }
+        self.state
+            .stats
+            .connections
+            .store(open.total, Ordering::Relaxed);
     }
 }
 
@@ -126,9 +235,6 @@ pub struct PeerServer {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
-
-/// How long a new connection may take to greet (a port scanner, a stuck client).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest message a connection reads before it is closed: oversized envelopes up to
 /// this are answered `bad_request`, larger ones are not read at all.
@@ -180,6 +286,10 @@ impl PeerServer {
             stats: stats.clone(),
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             last_capabilities: std::sync::Mutex::new(None),
+            refusals: RefusalLog::new(options.refusal_log_interval),
+            open: std::sync::Mutex::new(OpenConnections::default()),
+            read_budget: ReadBudget::new(options.max_buffered_bytes),
+            options,
         });
         let task = tokio::spawn(serve(listener, state, stop.clone()));
         Ok(PeerServer {
@@ -234,6 +344,10 @@ struct State {
     /// canonical form: they rarely change, and the digest (sorting, formatting, hashing)
     /// and the payload (converting, sorting keys) were a visible part of answering.
     last_capabilities: std::sync::Mutex<Option<Arc<CapabilitiesAnswer>>>,
+    refusals: RefusalLog,
+    open: std::sync::Mutex<OpenConnections>,
+    read_budget: Arc<ReadBudget>,
+    options: ServerOptions,
 }
 
 struct CapabilitiesAnswer {
@@ -242,6 +356,43 @@ struct CapabilitiesAnswer {
 }
 
 impl State {
+    /// A place under the connection caps for a connection from `address`, or the cap it
+    /// is over.
+    fn admit_connection(self: &Arc<State>, address: IpAddr) -> Result<Admitted, String> {
+        let mut open = self.open_connections();
+        if open.total >= self.options.max_connections {
+            return Err(format!(
+                "{} connections are open, the most allowed",
+                open.total
+            ));
+        }
+        let from_address = open.per_address.entry(address).or_default();
+        if *from_address >= self.options.max_connections_per_address {
+            return Err(format!(
+                "{from_address} connections from this address are open, the most allowed"
+            ));
+        }
+        *from_address += 1;
+        open.total += 1;
+        self.stats.connections.store(open.total, Ordering::Relaxed);
+        Ok(Admitted {
+            state: self.clone(),
+            address,
+        })
+    }
+
+    fn open_connections(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Counts a refused message.
+    fn refuse(&self, kind: Refusal) -> Option<crate::logging::Suppressed> {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.refusals.admit(kind)
+    }
+
     fn capabilities_answer(&self, capabilities: &[Capability]) -> Arc<CapabilitiesAnswer> {
         let mut last = self
             .last_capabilities
@@ -274,9 +425,12 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
             _ = stop.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, state.clone(), stop.clone()));
-                }
+                Ok((stream, peer)) => match state.admit_connection(peer.ip().to_canonical()) {
+                    Ok(admitted) => {
+                        connections.spawn(connection(stream, peer, admitted, stop.clone()));
+                    }
+                    Err(cap) => refuse_connection(&state, stream, peer, &cap),
+                },
                 Err(error) => {
                     // Out of file descriptors, typically: wait instead of spinning.
                     tracing::warn!(%error, "peer connection not accepted");
@@ -295,60 +449,126 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
     }
 }
 
+/// Closes a connection over a cap at once: it holds nothing, and the client sees the
+/// connection end before its greeting.
+fn refuse_connection(state: &State, stream: TcpStream, peer: SocketAddr, cap: &str) {
+    drop(stream);
+    state
+        .stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = state.refusals.admit(Refusal::Connection) {
+        tracing::warn!(%peer, "peer connection refused: {cap}{suppressed}");
+    }
+}
+
+/// A connection that broke the transport protocol is closed; the first of each interval
+/// says why.
+fn refuse_transport(state: &State, peer: SocketAddr, error: &dyn std::fmt::Display) {
+    state
+        .stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = state.refusals.admit(Refusal::Transport) {
+        tracing::warn!(%peer, "peer connection closed: {error}{suppressed}");
+    }
+}
+
+/// The writing half of a connection, shared with the tasks of its slow requests, and
+/// the number of those still running.
+struct Link {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    in_flight: AtomicUsize,
+}
+
 /// Serves one client connection: reads a request, checks it and answers it on this task
 /// when the handler answers at once (one write); slow handlers answer from a task of their
 /// own, so a REQ client's next request waits only for its own previous one.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    state: Arc<State>,
+    admitted: Admitted,
     stop: CancellationToken,
 ) {
+    let state = admitted.state.clone();
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
-    let mut frames = FrameReader::new(MAX_READ_BYTES);
+    let mut frames = FrameReader::with_budget(MAX_READ_BYTES, state.read_budget.clone());
     let greeted = async {
         let mut both = tokio::io::join(&mut read, &mut write);
         zmtp::handshake(&mut both, &mut frames, SocketType::Router).await
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
+    match tokio::time::timeout(state.options.handshake_timeout, greeted).await {
         Ok(Ok(())) => {}
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+            refuse_transport(&state, peer, &format_args!("handshake refused: {error}"));
+            return;
+        }
         Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "peer connection refused at the handshake");
+            tracing::debug!(%peer, %error, "peer connection ended at the handshake");
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "peer connection did not greet in time");
+            refuse_transport(&state, peer, &"no ZeroMQ greeting in time");
             return;
         }
     }
-    let writer = Arc::new(tokio::sync::Mutex::new(write));
+    let link = Arc::new(Link {
+        writer: tokio::sync::Mutex::new(write),
+        in_flight: AtomicUsize::new(0),
+    });
     // Registered once, not once per request.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let idle_timeout = state.options.idle_timeout;
+    // Armed once and moved only when it fires: a message costs a clock reading, not a
+    // timer registration.
+    let mut last_message = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         let incoming = tokio::select! {
             biased;
             _ = &mut stopped => break,
             incoming = frames.message(&mut read) => incoming,
-        };
-        let out = match incoming {
-            Ok(Incoming::Message(message)) => match accept(&state, message) {
-                Answer::Now(reply) => reply,
-                Answer::Later(answer) => {
-                    let writer = writer.clone();
-                    tokio::spawn(async move {
-                        let reply = answer.await;
-                        if let Err(error) = writer.lock().await.write_all(&reply).await {
-                            // The requester went away before its answer was ready.
-                            tracing::debug!(%error, "peer reply not delivered");
-                        }
-                    });
+            () = &mut idle => {
+                let now = tokio::time::Instant::now();
+                if link.in_flight.load(Ordering::Relaxed) > 0 {
+                    // Waiting for its own answer is not idling.
+                    idle.as_mut().reset(now + idle_timeout);
                     continue;
                 }
-                Answer::Nothing => continue,
-            },
+                if now < last_message + idle_timeout {
+                    idle.as_mut().reset(last_message + idle_timeout);
+                    continue;
+                }
+                state.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "idle peer connection closed");
+                break;
+            }
+        };
+        let out = match incoming {
+            Ok(Incoming::Message(message)) => {
+                last_message = tokio::time::Instant::now();
+                match accept(&state, message, &link) {
+                    Answer::Now(reply) => reply,
+                    Answer::Later(answer) => {
+                        answer_later(link.clone(), answer);
+                        continue;
+                    }
+                    Answer::Nothing => continue,
+                }
+            }
             Ok(Incoming::Pong(pong)) => pong,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::OutOfMemory
+                ) =>
+            {
+                refuse_transport(&state, peer, &error);
+                break;
+            }
             Err(error) => {
                 if error.kind() != std::io::ErrorKind::UnexpectedEof {
                     tracing::debug!(%peer, %error, "peer connection closed");
@@ -356,16 +576,31 @@ async fn connection(
                 break;
             }
         };
-        if let Err(error) = writer.lock().await.write_all(&out).await {
+        if let Err(error) = link.writer.lock().await.write_all(&out).await {
             tracing::debug!(%peer, %error, "peer reply not delivered");
             break;
         }
     }
     // Tell the client at once, even if a slow handler still holds the writer.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        writer.lock().await.shutdown().await
+        link.writer.lock().await.shutdown().await
     })
     .await;
+    drop(admitted);
+}
+
+/// Answers a slow request from a task of its own, counted as in flight on its
+/// connection until its reply is written.
+fn answer_later(link: Arc<Link>, answer: Pin<Box<dyn Future<Output = Vec<u8>> + Send>>) {
+    link.in_flight.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let reply = answer.await;
+        if let Err(error) = link.writer.lock().await.write_all(&reply).await {
+            // The requester went away before its answer was ready.
+            tracing::debug!(%error, "peer reply not delivered");
+        }
+        link.in_flight.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// What becomes of one incoming message.
@@ -378,25 +613,28 @@ enum Answer {
     Nothing,
 }
 
-/// Checks one incoming message and, if it deserves it, runs its handler.
-fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
+/// Checks one incoming message and, if it deserves it, runs its handler. Refusals are
+/// warned about at most once per interval and kind: anyone who reaches the port can
+/// send them by the thousand.
+fn accept(state: &Arc<State>, frames: Vec<Bytes>, link: &Link) -> Answer {
     // A REQ client sends [empty delimiter, body]; anything else is not ours.
-    let Ok([delimiter, body]) = <[Bytes; 2]>::try_from(frames) else {
-        tracing::debug!("peer message with unexpected framing dropped");
-        return Answer::Nothing;
+    let body = match <[Bytes; 2]>::try_from(frames) {
+        Ok([delimiter, body]) if delimiter.is_empty() => body,
+        Ok(_) => return drop_misframed(state, "the first of its two frames is not empty"),
+        Err(frames) => {
+            let framing = format!("{} frames, not a delimiter and a body", frames.len());
+            return drop_misframed(state, &framing);
+        }
     };
-    if !delimiter.is_empty() {
-        tracing::debug!("peer message without delimiter dropped");
-        return Answer::Nothing;
-    }
     let respond = |reply: Reply, id: String| {
         Answer::Now(frame_reply(sign_reply(state, Outgoing::Reply(reply), id)))
     };
     let envelope = match Received::parse(&body) {
         Ok(envelope) => envelope,
         Err(error) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, bytes = body.len(), "malformed peer message refused");
+            if let Some(suppressed) = state.refuse(Refusal::Malformed) {
+                tracing::warn!(%error, bytes = body.len(), "malformed peer message refused{suppressed}");
+            }
             let code = match error {
                 AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadRequest,
@@ -408,14 +646,15 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         .verify(&body, &state.key)
         .and_then(|()| state.guard.check(&envelope, now_ms()));
     if let Err(error) = checked {
-        state.stats.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            sender = %envelope.sender,
-            kind = %envelope.kind,
-            id = %envelope.id,
-            reason = %error,
-            "peer message refused, not executed"
-        );
+        if let Some(suppressed) = state.refuse(Refusal::Unauthorized) {
+            tracing::warn!(
+                sender = %envelope.sender,
+                kind = %envelope.kind,
+                id = %envelope.id,
+                reason = %error,
+                "peer message refused, not executed{suppressed}"
+            );
+        }
         return respond(
             Reply::error(ErrorCode::Unauthorized, error.to_string()),
             envelope.id.into_owned(),
@@ -424,8 +663,9 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
     let request = match Request::from_parts(&envelope.kind, envelope.payload()) {
         Ok(request) => request,
         Err(error) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(sender = %envelope.sender, %error, "peer request not understood");
+            if let Some(suppressed) = state.refuse(Refusal::NotUnderstood) {
+                tracing::warn!(sender = %envelope.sender, %error, "peer request not understood{suppressed}");
+            }
             let code = match error {
                 super::messages::DecodeError::UnknownType(_) => ErrorCode::UnknownType,
                 _ => ErrorCode::BadRequest,
@@ -436,10 +676,26 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
             );
         }
     };
-    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
-        tracing::warn!(sender = %envelope.sender, kind = request.kind(), "too many peer requests in progress");
+    // Only this connection's task adds to its requests in flight, so the count read
+    // here cannot grow before this request is counted.
+    let over_connection =
+        link.in_flight.load(Ordering::Relaxed) >= state.options.max_in_flight_per_connection;
+    let permit = if over_connection {
+        None
+    } else {
+        state.permits.clone().try_acquire_owned().ok()
+    };
+    let Some(permit) = permit else {
+        let reason = if over_connection {
+            "too many requests of this connection in progress"
+        } else {
+            "too many requests in progress"
+        };
+        if let Some(suppressed) = state.refuse(Refusal::Busy) {
+            tracing::warn!(sender = %envelope.sender, kind = request.kind(), "peer request refused: {reason}{suppressed}");
+        }
         return respond(
-            Reply::error(ErrorCode::Busy, "too many requests in progress"),
+            Reply::error(ErrorCode::Busy, reason),
             envelope.id.into_owned(),
         );
     };
@@ -466,6 +722,14 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>) -> Answer {
         Some(reply) => Answer::Now(reply),
         None => Answer::Later(answer),
     }
+}
+
+/// Drops a message that is not a REQ client's (no answer: a REQ client could not read it).
+fn drop_misframed(state: &State, framing: &str) -> Answer {
+    if let Some(suppressed) = state.refuse(Refusal::Framing) {
+        tracing::warn!("peer message dropped: {framing}{suppressed}");
+    }
+    Answer::Nothing
 }
 
 /// What a request is answered with.

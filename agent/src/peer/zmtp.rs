@@ -12,6 +12,8 @@
 //! peers interoperate (the tests use the `zeromq` crate as the other side).
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -285,6 +287,59 @@ enum Buffered {
 /// Bytes a read asks the kernel for at least.
 const MIN_READ: usize = 4 * 1024;
 
+/// The free room to read into when `buffered` bytes have arrived and `needed` are wanted.
+/// A frame's declared length is only a claim: the room grows with the bytes that actually
+/// came (at most doubling the buffer per read), so a peer that declares a large frame and
+/// sends nothing more holds a small buffer, while a large message still arrives in a few
+/// reads.
+fn room_for(buffered: usize, needed: usize) -> usize {
+    needed
+        .saturating_sub(buffered)
+        .min(buffered.max(MIN_READ))
+        .max(MIN_READ)
+}
+
+/// Bytes of a message in progress that a reader holds without drawing on its budget:
+/// every ordinary peer message fits.
+const FREE_BYTES: usize = 4 * MIN_READ;
+
+/// Bytes that the readers sharing it may hold, in all, beyond [`FREE_BYTES`] each, for
+/// messages that have not arrived whole: many connections each sending part of a large
+/// message then cost a bounded amount of memory, not one message each.
+#[derive(Debug)]
+pub struct ReadBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl ReadBudget {
+    pub fn new(limit: usize) -> Arc<ReadBudget> {
+        Arc::new(ReadBudget {
+            limit,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes drawn now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn draw(&self, bytes: usize) -> bool {
+        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.limit {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// Reads frames off a stream through a buffer of its own, bounding what one message may
 /// hold. The frames of a message are handed out as parts of that buffer, without copies;
 /// a message is taken from the buffer only once all its frames have arrived, so a read
@@ -292,6 +347,9 @@ const MIN_READ: usize = 4 * 1024;
 pub struct FrameReader {
     buffer: BytesMut,
     max_message: usize,
+    budget: Option<Arc<ReadBudget>>,
+    /// What this reader has drawn from its budget.
+    drawn: usize,
 }
 
 impl FrameReader {
@@ -301,21 +359,53 @@ impl FrameReader {
         FrameReader {
             buffer: BytesMut::with_capacity(4 * MIN_READ),
             max_message,
+            budget: None,
+            drawn: 0,
         }
     }
 
-    /// Reads more of the stream, with room for `needed` bytes in all at least.
+    /// As [`FrameReader::new`], holding more than [`FREE_BYTES`] of a message in progress
+    /// only while `budget` allows (else an error of kind `OutOfMemory`).
+    pub fn with_budget(max_message: usize, budget: Arc<ReadBudget>) -> FrameReader {
+        let mut reader = FrameReader::new(max_message);
+        reader.budget = Some(budget);
+        reader
+    }
+
+    /// Draws on the budget (or gives back to it) for the bytes the buffer holds now.
+    fn account(&mut self) -> io::Result<()> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let wanted = self.buffer.len().saturating_sub(FREE_BYTES);
+        if wanted > self.drawn {
+            if !budget.draw(wanted - self.drawn) {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "{} bytes of an unfinished message, more than the server's read budget leaves",
+                        self.buffer.len()
+                    ),
+                ));
+            }
+        } else if wanted < self.drawn {
+            budget.give_back(self.drawn - wanted);
+        }
+        self.drawn = wanted;
+        Ok(())
+    }
+
+    /// Reads more of the stream, towards `needed` bytes in all.
     async fn read_more<R>(&mut self, stream: &mut R, needed: usize) -> io::Result<()>
     where
         R: AsyncRead + Unpin,
     {
         // Once the frames handed out are dropped, this reuses the buffer's memory.
-        self.buffer
-            .reserve(needed.saturating_sub(self.buffer.len()).max(MIN_READ));
+        self.buffer.reserve(room_for(self.buffer.len(), needed));
         if stream.read_buf(&mut self.buffer).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        Ok(())
+        self.account()
     }
 
     async fn greeting<R>(&mut self, stream: &mut R) -> io::Result<[u8; GREETING_LEN]>
@@ -354,7 +444,12 @@ impl FrameReader {
     {
         loop {
             match self.buffered()? {
-                Buffered::Complete(incoming) => return Ok(incoming),
+                Buffered::Complete(incoming) => {
+                    if self.drawn > 0 {
+                        self.account()?;
+                    }
+                    return Ok(incoming);
+                }
                 Buffered::Needs(needed) => self.read_more(stream, needed).await?,
             }
         }
@@ -405,6 +500,14 @@ impl FrameReader {
     fn take(&mut self, frame: &FrameAt) -> Bytes {
         self.buffer.advance(frame.header);
         self.buffer.split_to(frame.len).freeze()
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give_back(self.drawn);
+        }
     }
 }
 
@@ -533,6 +636,82 @@ mod tests {
             panic!("expected a pong");
         };
         assert_eq!(pong, [&[COMMAND, 9, 4][..], b"PONG", b"abcd"].concat());
+    }
+
+    #[tokio::test]
+    async fn a_declared_frame_is_not_reserved_before_its_bytes_arrive() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(4 << 20);
+        let mut claim = vec![MORE, 0];
+        push_header(&mut claim, 0, 2 << 20);
+        claim.extend_from_slice(b"0123456789");
+        client.write_all(&claim).await.unwrap();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.message(&mut server),
+        )
+        .await;
+        assert!(read.is_err(), "the frame is not complete");
+        assert!(
+            reader.buffer.capacity() <= 4 * MIN_READ,
+            "a 2 MiB claim with 10 bytes received holds {} bytes",
+            reader.buffer.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn unfinished_messages_share_a_budget_and_give_it_back() {
+        let budget = ReadBudget::new(150_000);
+        let mut part = delimited(vec![b'x'; 150_000]);
+        part.truncate(FREE_BYTES + 80_000);
+        let (mut first, mut first_end) = tokio::io::duplex(1 << 20);
+        let (mut second, mut second_end) = tokio::io::duplex(1 << 20);
+        let mut first_reader = FrameReader::with_budget(1 << 20, budget.clone());
+        let mut second_reader = FrameReader::with_budget(1 << 20, budget.clone());
+        first.write_all(&part).await.unwrap();
+        second.write_all(&part).await.unwrap();
+        let wait = std::time::Duration::from_millis(200);
+        let read = tokio::time::timeout(wait, first_reader.message(&mut first_end)).await;
+        assert!(read.is_err(), "not whole yet");
+        assert_eq!(budget.held(), 80_000);
+        let refused = second_reader.message(&mut second_end).await.err().unwrap();
+        assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
+        assert!(budget.held() <= 150_000);
+        // Its connection closes: the reader gives back what it had drawn.
+        drop(second_reader);
+        assert_eq!(budget.held(), 80_000);
+
+        // The first message arrives whole: its reader gives back what it drew.
+        let whole = delimited(vec![b'x'; 150_000]);
+        first.write_all(&whole[part.len()..]).await.unwrap();
+        let Incoming::Message(frames) = first_reader.message(&mut first_end).await.unwrap() else {
+            panic!("expected a message");
+        };
+        assert_eq!(frames[1].len(), 150_000);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn the_read_room_grows_with_what_arrived() {
+        assert_eq!(room_for(0, 2 << 20), MIN_READ);
+        assert_eq!(room_for(10, 2 << 20), MIN_READ);
+        assert_eq!(room_for(64 << 10, 2 << 20), 64 << 10);
+        assert_eq!(room_for(1 << 20, (1 << 20) + 100), MIN_READ);
+        assert_eq!(room_for(100, 50), MIN_READ);
+    }
+
+    #[tokio::test]
+    async fn a_large_message_still_arrives_whole() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let body = vec![b'x'; 1_500_000];
+        let sent = delimited(body.clone());
+        let writer = tokio::spawn(async move { client.write_all(&sent).await.unwrap() });
+        let mut reader = FrameReader::new(2 << 20);
+        let Incoming::Message(frames) = reader.message(&mut server).await.unwrap() else {
+            panic!("expected a message");
+        };
+        writer.await.unwrap();
+        assert_eq!(frames[1].len(), body.len());
     }
 
     proptest::proptest! {

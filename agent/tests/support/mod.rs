@@ -20,6 +20,8 @@ pub struct AgentProcess {
     pub port: u16,
     /// Port of this agent's embedded broker (unless the test points it elsewhere).
     pub mqtt_port: u16,
+    /// Port of this agent's peer server.
+    pub peer_port: u16,
     pub data_dir: PathBuf,
     extra_env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
@@ -33,6 +35,12 @@ impl AgentProcess {
 
     pub async fn start_with(test: &str, env: &[(&str, &str)]) -> AgentProcess {
         docker::ensure_testbox();
+        AgentProcess::start_without_workloads(test, env).await
+    }
+
+    /// As [`AgentProcess::start_with`], for a test that deploys nothing (no workload image
+    /// is built).
+    pub async fn start_without_workloads(test: &str, env: &[(&str, &str)]) -> AgentProcess {
         let dir = tempfile::tempdir().unwrap();
         let node_id = format!(
             "agent-{test}-{}",
@@ -43,6 +51,7 @@ impl AgentProcess {
             node_id,
             port: free_port(),
             mqtt_port: free_port(),
+            peer_port: free_port(),
             data_dir: dir.path().to_path_buf(),
             extra_env: env
                 .iter()
@@ -67,6 +76,7 @@ impl AgentProcess {
                 Err(log) if first_start && log.contains("in use") => {
                     self.port = free_port();
                     self.mqtt_port = free_port();
+                    self.peer_port = free_port();
                     let _ = std::fs::remove_file(self.data_dir.join("agent.log"));
                 }
                 Err(log) => panic!("the agent {} exited at start:\n{log}", self.node_id),
@@ -93,7 +103,7 @@ impl AgentProcess {
             .env("MOTEY_WEBSERVER_TOKEN", TOKEN)
             .env("MOTEY_ORCHESTRATOR_RECONCILE_INTERVAL", "2")
             .env("MOTEY_ORCHESTRATOR_STOP_GRACE", "2")
-            .env("MOTEY_ZEROMQ_PEER_PORT", free_port().to_string())
+            .env("MOTEY_ZEROMQ_PEER_PORT", self.peer_port.to_string())
             .env("MOTEY_MQTT_PORT", self.mqtt_port.to_string())
             .env("MOTEY_LOGGER_LEVEL", "motey=debug,info")
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
