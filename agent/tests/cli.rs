@@ -81,9 +81,31 @@ fn unusable_database_path_is_a_clear_start_error() {
     );
 }
 
+/// The data directory and the database are the agent user's alone.
+fn assert_private(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data_dir), 0o700, "{}", data_dir.display());
+    let db = data_dir.join("db");
+    assert_eq!(mode(&db), 0o700, "{}", db.display());
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+}
+
 #[tokio::test]
 async fn daemon_starts_reports_status_and_stops() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // As an older agent or a careless umask left them: readable by everyone.
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    for path in [dir.path().to_path_buf(), dir.path().join("db")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let port = free_port();
     let status = motey(dir.path(), port).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(3));
@@ -102,6 +124,7 @@ async fn daemon_starts_reports_status_and_stops() {
     let status = motey(dir.path(), port).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(0), "{status:?}");
     assert!(String::from_utf8_lossy(&status.stdout).contains("is running"));
+    assert_private(dir.path());
     // A second start is refused while the first runs.
     let again = motey(dir.path(), port).args(["start"]).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
