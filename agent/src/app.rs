@@ -260,6 +260,7 @@ impl Agent {
             let address = broker.client_addr();
             settings.broker_host = address.ip().to_string();
             settings.broker_port = address.port();
+            settings.credentials = Some(broker.credentials().clone());
         }
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),
