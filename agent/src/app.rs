@@ -84,10 +84,16 @@ impl Agent {
         config: Config,
         engine: Arc<dyn motey_val::VirtualizationEngine>,
     ) -> Result<Agent, StartError> {
-        std::fs::create_dir_all(&config.general.data_dir).map_err(|error| StartError::DataDir {
-            path: config.general.data_dir.display().to_string(),
-            reason: error.to_string(),
-        })?;
+        let tightened =
+            crate::private_fs::private_dir(&config.general.data_dir).map_err(|error| {
+                StartError::DataDir {
+                    path: config.general.data_dir.display().to_string(),
+                    reason: error.to_string(),
+                }
+            })?;
+        if tightened {
+            warn!(path = %config.general.data_dir.display(), "the data directory was readable by others; now 0700");
+        }
         let store = Store::open(&config.database.path)?;
         let node = node_id(&config, &store)?;
         let token = api_token(&config)?;
@@ -257,6 +263,7 @@ impl Agent {
             let address = broker.client_addr();
             settings.broker_host = address.ip().to_string();
             settings.broker_port = address.port();
+            settings.credentials = Some(broker.credentials().clone());
         }
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),

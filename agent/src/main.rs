@@ -271,6 +271,7 @@ fn start(config: Config, daemonize: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -291,6 +292,22 @@ fn start(config: Config, daemonize: bool) -> ExitCode {
             eprintln!("motey: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one. Service managers often start
+/// processes at a soft limit of 1024, which a thousand idle sockets on the broker or
+/// peer port would use up, locking out every node that reconnects.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the limit on open files");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the limit on open files"),
     }
 }
 

@@ -25,7 +25,11 @@ impl Drop for TestAgent {
 }
 
 async fn agent(settings: &[(&str, &str, &str)]) -> TestAgent {
-    let dir = tempfile::tempdir().unwrap();
+    agent_in(tempfile::tempdir().unwrap(), settings).await
+}
+
+/// An agent on a data directory the test has prepared.
+async fn agent_in(dir: tempfile::TempDir, settings: &[(&str, &str, &str)]) -> TestAgent {
     let mut raw = RawConfig::defaults();
     raw.set("GENERAL", "data_dir", dir.path().display().to_string());
     raw.set("GENERAL", "node_id", "api-node");
@@ -340,4 +344,61 @@ async fn motey_paths_heartbeat_openapi_and_links() {
     )
     .await;
     assert_eq!(status, 404, "nothing left running under that name");
+}
+
+#[tokio::test]
+async fn an_undecodable_record_is_quarantined_and_the_agent_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let services = db.open_tree("services").unwrap();
+        services
+            .insert("broken-record", &b"\xff{not json"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let agent = agent_in(dir, &[]).await;
+    let client = reqwest::Client::new();
+    let (status, node) = send(
+        client
+            .get(format!("{}/v1/nodestatus", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["quarantined_count"], 1, "{node}");
+    assert_eq!(
+        node["quarantined_records"][0],
+        json!({ "collection": "services", "key": "broken-record" })
+    );
+
+    let (status, created) = send(yaml(&agent, "name: after\nimages: [{image: nginx}]\n")).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let running = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let (_, service) = send(
+                client
+                    .get(format!("{}/v1/services/{id}", agent.base))
+                    .bearer_auth(TOKEN),
+            )
+            .await;
+            if service["state"] == "RUNNING" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        running.is_ok(),
+        "the service deployed after the bad record never ran"
+    );
+    let (status, listed) = send(
+        client
+            .get(format!("{}/v1/services", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
 }

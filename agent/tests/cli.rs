@@ -81,9 +81,31 @@ fn unusable_database_path_is_a_clear_start_error() {
     );
 }
 
+/// The data directory and the database are the agent user's alone.
+fn assert_private(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data_dir), 0o700, "{}", data_dir.display());
+    let db = data_dir.join("db");
+    assert_eq!(mode(&db), 0o700, "{}", db.display());
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+}
+
 #[tokio::test]
 async fn daemon_starts_reports_status_and_stops() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // As an older agent or a careless umask left them: readable by everyone.
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    for path in [dir.path().to_path_buf(), dir.path().join("db")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let port = free_port();
     let status = motey(dir.path(), port).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(3));
@@ -102,6 +124,7 @@ async fn daemon_starts_reports_status_and_stops() {
     let status = motey(dir.path(), port).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(0), "{status:?}");
     assert!(String::from_utf8_lossy(&status.stdout).contains("is running"));
+    assert_private(dir.path());
     // A second start is refused while the first runs.
     let again = motey(dir.path(), port).args(["start"]).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
@@ -115,4 +138,87 @@ async fn daemon_starts_reports_status_and_stops() {
     // The daemon logged to its data directory, as JSON or text.
     let log = std::fs::read_to_string(dir.path().join("application.log")).unwrap();
     assert!(log.contains("agent started"), "{log}");
+}
+
+/// A process that is not an agent, standing in for one that was given a dead agent's pid.
+fn stranger() -> std::process::Child {
+    Command::new("sleep").arg("600").spawn().unwrap()
+}
+
+async fn wait_for_health(port: u16) {
+    wait_for("the daemon's API", Duration::from_secs(60), || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pid_file_left_by_kill_9_does_not_block_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let started = motey(dir.path(), port)
+        .args(["start", "--daemon"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    wait_for_health(port).await;
+    let pid_file = dir.path().join("motey.pid");
+    let agent: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(
+        "the killed agent to be gone",
+        Duration::from_secs(30),
+        || async {
+            let status = motey(dir.path(), port).arg("status").output().unwrap();
+            (status.status.code() == Some(3)).then_some(())
+        },
+    )
+    .await;
+    // The dead agent's pid now belongs to someone else.
+    let mut stranger = stranger();
+    std::fs::write(&pid_file, format!("{}\n", stranger.id())).unwrap();
+
+    let started = motey(dir.path(), port)
+        .args(["start", "--daemon"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    wait_for_health(port).await;
+    let stopped = motey(dir.path(), port).arg("stop").output().unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was signalled"
+    );
+    stranger.kill().unwrap();
+}
+
+#[test]
+fn stop_and_status_leave_a_stranger_named_in_an_unlocked_pid_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stranger = stranger();
+    std::fs::write(dir.path().join("motey.pid"), format!("{}\n", stranger.id())).unwrap();
+    let status = motey(dir.path(), free_port())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    let stopped = motey(dir.path(), free_port()).arg("stop").output().unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("not running"));
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was signalled"
+    );
+    stranger.kill().unwrap();
 }

@@ -6,7 +6,9 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{eventually, fast_liveness, fast_settings, key, Mosquitto, TestNode};
+use cluster::{
+    eventually, eventually_async, fast_liveness, fast_settings, key, Mosquitto, TestNode,
+};
 use motey::discovery::embedded_broker::{self, BrokerSettings};
 use motey::discovery::{kinds, BrokerStatus, Liveness, MetaPayload, PeerEvent, PeerState};
 use motey::domain::Capability;
@@ -251,7 +253,8 @@ async fn nodes_discover_each_other_through_the_embedded_broker() {
         .await
         .unwrap();
     let port = broker.client_addr().port();
-    let settings = fast_settings(port);
+    let mut settings = fast_settings(port);
+    settings.credentials = Some(broker.credentials().clone());
     let a = TestNode::start("a", settings.clone(), fast_liveness());
     let mut b = TestNode::start("b", settings.clone(), fast_liveness());
     let mut c = TestNode::start("c", settings, fast_liveness());
@@ -272,15 +275,16 @@ async fn nodes_discover_each_other_through_the_embedded_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_broker_can_require_credentials() {
+async fn the_embedded_broker_refuses_anonymous_and_wrong_password_clients() {
     let mut settings = BrokerSettings::new("127.0.0.1:0".parse().unwrap());
-    settings.credentials = Some(("motey".into(), "s3cret".into()));
+    settings.credentials = ("motey".into(), "s3cret".into());
     let broker = embedded_broker::start(settings).await.unwrap();
     let port = broker.client_addr().port();
 
     let mut wrong = fast_settings(port);
     wrong.credentials = Some(("motey".into(), "wrong".into()));
     let refused = TestNode::start("refused", wrong, fast_liveness());
+    let anonymous = TestNode::start("anonymous", fast_settings(port), fast_liveness());
     let mut right = fast_settings(port);
     right.credentials = Some(("motey".into(), "s3cret".into()));
     let admitted = TestNode::start("admitted", right, fast_liveness());
@@ -289,13 +293,109 @@ async fn the_embedded_broker_can_require_credentials() {
         admitted.is_connected()
     })
     .await;
-    let mut status = refused.discovery.as_ref().unwrap().status();
-    eventually("the other one is refused", || {
-        matches!(
-            &*status.borrow_and_update(),
-            BrokerStatus::Disconnected { .. }
-        )
+    for node in [&refused, &anonymous] {
+        let mut status = node.discovery.as_ref().unwrap().status();
+        eventually("the others are refused", || {
+            matches!(
+                &*status.borrow_and_update(),
+                BrokerStatus::Disconnected { .. }
+            )
+        })
+        .await;
+        assert!(!node.is_connected());
+    }
+    assert!(admitted
+        .alive_ids()
+        .iter()
+        .all(|id| id != "refused" && id != "anonymous"));
+}
+
+/// A `motey start` process, killed when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_sockets_on_the_embedded_broker_do_not_lock_out_a_reconnecting_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api_port, mqtt_port) = (cluster::free_port(), cluster::free_port());
+    let settings = {
+        let mut settings = fast_settings(mqtt_port);
+        settings.credentials = Some(("fog".into(), "broker-password".into()));
+        settings
+    };
+    // Started as a service manager would, at a soft limit of 1024 open files.
+    let _agent = Agent(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 1024 && exec \"$0\" start"])
+            .arg(env!("CARGO_BIN_EXE_motey"))
+            .env("MOTEY_GENERAL_DATA_DIR", dir.path())
+            .env("MOTEY_GENERAL_NODE_ID", "broker-host")
+            .env("MOTEY_WEBSERVER_IP", "127.0.0.1")
+            .env("MOTEY_WEBSERVER_PORT", api_port.to_string())
+            .env("MOTEY_WEBSERVER_TOKEN", "test-token-0123456789")
+            .env("MOTEY_ZEROMQ_PEER_PORT", cluster::free_port().to_string())
+            .env("MOTEY_MQTT_PORT", mqtt_port.to_string())
+            .env("MOTEY_MQTT_USERNAME", "fog")
+            .env("MOTEY_MQTT_PASSWORD", "broker-password")
+            .env("MOTEY_MQTT_TOPIC_PREFIX", &settings.topic_prefix)
+            .env("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1")
+            .env("MOTEY_CLUSTER_KEY", "the cluster secret of the tests")
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let nodes = format!("http://127.0.0.1:{api_port}/v1/nodes");
+    let http = reqwest::Client::new();
+    let node_ids = || async {
+        let Ok(response) = http
+            .get(&nodes)
+            .bearer_auth("test-token-0123456789")
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let listed: serde_json::Value = response.json().await.unwrap_or_default();
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|node| node["state"] == "alive")
+            .filter_map(|node| node["id"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    eventually_async("the agent serves", || async {
+        !node_ids().await.is_empty()
     })
     .await;
-    assert!(!refused.is_connected());
+
+    // Raw sockets that never send CONNECT.
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(socket) = tokio::net::TcpStream::connect(("127.0.0.1", mqtt_port)).await {
+            idle.push(socket);
+        }
+    }
+    let node = TestNode::start("returning", settings, fast_liveness());
+    // Well within the minute the old broker held each silent socket for.
+    let rejoined = tokio::time::timeout(Duration::from_secs(30), async {
+        while !(node.sees_alive(&["broker-host"])
+            && node_ids().await.iter().any(|id| id == "returning"))
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        rejoined.is_ok(),
+        "the returning node was locked out:\n{}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    drop(idle);
 }

@@ -231,3 +231,122 @@ async fn a_wrong_ca_or_password_is_logged_and_retried_while_the_api_stays_up() {
     assert!(api_is_up(&wrong_ca).await);
     assert!(!alive_peers(&member).await.contains(&wrong_ca.node_id));
 }
+
+/// The production broker of OPERATIONS.md: TLS, an account per node (user name = node
+/// id) and the ACL that lets each node speak only for itself under the topic prefix.
+fn acl_broker(accounts: &[(&str, &str)]) -> (Mosquitto, PathBuf) {
+    let mut ca_file = PathBuf::new();
+    let broker = Mosquitto::start_with(|port, dir| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ca_file = make_pki(dir, "fog", true);
+        write_password_file(&dir.join("passwords"), accounts);
+        write_readable(
+            &dir.join("motey.acl"),
+            "pattern read motey/nodes/#\n\
+             pattern write motey/nodes/request\n\
+             pattern write motey/nodes/meta/%u\n\
+             pattern write motey/nodes/leave/%u\n",
+        );
+        format!(
+            "per_listener_settings false\nlistener {port} 127.0.0.1\n\
+             cafile {ca}\ncertfile {dir}/server.pem\nkeyfile {dir}/server-key.pem\n\
+             allow_anonymous false\npassword_file {dir}/passwords\nacl_file {dir}/motey.acl\n",
+            ca = ca_file.display(),
+            dir = dir.display(),
+        )
+    });
+    (broker, ca_file)
+}
+
+/// `mosquitto_sub`/`mosquitto_pub` over the broker's TLS listener as `user`.
+fn mqtt_tool(tool: &str, port: u16, ca_file: &Path, user: &str, password: &str) -> Command {
+    let mut command = Command::new(tool);
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .arg("--cafile")
+        .arg(ca_file)
+        .args(["-u", user, "-P", password]);
+    command
+}
+
+#[tokio::test]
+async fn the_broker_acl_confines_a_node_to_its_own_topics_while_agents_discover_each_other() {
+    let accounts = [
+        ("acl-a", "acl-a-password-01"),
+        ("acl-b", "acl-b-password-01"),
+    ];
+    let (broker, ca_file) = acl_broker(&accounts);
+    let port = broker.port();
+    let mut agents = Vec::new();
+    for (node, password) in accounts {
+        let mut env = tls_env(&port.to_string(), &ca_file, node, password);
+        env.push(("MOTEY_GENERAL_NODE_ID".into(), node.into()));
+        let mut agent = start_agent(node, &env).await;
+        agent.node_id = node.into();
+        agents.push(agent);
+    }
+    wait_sees(&agents[0], &agents[1]).await;
+    wait_sees(&agents[1], &agents[0]).await;
+
+    // A listener on every leave topic takes the first message that gets through.
+    let observer = mqtt_tool("mosquitto_sub", port, &ca_file, "acl-a", accounts[0].1)
+        .args([
+            "-i",
+            "acl-observer",
+            "-t",
+            "motey/nodes/leave/#",
+            "-v",
+            "-C",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs (Debian package mosquitto-clients)");
+    let observer = std::sync::Arc::new(std::sync::Mutex::new(observer));
+    let received = wait_for(
+        "a message to reach the observer",
+        Duration::from_secs(60),
+        || {
+            let observer = observer.clone();
+            let ca_file = ca_file.clone();
+            async move {
+                // acl-b speaks for acl-a first, then for itself, on one connection.
+                let published = mqtt_tool("mosquitto_pub", port, &ca_file, "acl-b", accounts[1].1)
+                    .args([
+                        "-i",
+                        "acl-intruder",
+                        "-t",
+                        "motey/nodes/leave/acl-a",
+                        "-m",
+                        "forged",
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(published.success());
+                mqtt_tool("mosquitto_pub", port, &ca_file, "acl-b", accounts[1].1)
+                    .args([
+                        "-i",
+                        "acl-intruder",
+                        "-t",
+                        "motey/nodes/leave/acl-b",
+                        "-m",
+                        "own",
+                    ])
+                    .status()
+                    .unwrap();
+                let mut child = observer.lock().unwrap();
+                child.try_wait().unwrap()?;
+                let mut text = String::new();
+                std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+                Some(text)
+            }
+        },
+    )
+    .await;
+    assert_eq!(received.trim(), "motey/nodes/leave/acl-b own");
+    // The unsigned leave on its own topic changes nothing either: acl-b stays alive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alive_peers(&agents[0]).await.contains(&"acl-b".to_owned()));
+    assert!(alive_peers(&agents[1]).await.contains(&"acl-a".to_owned()));
+}

@@ -269,3 +269,58 @@ images:
     agent.wait_for_state(&id, "TERMINATED").await;
     assert!(containers_with_label(labels::SERVICE_ID, &id).is_empty());
 }
+
+#[tokio::test]
+async fn an_undecodable_record_is_quarantined_and_reconciliation_goes_on() {
+    let mut agent = AgentProcess::start("quarantine").await;
+    let (_, created) = agent
+        .post_blueprint("name: survivor\nimages:\n  - image: nginx\n")
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let running = agent.wait_for_state(&id, "RUNNING").await;
+    let first = running["images"][0]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    agent.kill();
+    {
+        let db = sled::open(agent.data_dir().join("db")).unwrap();
+        let services = db.open_tree("services").unwrap();
+        services
+            .insert("broken-record", &b"\xff{not json"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    agent.restart().await;
+
+    let (status, node) = agent.get("/v1/nodestatus").await;
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(node["quarantined_count"], 1, "{node}");
+    assert_eq!(
+        node["quarantined_records"][0],
+        serde_json::json!({ "collection": "services", "key": "broken-record" })
+    );
+    assert!(agent.log().contains("broken-record"));
+    assert!(!agent.log().contains("not json"), "the content was logged");
+
+    // The reconcile loop still heals the good service and deploys new ones.
+    docker(&["rm", "-f", &first]).unwrap();
+    wait_for("a replacement container", Duration::from_secs(90), || {
+        let agent = &agent;
+        let (id, first) = (id.clone(), first.clone());
+        async move {
+            let (_, service) = agent.get(&format!("/v1/services/{id}")).await;
+            let current = service["images"][0]["container_id"].as_str()?.to_owned();
+            (service["state"] == "RUNNING" && current != first).then_some(current)
+        }
+    })
+    .await;
+    let (status, created) = agent
+        .post_blueprint("name: newcomer\nimages:\n  - image: nginx\n")
+        .await;
+    assert_eq!(status, 201, "{created}");
+    agent
+        .wait_for_state(created["id"].as_str().unwrap(), "RUNNING")
+        .await;
+}

@@ -7,6 +7,7 @@ use sysinfo::{Disks, System};
 
 use super::error::ApiError;
 use super::ApiState;
+use crate::store::QuarantinedRecord;
 
 #[derive(Debug, Serialize)]
 pub struct NodeStatus {
@@ -29,6 +30,10 @@ pub struct NodeStatus {
     pub phase: crate::lifecycle::NodePhase,
     pub phase_reason: Option<String>,
     pub phase_since: chrono::DateTime<chrono::Utc>,
+    /// Stored records that could not be decoded and were set aside, so that the
+    /// orchestrator goes on with the others.
+    pub quarantined_count: usize,
+    pub quarantined_records: Vec<QuarantinedRecord>,
 }
 
 pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatus>, ApiError> {
@@ -55,6 +60,7 @@ pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatu
     let load = System::load_average().ok();
     let engine = state.orchestrator.engine();
     let phase = state.orchestrator.lifecycle().current();
+    let quarantined_records = state.store.quarantined()?;
     Ok(Json(NodeStatus {
         node_id: state.this_node.id.to_string(),
         node_name: state.this_node.name.clone(),
@@ -72,6 +78,8 @@ pub async fn node_status(State(state): State<ApiState>) -> Result<Json<NodeStatu
         phase: phase.phase,
         phase_reason: phase.reason,
         phase_since: phase.since,
+        quarantined_count: quarantined_records.len(),
+        quarantined_records,
     }))
 }
 

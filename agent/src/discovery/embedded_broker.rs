@@ -1,7 +1,12 @@
 //! An MQTT broker inside the agent (rumqttd), so that `motey start` works with nothing
-//! else installed. Other agents may use it as their broker when it listens on an address
-//! they can reach (`[MQTT] ip = 0.0.0.0`). It runs on its own threads for the rest of the
-//! process's life.
+//! else installed. It runs on its own threads for the rest of the process's life.
+//!
+//! It listens on loopback only and lets in only clients that log in: with the configured
+//! `[MQTT] username`/`password`, else with credentials generated at each start that only
+//! this agent's own client knows. rumqttd 0.20 cannot be offered to a household network
+//! safely: its TLS handshake runs inside the accept loop without a timeout (one silent
+//! client stops every further connection), it has no per-address connection limit and no
+//! topic permissions. A fog of several nodes uses mosquitto (see OPERATIONS.md).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -16,15 +21,25 @@ pub enum BrokerError {
     Address(String),
     #[error("embedded MQTT broker cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error(
+        "embedded MQTT broker: [MQTT] ip = {0} is beyond loopback, where it would serve \
+         without TLS or topic permissions; use 127.0.0.1, or run mosquitto for a fog of \
+         several nodes (OPERATIONS.md) with [MQTT] embedded = false"
+    )]
+    BeyondLoopback(IpAddr),
 }
+
+/// How long a connection may take to send its MQTT CONNECT: clients that open a socket
+/// and say nothing are dropped this soon instead of holding a slot.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the broker listens and whom it lets in.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// Port 0 picks a free port (see [`EmbeddedBroker::local_addr`]).
     pub listen: SocketAddr,
-    /// When set, clients must log in with this user name and password.
-    pub credentials: Option<(String, String)>,
+    /// The user name and password every client must log in with.
+    pub credentials: (String, String),
     pub max_connections: usize,
 }
 
@@ -32,36 +47,59 @@ impl BrokerSettings {
     pub fn new(listen: SocketAddr) -> BrokerSettings {
         BrokerSettings {
             listen,
-            credentials: None,
+            credentials: generated_credentials(),
             max_connections: 1024,
         }
     }
 
-    /// From the `[MQTT]` section: listen on `ip:port`, require the configured credentials.
+    /// From the `[MQTT]` section: listen on `ip:port` (loopback only), require the
+    /// configured credentials, else generated ones.
     pub fn from_config(mqtt: &crate::config::Mqtt) -> Result<BrokerSettings, BrokerError> {
         let ip: IpAddr = mqtt
             .ip
             .parse()
             .map_err(|_| BrokerError::Address(mqtt.ip.clone()))?;
+        if !ip.is_loopback() {
+            return Err(BrokerError::BeyondLoopback(ip));
+        }
         let mut settings = BrokerSettings::new(SocketAddr::new(ip, mqtt.port));
-        settings.credentials = mqtt
-            .username
-            .clone()
-            .map(|user| (user, mqtt.password.clone().unwrap_or_default()));
+        if let Some(user) = mqtt.username.clone() {
+            settings.credentials = (user, mqtt.password.clone().unwrap_or_default());
+        }
         Ok(settings)
     }
 }
 
+/// A user name and a random password for this process's life.
+fn generated_credentials() -> (String, String) {
+    let password = crate::peer::ClusterKey::generate_secret();
+    ("motey-agent".into(), password)
+}
+
 /// A running embedded broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    credentials: (String, String),
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EmbeddedBroker {
     /// The address it listens on (with the port chosen when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The user name and password it requires (the agent's own client logs in with them).
+    pub fn credentials(&self) -> &(String, String) {
+        &self.credentials
     }
 
     /// The address clients on this host connect to.
@@ -98,7 +136,10 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
         })
         .map_err(|error| listen_error(addr, error.to_string()))?;
 
-    let broker = EmbeddedBroker { addr };
+    let broker = EmbeddedBroker {
+        addr,
+        credentials: settings.credentials.clone(),
+    };
     let target = broker.client_addr();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -113,19 +154,16 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    tracing::info!(%addr, authenticated = settings.credentials.is_some(), "embedded MQTT broker listening");
+    tracing::info!(%addr, user = %settings.credentials.0, "embedded MQTT broker listening");
     Ok(broker)
 }
 
 fn broker_config(addr: SocketAddr, settings: &BrokerSettings) -> Config {
     let connections = ConnectionSettings {
-        connection_timeout_ms: 60_000,
+        connection_timeout_ms: CONNECT_TIMEOUT.as_millis() as u16,
         max_payload_size: 256 * 1024,
         max_inflight_count: 256,
-        auth: settings
-            .credentials
-            .clone()
-            .map(|(user, password)| HashMap::from([(user, password)])),
+        auth: Some(HashMap::from([settings.credentials.clone()])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -172,5 +210,21 @@ mod tests {
         config.mqtt.ip = "broker.local".into();
         let error = BrokerSettings::from_config(&config.mqtt).unwrap_err();
         assert!(error.to_string().contains("broker.local"), "{error}");
+    }
+
+    #[test]
+    fn beyond_loopback_is_refused_and_credentials_are_always_set() {
+        let mut config = crate::config::RawConfig::defaults().parse_config().unwrap();
+        let settings = BrokerSettings::from_config(&config.mqtt).unwrap();
+        assert!(!settings.credentials.1.is_empty());
+        assert_ne!(
+            settings.credentials,
+            BrokerSettings::from_config(&config.mqtt)
+                .unwrap()
+                .credentials
+        );
+        config.mqtt.ip = "0.0.0.0".into();
+        let error = BrokerSettings::from_config(&config.mqtt).unwrap_err();
+        assert!(matches!(error, BrokerError::BeyondLoopback(_)), "{error}");
     }
 }

@@ -20,12 +20,13 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error("database I/O failed: {0}")]
     Io(String),
-    #[error("record {key} in {collection} is corrupt: {reason}")]
-    Corrupt {
-        collection: &'static str,
-        key: String,
-        reason: String,
-    },
+}
+
+/// A record set aside because it could not be decoded (see [`Store::quarantined`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantinedRecord {
+    pub collection: String,
+    pub key: String,
 }
 
 /// A record with a key unique in its collection.
@@ -59,6 +60,8 @@ impl Record for Capability {
 /// A collection of records of one kind. Writes are durable when they return.
 pub trait Repository<T: Record>: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<T>, StoreError>;
+    /// Every record that can be decoded; one that cannot is logged and moved to
+    /// quarantine instead of failing the whole list.
     fn list(&self) -> Result<Vec<T>, StoreError>;
     /// Inserts or replaces the record with the same key.
     fn put(&self, record: &T) -> Result<(), StoreError>;
@@ -99,6 +102,11 @@ impl Store {
     /// A small value about the node itself (such as its generated id).
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.meta.meta(key)
+    }
+
+    /// Records set aside because they could not be decoded.
+    pub fn quarantined(&self) -> Result<Vec<QuarantinedRecord>, StoreError> {
+        self.meta.quarantined()
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {

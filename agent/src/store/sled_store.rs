@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Record, Repository, StoreError};
+use super::{QuarantinedRecord, Record, Repository, StoreError};
 
 /// One sled database holding every collection of an agent.
 pub struct SledStore {
@@ -10,6 +10,8 @@ pub struct SledStore {
 }
 
 const META_TREE: &str = "meta";
+/// Records that could not be decoded, keyed `<collection>/<key>`, kept for inspection.
+const QUARANTINE_TREE: &str = "quarantine";
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
@@ -18,7 +20,7 @@ impl SledStore {
             reason,
         };
         // sled's own message for an unwritable parent is a bare "Permission denied".
-        std::fs::create_dir_all(path)
+        crate::private_fs::private_dir(path)
             .map_err(|error| open_error(format!("cannot create the directory: {error}")))?;
         let probe = path.join(".motey-write-probe");
         std::fs::write(&probe, b"")
@@ -36,6 +38,18 @@ impl SledStore {
                 other => other.to_string(),
             })
         })?;
+        // sled creates its files as the umask allows; they hold blueprint environments.
+        match crate::private_fs::private_tree(path) {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::warn!(path = %path.display(), count, "the database was readable by others; now 0700/0600")
+            }
+            Err(error) => {
+                return Err(open_error(format!(
+                    "cannot make the database private: {error}"
+                )))
+            }
+        }
         Ok(SledStore { db })
     }
 
@@ -60,6 +74,23 @@ impl SledStore {
             .get(key)
             .map_err(io)?
             .map(|value| String::from_utf8_lossy(&value).into_owned()))
+    }
+
+    /// The records set aside because they could not be decoded.
+    pub fn quarantined(&self) -> Result<Vec<QuarantinedRecord>, StoreError> {
+        self.tree(QUARANTINE_TREE)?
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(io)?;
+                let text = String::from_utf8_lossy(&key);
+                let (collection, key) = text.split_once('/').unwrap_or(("", &text));
+                Ok(QuarantinedRecord {
+                    collection: collection.to_owned(),
+                    key: key.to_owned(),
+                })
+            })
+            .collect()
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -92,31 +123,51 @@ fn io(error: sled::Error) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-fn decode<T: Record>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|error| StoreError::Corrupt {
-        collection: T::COLLECTION,
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: error.to_string(),
-    })
+/// Decodes a record, or sets it aside in the quarantine tree when it cannot be decoded:
+/// one bad record must not hide the others from the orchestrator.
+fn decode_or_quarantine<T: Record>(
+    store: &SledStore,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<T>, StoreError> {
+    let error = match serde_json::from_slice(value) {
+        Ok(record) => return Ok(Some(record)),
+        Err(error) => error,
+    };
+    let key_text = String::from_utf8_lossy(key);
+    // The record's content may hold secrets (blueprint environments): only where it broke.
+    tracing::warn!(
+        collection = T::COLLECTION,
+        key = %key_text,
+        category = ?error.classify(),
+        line = error.line(),
+        column = error.column(),
+        "a stored record cannot be decoded; moved to quarantine"
+    );
+    let quarantine = store.tree(QUARANTINE_TREE)?;
+    let mut quarantined_key = format!("{}/", T::COLLECTION).into_bytes();
+    quarantined_key.extend_from_slice(key);
+    quarantine.insert(quarantined_key, value).map_err(io)?;
+    store.tree(T::COLLECTION)?.remove(key).map_err(io)?;
+    store.db.flush().map_err(io)?;
+    Ok(None)
 }
 
 impl<T: Record> Repository<T> for SledStore {
     fn get(&self, key: &str) -> Result<Option<T>, StoreError> {
-        self.tree(T::COLLECTION)?
-            .get(key)
-            .map_err(io)?
-            .map(|value| decode(key.as_bytes(), &value))
-            .transpose()
+        match self.tree(T::COLLECTION)?.get(key).map_err(io)? {
+            Some(value) => decode_or_quarantine(self, key.as_bytes(), &value),
+            None => Ok(None),
+        }
     }
 
     fn list(&self) -> Result<Vec<T>, StoreError> {
-        self.tree(T::COLLECTION)?
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(io)?;
-                decode(&key, &value)
-            })
-            .collect()
+        let mut records = Vec::new();
+        for entry in self.tree(T::COLLECTION)?.iter() {
+            let (key, value) = entry.map_err(io)?;
+            records.extend(decode_or_quarantine(self, &key, &value)?);
+        }
+        Ok(records)
     }
 
     fn put(&self, record: &T) -> Result<(), StoreError> {
@@ -209,17 +260,25 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_names_collection_and_key() {
-        let store = SledStore::temporary().unwrap();
+    fn an_undecodable_record_is_quarantined_and_the_others_still_listed() {
+        let store = Store::temporary().unwrap();
+        let good = service("web");
+        store.services.put(&good).unwrap();
         store
+            .meta
             .tree("services")
             .unwrap()
             .insert("s1", b"{not json")
             .unwrap();
-        let error = Repository::<Service>::list(&store).unwrap_err().to_string();
-        assert!(
-            error.contains("record s1 in services is corrupt"),
-            "{error}"
+        assert_eq!(store.services.list().unwrap(), vec![good.clone()]);
+        assert_eq!(
+            store.quarantined().unwrap(),
+            vec![QuarantinedRecord {
+                collection: "services".into(),
+                key: "s1".into()
+            }]
         );
+        assert_eq!(store.services.get("s1").unwrap(), None);
+        assert_eq!(store.services.list().unwrap(), vec![good]);
     }
 }
