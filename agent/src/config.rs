@@ -748,6 +748,38 @@ mod tests {
     }
 
     #[test]
+    fn webserver_is_closed_and_encrypted_by_default() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert!(!config.webserver.open_reads);
+        assert_eq!(config.webserver.tls, TlsMode::Auto);
+        assert!(crate::api::tls::serves_tls(&config.webserver), "0.0.0.0");
+        assert_eq!(config.webserver.request_timeout, Duration::from_secs(60));
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| match name {
+            "MOTEY_WEBSERVER_IP" => Some("127.0.0.1".into()),
+            _ => None,
+        });
+        let loopback = raw.parse_config().unwrap();
+        assert!(!crate::api::tls::serves_tls(&loopback.webserver));
+
+        for (key, value, expected) in [
+            ("tls", "sometimes", "auto, on or off"),
+            (
+                "request_timeout",
+                "30",
+                "more seconds than [SECURITY] exec_timeout",
+            ),
+            ("tls_cert_file", "/etc/motey/cert.pem", "go together"),
+            ("tls_fingerprint", "AB:CD", "SHA-256 fingerprint"),
+        ] {
+            let mut raw = RawConfig::defaults();
+            raw.set("WEBSERVER", key, value);
+            let error = raw.parse_config().unwrap_err().to_string();
+            assert!(error.contains(expected), "{key}: {error}");
+        }
+    }
+
+    #[test]
     fn cluster_settings_parse_and_validate() {
         let config = RawConfig::defaults().parse_config().unwrap();
         assert!(config.mqtt.embedded);
