@@ -253,3 +253,41 @@ fn motey_plain(agent: &AgentProcess, args: &[&str]) -> Output {
         .output()
         .expect("run the motey binary")
 }
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_is_answered_at_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = AgentProcess::start_without_images(
+        "slow-body",
+        &[
+            ("MOTEY_SECURITY_EXEC_TIMEOUT", "1"),
+            ("MOTEY_WEBSERVER_REQUEST_TIMEOUT", "2"),
+        ],
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", agent.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/services HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/x-yaml\r\ncontent-length: 100\r\n\r\nname: slow\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes; the answer does, well before this bound.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap();
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("}") {
+                break;
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "no answer within 30 s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+}
