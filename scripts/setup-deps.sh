@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing needs on a fresh Debian machine with Docker and Rust:
 # the MQTT broker, a container registry (for pull tests), Chromium and its WebDriver (for
-# browser tests), and the C libraries some crates link. Idempotent: installs only what is
+# browser tests), python3-venv (schemathesis for the OpenAPI test is installed into
+# target/openapi-venv), and the C libraries some crates link. Idempotent: installs only what is
 # missing. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3)
+packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

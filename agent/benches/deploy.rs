@@ -106,6 +106,7 @@ async fn agent_round(client: &reqwest::Client, base: &str) -> Duration {
     loop {
         let service: serde_json::Value = client
             .get(format!("{base}/v1/services/{id}"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
@@ -128,6 +129,7 @@ async fn agent_round(client: &reqwest::Client, base: &str) -> Duration {
     loop {
         let service: serde_json::Value = client
             .get(format!("{base}/v1/services/{id}"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()

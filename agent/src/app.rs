@@ -40,6 +40,8 @@ pub enum StartError {
     Token { path: String, reason: String },
     #[error("cannot listen for the REST API on {address}: {reason} (see [WEBSERVER] ip and port)")]
     Listen { address: SocketAddr, reason: String },
+    #[error("REST API certificate: {0} (see [WEBSERVER] tls, tls_cert_file and tls_key_file)")]
+    Tls(#[from] crate::api::tls::TlsError),
     #[error("virtualization plugin: {0}")]
     Engine(#[from] motey_val::ValError),
     #[error("embedded MQTT broker: {0} (see [MQTT] ip, port and embedded)")]
@@ -58,6 +60,10 @@ pub struct Agent {
     store: Store,
     orchestrator: Orchestrator,
     listener: TcpListener,
+    /// `None`: the REST API is plain HTTP.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// SHA-256 of the certificate the REST API presents.
+    rest_fingerprint: Option<String>,
     state: ApiState,
     directory: PeerDirectory,
     key: ClusterKey,
@@ -113,6 +119,13 @@ impl Agent {
                 address,
                 reason: error.to_string(),
             })?;
+        let (tls, rest_fingerprint) = if crate::api::tls::serves_tls(&config.webserver) {
+            let identity = crate::api::tls::server_identity(&config)?;
+            let fingerprint = identity.fingerprint.clone();
+            (Some(identity.server_config()?), Some(fingerprint))
+        } else {
+            (None, None)
+        };
         let broker = if config.mqtt.embedded {
             Some(embedded_broker::start(BrokerSettings::from_config(&config.mqtt)?).await?)
         } else {
@@ -195,6 +208,8 @@ impl Agent {
             store,
             orchestrator,
             listener,
+            tls,
+            rest_fingerprint,
             state,
             directory,
             key,
@@ -212,6 +227,11 @@ impl Agent {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// SHA-256 fingerprint of the REST API's certificate; `None` when it serves plain HTTP.
+    pub fn rest_fingerprint(&self) -> Option<&str> {
+        self.rest_fingerprint.as_deref()
     }
 
     /// Port of the peer (ZeroMQ) socket.
@@ -248,6 +268,8 @@ impl Agent {
             store,
             orchestrator,
             listener,
+            tls,
+            rest_fingerprint,
             state,
             directory,
             key,
@@ -306,6 +328,8 @@ impl Agent {
             node = %orchestrator.node(),
             name = %config.general.node_name,
             rest = %listener.local_addr()?,
+            https = tls.is_some(),
+            certificate_sha256 = rest_fingerprint.as_deref().unwrap_or("-"),
             peer_port = peer_server.port(),
             broker = ?broker.as_ref().map(EmbeddedBroker::local_addr),
             capability_events = capability_events.endpoint(),
@@ -338,9 +362,15 @@ impl Agent {
             })
         };
         let reconcile = tokio::spawn(orchestrator.run(shutdown.child_token()));
-        let server = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = server.await;
+        let header_timeout = state.request_timeout;
+        let served = api::serve::serve(
+            listener,
+            tls,
+            api::router(state),
+            header_timeout,
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
         shutdown.cancel();
         let _ = reconcile.await;
         if let Some(discovery) = discovery {
@@ -637,7 +667,7 @@ fn admin_token(config: &Config) -> Result<String, StartError> {
     }
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

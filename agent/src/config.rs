@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The repository's `config.ini`: the defaults, and the list of known keys.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config.ini");
@@ -81,6 +82,38 @@ pub struct Webserver {
     pub token: Option<String>,
     pub open_reads: bool,
     pub max_body_bytes: usize,
+    /// Longest a request may take, from its first byte to its answer.
+    pub request_timeout: Duration,
+    pub tls: TlsMode,
+    /// The admin's certificate chain and key; `None`: generated into the data directory.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// What the `motey` CLI trusts: this fingerprint, else a certificate from this CA,
+    /// else the certificate in the agent's files.
+    pub tls_fingerprint: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// Whether the REST server speaks HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTPS unless the server listens on a loopback address only.
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for TlsMode {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<TlsMode, ()> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(TlsMode::Auto),
+            "on" | "true" => Ok(TlsMode::On),
+            "off" | "false" => Ok(TlsMode::Off),
+            _ => Err(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -387,7 +420,38 @@ impl RawConfig {
             token: self.optional("WEBSERVER", "token"),
             open_reads: self.flag("WEBSERVER", "open_reads")?,
             max_body_bytes,
+            request_timeout: self.request_timeout()?,
+            tls: self.parse("WEBSERVER", "tls", "expected auto, on or off")?,
+            tls_cert_file: self
+                .optional("WEBSERVER", "tls_cert_file")
+                .map(PathBuf::from),
+            tls_key_file: self
+                .optional("WEBSERVER", "tls_key_file")
+                .map(PathBuf::from),
+            tls_fingerprint: self.optional("WEBSERVER", "tls_fingerprint"),
+            tls_ca_file: self.optional("WEBSERVER", "tls_ca_file").map(PathBuf::from),
         };
+        if let Some(pin) = &webserver.tls_fingerprint {
+            if crate::api::tls::normalize_fingerprint(pin).is_err() {
+                return Err(self.invalid(
+                    "WEBSERVER",
+                    "tls_fingerprint",
+                    "expected a SHA-256 fingerprint (64 hex digits, colons allowed)",
+                ));
+            }
+        }
+        if webserver.tls_cert_file.is_some() != webserver.tls_key_file.is_some() {
+            let missing = if webserver.tls_cert_file.is_some() {
+                "tls_key_file"
+            } else {
+                "tls_cert_file"
+            };
+            return Err(self.invalid(
+                "WEBSERVER",
+                missing,
+                "expected a file: tls_cert_file and tls_key_file go together",
+            ));
+        }
         let mqtt = self.parse_mqtt()?;
         let cluster = self.parse_cluster()?;
         let database = Database {
@@ -578,6 +642,21 @@ impl RawConfig {
         })
     }
 
+    /// `[WEBSERVER] request_timeout`: longer than a diagnostic command may run, which is
+    /// answered within one request.
+    fn request_timeout(&self) -> Result<Duration, ConfigError> {
+        let secs: u64 = self.parse("WEBSERVER", "request_timeout", "expected seconds")?;
+        let exec_secs: u64 = self.parse("SECURITY", "exec_timeout", "expected seconds")?;
+        if secs <= exec_secs {
+            return Err(self.invalid(
+                "WEBSERVER",
+                "request_timeout",
+                format!("expected more seconds than [SECURITY] exec_timeout ({exec_secs})"),
+            ));
+        }
+        Ok(Duration::from_secs(secs))
+    }
+
     fn parse_cluster(&self) -> Result<Cluster, ConfigError> {
         let key = self.optional("CLUSTER", "key");
         if key.as_ref().is_some_and(|key| key.chars().count() < 16) {
@@ -703,6 +782,38 @@ mod tests {
             error.to_string().contains("unknown key [WEBSERVER] prot"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn webserver_is_closed_and_encrypted_by_default() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert!(!config.webserver.open_reads);
+        assert_eq!(config.webserver.tls, TlsMode::Auto);
+        assert!(crate::api::tls::serves_tls(&config.webserver), "0.0.0.0");
+        assert_eq!(config.webserver.request_timeout, Duration::from_secs(60));
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| match name {
+            "MOTEY_WEBSERVER_IP" => Some("127.0.0.1".into()),
+            _ => None,
+        });
+        let loopback = raw.parse_config().unwrap();
+        assert!(!crate::api::tls::serves_tls(&loopback.webserver));
+
+        for (key, value, expected) in [
+            ("tls", "sometimes", "auto, on or off"),
+            (
+                "request_timeout",
+                "30",
+                "more seconds than [SECURITY] exec_timeout",
+            ),
+            ("tls_cert_file", "/etc/motey/cert.pem", "go together"),
+            ("tls_fingerprint", "AB:CD", "SHA-256 fingerprint"),
+        ] {
+            let mut raw = RawConfig::defaults();
+            raw.set("WEBSERVER", key, value);
+            let error = raw.parse_config().unwrap_err().to_string();
+            assert!(error.contains(expected), "{key}: {error}");
+        }
     }
 
     #[test]

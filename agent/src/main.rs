@@ -23,6 +23,14 @@ struct Cli {
     /// Log format; overrides [LOGGER] format.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// SHA-256 fingerprint of the agent's certificate to trust; overrides
+    /// [WEBSERVER] tls_fingerprint.
+    #[arg(long, global = true)]
+    fingerprint: Option<String>,
+    /// CA certificate (PEM) to trust for the agent's certificate; overrides
+    /// [WEBSERVER] tls_ca_file.
+    #[arg(long, global = true)]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,6 +129,16 @@ fn main() -> ExitCode {
     };
     if let Some(format) = cli.log_format {
         config.logger.format = format;
+    }
+    if let Some(pin) = cli.fingerprint {
+        if let Err(error) = motey::api::tls::normalize_fingerprint(&pin) {
+            eprintln!("motey: --fingerprint: {error}");
+            return ExitCode::from(2);
+        }
+        config.webserver.tls_fingerprint = Some(pin);
+    }
+    if let Some(ca_file) = cli.cacert {
+        config.webserver.tls_ca_file = Some(ca_file);
     }
     match cli.command {
         Command::Start { daemon } => start(config, daemon),
@@ -350,9 +368,16 @@ fn status(config: &Config) -> ExitCode {
     match daemon::running_pid(&config.general.pid_file) {
         Some(pid) => {
             println!(
-                "motey is running (pid {pid}); REST API on {}:{}",
-                config.webserver.ip, config.webserver.port
+                "motey is running (pid {pid}); REST API on {}",
+                rest_address(config)
             );
+            if motey::api::tls::serves_tls(&config.webserver) {
+                let path = motey::api::tls::certificate_path(config);
+                match motey::api::tls::fingerprint_of_file(&path) {
+                    Ok(fingerprint) => println!("certificate SHA-256 {fingerprint}"),
+                    Err(error) => println!("certificate: {error}"),
+                }
+            }
             ExitCode::SUCCESS
         }
         None => {
@@ -360,4 +385,20 @@ fn status(config: &Config) -> ExitCode {
             ExitCode::from(NOT_RUNNING)
         }
     }
+}
+
+/// `https://ip:port`, or `http://` when the REST API is plain HTTP.
+fn rest_address(config: &Config) -> String {
+    let scheme = if motey::api::tls::serves_tls(&config.webserver) {
+        "https"
+    } else {
+        "http"
+    };
+    let ip = config.webserver.ip;
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    format!("{scheme}://{host}:{}", config.webserver.port)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
+use motey::api::tls::{self, Trust};
 use motey::config::Config;
 use serde_json::Value;
 
@@ -48,13 +49,22 @@ impl RestClient {
                 "[SECURITY] admin_token",
             )?,
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("motey-cli/", env!("CARGO_PKG_VERSION")));
+        let (scheme, http) = if tls::serves_tls(&config.webserver) {
+            let trust = trust(config)?;
+            (
+                "https",
+                http.use_preconfigured_tls(tls::client_config(&trust)?),
+            )
+        } else {
+            ("http", http)
+        };
         Ok(RestClient {
-            base: format!("http://{host}:{}", config.webserver.port),
+            base: format!("{scheme}://{host}:{}", config.webserver.port),
             token,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .user_agent(concat!("motey-cli/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            http: http.build()?,
         })
     }
 
@@ -65,10 +75,15 @@ impl RestClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {} (is it running?)", self.base))?;
+        let response = request.send().await.map_err(|error| {
+            // The TLS refusal (a certificate that is not the pinned one) is deep in
+            // the chain of sources; name it rather than only "is it running?".
+            anyhow!(
+                "cannot reach the agent at {} (is it running?): {}",
+                self.base,
+                error_chain(&error)
+            )
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -83,6 +98,24 @@ impl RestClient {
     async fn json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         Ok(self.send(request).await?.json().await?)
     }
+}
+
+/// What the agent's certificate must be: the configured fingerprint or CA, else the
+/// certificate the agent serves, read from its files (the CLI runs on the agent's node).
+fn trust(config: &Config) -> anyhow::Result<Trust> {
+    let webserver = &config.webserver;
+    if let Some(pin) = &webserver.tls_fingerprint {
+        return Ok(Trust::Pinned(pin.clone()));
+    }
+    if let Some(ca_file) = &webserver.tls_ca_file {
+        return Ok(Trust::Authority(ca_file.clone()));
+    }
+    let path = tls::certificate_path(config);
+    let fingerprint = tls::fingerprint_of_file(&path).with_context(|| {
+        "cannot verify the agent's certificate: set [WEBSERVER] tls_fingerprint \
+         (--fingerprint) or tls_ca_file (--cacert)"
+    })?;
+    Ok(Trust::Pinned(fingerprint))
 }
 
 fn configured_or_file(configured: Option<&str>, path: &Path, key: &str) -> anyhow::Result<String> {
@@ -272,4 +305,16 @@ pub async fn exec(
     }
     let code = result["exit_code"].as_i64().unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -72,7 +72,7 @@ fn yaml(agent: &TestAgent, body: &str) -> reqwest::RequestBuilder {
 }
 
 #[tokio::test]
-async fn mutations_need_the_token_and_reads_are_open_by_default() {
+async fn mutations_and_reads_need_the_token_by_default() {
     let agent = agent(&[]).await;
     let client = reqwest::Client::new();
     let (status, body) = send(
@@ -92,16 +92,19 @@ async fn mutations_need_the_token_and_reads_are_open_by_default() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, _) = send(client.get(format!("{}/v1/services", agent.base))).await;
-    assert_eq!(status, 200);
+    let (status, body) = send(client.get(format!("{}/v1/services", agent.base))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
 }
 
 #[tokio::test]
-async fn closed_reads_need_the_token_too() {
-    let agent = agent(&[("WEBSERVER", "open_reads", "false")]).await;
+async fn open_reads_serve_reads_without_the_token() {
+    let agent = agent(&[("WEBSERVER", "open_reads", "true")]).await;
     let client = reqwest::Client::new();
     let (status, _) = send(client.get(format!("{}/v1/services", agent.base))).await;
-    assert_eq!(status, 401);
+    assert_eq!(status, 200);
     let (status, _) = send(
         client
             .get(format!("{}/v1/services", agent.base))
@@ -196,10 +199,20 @@ async fn services_are_created_shown_listed_and_terminated() {
     );
     assert_eq!(created["images"][0]["name"], "web");
 
-    let (status, shown) = send(client.get(format!("{}{location}", agent.base))).await;
+    let (status, shown) = send(
+        client
+            .get(format!("{}{location}", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(shown["name"], "shop");
-    let (_, listed) = send(client.get(format!("{}/v1/services", agent.base))).await;
+    let (_, listed) = send(
+        client
+            .get(format!("{}/v1/services", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
     let (status, stopping) = send(
@@ -211,9 +224,19 @@ async fn services_are_created_shown_listed_and_terminated() {
     assert_eq!(status, 202);
     assert_eq!(stopping["desired"], "TERMINATED");
 
-    let (status, body) = send(client.get(format!("{}/v1/services/nope", agent.base))).await;
+    let (status, body) = send(
+        client
+            .get(format!("{}/v1/services/nope", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, body) = send(client.get(format!("{}/v1/nothing-here", agent.base))).await;
+    let (status, body) = send(
+        client
+            .get(format!("{}/v1/nothing-here", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
 
@@ -248,11 +271,21 @@ async fn capabilities_are_added_validated_and_removed() {
 async fn nodes_and_node_status_describe_this_node() {
     let agent = agent(&[]).await;
     let client = reqwest::Client::new();
-    let (status, nodes) = send(client.get(format!("{}/v1/nodes", agent.base))).await;
+    let (status, nodes) = send(
+        client
+            .get(format!("{}/v1/nodes", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(nodes[0]["id"], "api-node");
     assert_eq!(nodes[0]["this_node"], true);
-    let (status, node_status) = send(client.get(format!("{}/v1/nodestatus", agent.base))).await;
+    let (status, node_status) = send(
+        client
+            .get(format!("{}/v1/nodestatus", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(node_status["memory_total_bytes"].as_u64().unwrap() > 0);
     assert!(node_status["cpu_count"].as_u64().unwrap() > 0);
@@ -302,11 +335,17 @@ async fn motey_paths_heartbeat_openapi_and_links() {
     let client = reqwest::Client::new();
     let response = client
         .get(format!("{}/v1/heartbeat", agent.base))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
-    let (status, openapi) = send(client.get(format!("{}/v1/openapi.json", agent.base))).await;
+    let (status, openapi) = send(
+        client
+            .get(format!("{}/v1/openapi.json", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(openapi["openapi"], "3.1.0");
     assert!(openapi["paths"]["/v1/services"]["post"].is_object());
@@ -324,7 +363,12 @@ async fn motey_paths_heartbeat_openapi_and_links() {
     let id = created["id"].as_str().unwrap();
     assert_eq!(created["links"]["self"], format!("/v1/services/{id}"));
     assert_eq!(created["links"]["nodes"], "/v1/nodes");
-    let (_, listed) = send(client.get(format!("{}/v1/service", agent.base))).await;
+    let (_, listed) = send(
+        client
+            .get(format!("{}/v1/service", agent.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
     assert_eq!(listed[0]["id"], id);
 
     let (status, stopped) = send(

@@ -305,7 +305,7 @@ fn peer_endpoint(agent: &AgentProcess) -> String {
 #[tokio::test]
 async fn half_open_connections_leave_the_agent_small_and_answering() {
     let cluster_key = "a-cluster-key-for-the-limits-test";
-    let agent = AgentProcess::start_without_workloads(
+    let agent = AgentProcess::start_without_images(
         "half-open",
         &[
             ("MOTEY_CLUSTER_KEY", cluster_key),
@@ -375,7 +375,7 @@ async fn half_open_connections_leave_the_agent_small_and_answering() {
 
 #[tokio::test]
 async fn a_thousand_garbage_messages_write_a_few_warnings() {
-    let agent = AgentProcess::start_without_workloads("garbage", &[]).await;
+    let agent = AgentProcess::start_without_images("garbage", &[]).await;
     let at = address(&peer_endpoint(&agent));
     let mut stream = connect_from("127.0.0.1", at).await;
     stream.write_all(&zmtp_hello()).await.unwrap();

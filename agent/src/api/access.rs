@@ -5,6 +5,7 @@
 //! with who asked, where and what.
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -83,10 +84,18 @@ fn render(line: &LogLine, timestamps: bool) -> String {
 pub async fn logs(
     State(state): State<ApiState>,
     Path((id, image)): Path<(String, String)>,
-    Query(params): Query<LogParams>,
+    params: Result<Query<LogParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    // axum's own refusal is plain text; every refusal of this API is JSON.
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::invalid(
+            "invalid_parameter",
+            format!("the query string: {}", rejection.body_text()),
+            Vec::new(),
+        )
+    })?;
     let tail = match params.tail.as_deref() {
         None => DEFAULT_TAIL,
         Some(text) => text

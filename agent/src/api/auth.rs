@@ -1,5 +1,6 @@
-//! Bearer-token authentication. Mutating requests always need the token; reads need it
-//! too unless `[WEBSERVER] open_reads` is on. The comparison is constant-time so the
+//! Bearer-token authentication. Every `/v1` request needs the token, reads too unless
+//! `[WEBSERVER] open_reads` is on (off by default: services, topology and statistics
+//! tell anyone on a household's network what runs where). The comparison is constant-time so the
 //! token cannot be guessed byte by byte from response times.
 
 use axum::extract::{Request, State};

@@ -139,6 +139,9 @@ impl From<BlueprintError> for ApiError {
             BlueprintError::Syntax(_) => {
                 ApiError::invalid("invalid_yaml", error.to_string(), Vec::new())
             }
+            BlueprintError::Shape(_) => {
+                ApiError::invalid("blueprint_too_complex", error.to_string(), Vec::new())
+            }
             BlueprintError::Invalid(fields) => {
                 ApiError::invalid("invalid_blueprint", error.to_string(), fields.clone())
             }

@@ -8,8 +8,10 @@ mod capabilities;
 pub mod decommission;
 pub mod error;
 mod nodes;
+pub mod serve;
 mod services;
 mod status;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +26,10 @@ use crate::store::Store;
 
 pub use nodes::{NodeDirectory, NodeView, StoredNodes};
 
+/// Blueprint parses that may run at once: each takes a blocking thread and a core while
+/// it runs, and a node has few cores; further requests wait their turn.
+pub const BLUEPRINT_PARSES: usize = 2;
+
 /// What every handler may use.
 #[derive(Clone)]
 pub struct ApiState {
@@ -36,6 +42,10 @@ pub struct ApiState {
     pub access: Arc<crate::config::Access>,
     pub open_reads: bool,
     pub max_body_bytes: usize,
+    /// Longest a request may take to be answered (streamed bodies go on after it).
+    pub request_timeout: std::time::Duration,
+    /// Permits for blueprint parses running at once.
+    parses: Arc<tokio::sync::Semaphore>,
     pub this_node: Arc<NodeInfo>,
     pub security: Arc<crate::config::Security>,
     /// Bumped whenever the API changes this node's capabilities.
@@ -65,6 +75,8 @@ impl ApiState {
             access: Arc::new(config.access.clone()),
             open_reads: webserver.open_reads,
             max_body_bytes: webserver.max_body_bytes,
+            request_timeout: webserver.request_timeout,
+            parses: Arc::new(tokio::sync::Semaphore::new(BLUEPRINT_PARSES)),
             this_node: Arc::new(this_node),
             security: Arc::new(config.security.clone()),
             capabilities_changed: None,
@@ -153,8 +165,35 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v1", v1)
         // The admin web client, embedded; its assets are public (it signs in itself).
         .merge(motey_webclient::routes(motey_webclient::ADMIN_CLIENT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            within_request_timeout,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers 503 `request_timeout` to a request not answered within
+/// `[WEBSERVER] request_timeout`, so that a slow client or a slow step cannot hold a
+/// connection and its memory for as long as it likes.
+async fn within_request_timeout(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the request was not answered within {} s ([WEBSERVER] request_timeout)",
+                state.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Reads a request body up to the configured size, refusing larger ones with 413.

@@ -196,16 +196,21 @@ pub async fn terminate_by_blueprint(
     body: Body,
 ) -> Result<Json<Vec<ServiceView>>, ApiError> {
     let body = read_body(&state, body).await?;
-    let document: serde_json::Value = serde_yaml::from_slice::<serde_yaml::Value>(&body)
-        .ok()
-        .and_then(|yaml| serde_json::to_value(yaml).ok())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_yaml",
-                "the body is not a YAML or JSON blueprint",
-                Vec::new(),
-            )
-        })?;
+    let document = off_runtime(&state, move || {
+        let text = std::str::from_utf8(&body).unwrap_or_default();
+        blueprint::shape::check(text).map_err(blueprint::BlueprintError::from)?;
+        serde_yaml::from_str::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|yaml| serde_json::to_value(yaml).ok())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_yaml",
+                    "the body is not a YAML or JSON blueprint",
+                    Vec::new(),
+                )
+            })
+    })
+    .await?;
     let id = document["id"].as_str();
     let name = document["service_name"]
         .as_str()
@@ -277,12 +282,35 @@ async fn read_blueprint(
         ));
     }
     let body = read_body(state, body).await?;
-    let text = std::str::from_utf8(&body).map_err(|error| {
-        ApiError::invalid(
-            "invalid_yaml",
-            format!("the blueprint is not UTF-8: {error}"),
-            Vec::new(),
-        )
-    })?;
-    Ok(blueprint::parse(text, &state.security)?)
+    let security = state.security.clone();
+    off_runtime(state, move || {
+        let text = std::str::from_utf8(&body).map_err(|error| {
+            ApiError::invalid(
+                "invalid_yaml",
+                format!("the blueprint is not UTF-8: {error}"),
+                Vec::new(),
+            )
+        })?;
+        Ok(blueprint::parse(text, &security)?)
+    })
+    .await
+}
+
+/// Runs a parse on a blocking thread, at most [`super::BLUEPRINT_PARSES`] at a time: the
+/// YAML parser's cost grows faster than its input, and on the async runtime one large
+/// body would hold up `/health`, heartbeats and peer requests alike.
+async fn off_runtime<T, F>(state: &ApiState, parse: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    let _permit = state
+        .parses
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the agent is shutting down"))?;
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|error| ApiError::internal(format!("the blueprint parse failed: {error}")))?
 }

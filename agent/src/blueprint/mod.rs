@@ -20,6 +20,7 @@ mod motey;
 mod native;
 mod params;
 mod security;
+pub mod shape;
 
 use std::sync::OnceLock;
 
@@ -42,6 +43,9 @@ pub enum BlueprintError {
     /// Not YAML at all.
     #[error("blueprint is not valid YAML: {0}")]
     Syntax(String),
+    /// Nested too deep or too many aliases to be parsed at all.
+    #[error(transparent)]
+    Shape(#[from] shape::ShapeError),
     /// YAML, but not a valid blueprint; every problem is located.
     #[error("{}", join_errors(.0))]
     Invalid(Vec<FieldError>),
@@ -54,7 +58,7 @@ impl BlueprintError {
     /// The problems, located (empty for a syntax error).
     pub fn fields(&self) -> &[FieldError] {
         match self {
-            BlueprintError::Syntax(_) => &[],
+            BlueprintError::Syntax(_) | BlueprintError::Shape(_) => &[],
             BlueprintError::Invalid(errors) | BlueprintError::Refused(errors) => errors,
         }
     }
@@ -78,6 +82,7 @@ pub enum Format {
 /// Parses and validates a YAML blueprint in either format, refusing options `security`
 /// does not allow.
 pub fn parse(yaml: &str, security: &Security) -> Result<Blueprint, BlueprintError> {
+    shape::check(yaml)?;
     let document: Value = serde_yaml::from_str::<serde_yaml::Value>(yaml)
         .map_err(|error| BlueprintError::Syntax(error.to_string()))
         .and_then(|value| {

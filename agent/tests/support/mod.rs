@@ -35,12 +35,12 @@ impl AgentProcess {
 
     pub async fn start_with(test: &str, env: &[(&str, &str)]) -> AgentProcess {
         docker::ensure_testbox();
-        AgentProcess::start_without_workloads(test, env).await
+        AgentProcess::start_without_images(test, env).await
     }
 
-    /// As [`AgentProcess::start_with`], for a test that deploys nothing (no workload image
-    /// is built).
-    pub async fn start_without_workloads(test: &str, env: &[(&str, &str)]) -> AgentProcess {
+    /// Starts an agent for a test that deploys no container (the REST server, the peer
+    /// port), without building the test images first.
+    pub async fn start_without_images(test: &str, env: &[(&str, &str)]) -> AgentProcess {
         let dir = tempfile::tempdir().unwrap();
         let node_id = format!(
             "agent-{test}-{}",
@@ -120,7 +120,7 @@ impl AgentProcess {
         let limit = Duration::from_secs(60);
         let started = std::time::Instant::now();
         loop {
-            if let Ok(response) = reqwest::get(&url).await {
+            if let Ok(response) = self.http().get(&url).send().await {
                 if response.status().is_success() {
                     return Ok(());
                 }
@@ -142,7 +142,49 @@ impl AgentProcess {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.port)
+    }
+
+    fn setting(&self, name: &str) -> Option<&str> {
+        self.extra_env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// `https` when the agent's settings make it serve TLS (`[WEBSERVER] tls`: on, or
+    /// auto on an address that is not loopback).
+    pub fn scheme(&self) -> &'static str {
+        let beyond_loopback = self
+            .setting("MOTEY_WEBSERVER_IP")
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| !ip.is_loopback());
+        match self.setting("MOTEY_WEBSERVER_TLS") {
+            Some("on") => "https",
+            Some("off") => "http",
+            _ if beyond_loopback => "https",
+            _ => "http",
+        }
+    }
+
+    /// The certificate an HTTPS agent generated on its first start.
+    pub fn certificate_file(&self) -> PathBuf {
+        self.data_dir.join("rest-cert.pem")
+    }
+
+    /// A client for this agent's REST API; over HTTPS it trusts exactly the certificate
+    /// the agent generated (and checks that it names 127.0.0.1).
+    pub fn http(&self) -> reqwest::Client {
+        if self.scheme() == "http" {
+            return client();
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_built_in_root_certs(false);
+        if let Ok(pem) = std::fs::read(self.certificate_file()) {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
     }
 
     /// `kill -9`: no chance to clean up, as in a power cut.
@@ -178,7 +220,8 @@ impl AgentProcess {
     }
 
     pub async fn post_blueprint(&self, yaml: &str) -> (u16, Value) {
-        let request = client()
+        let request = self
+            .http()
             .post(self.url("/v1/services"))
             .header("content-type", "application/x-yaml")
             .body(yaml.to_owned());
@@ -186,11 +229,11 @@ impl AgentProcess {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        send_json(client().get(self.url(path)), TOKEN).await
+        send_json(self.http().get(self.url(path)), TOKEN).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        send_json(client().delete(self.url(path)), TOKEN).await
+        send_json(self.http().delete(self.url(path)), TOKEN).await
     }
 
     /// Waits until the service reaches `state`; returns the service.

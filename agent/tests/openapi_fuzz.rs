@@ -1,0 +1,117 @@
+//! The OpenAPI document against the server that serves it: schemathesis (from PyPI,
+//! installed into `target/openapi-venv` on first use) generates requests from
+//! `openapi.json` — examples, coverage, fuzzing and the stateful phase that follows the
+//! links between operations — and runs every check on the answers, once with the token
+//! and once without. Any answer the document does not describe fails the test.
+//!
+//! The agent runs in-process with the in-memory engine; `POST /v1/decommission` is left
+//! out because it ends the agent for good (its contract is in `tests/api.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use motey::app::Agent;
+use motey::config::RawConfig;
+use motey_val::fake::FakeEngine;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "openapi-fuzz-token";
+/// The schemathesis release line the CLI options below are written for.
+const SCHEMATHESIS: &str = "schemathesis>=4.1,<5";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// `target/openapi-venv/bin/schemathesis`, installed with pip the first time.
+fn schemathesis() -> PathBuf {
+    let venv = repo_root().join("target/openapi-venv");
+    let binary = venv.join("bin/schemathesis");
+    if binary.exists() {
+        return binary;
+    }
+    let created = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 (scripts/setup-deps.sh installs python3-venv)");
+    assert!(created.success(), "python3 -m venv {}", venv.display());
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", SCHEMATHESIS])
+        .status()
+        .expect("pip of the virtual environment");
+    assert!(installed.success(), "pip install {SCHEMATHESIS}");
+    binary
+}
+
+async fn serve_agent(dir: &Path) -> (String, CancellationToken) {
+    let mut raw = RawConfig::defaults();
+    raw.set("GENERAL", "data_dir", dir.display().to_string());
+    raw.set("GENERAL", "node_id", "fuzz-node");
+    raw.set("WEBSERVER", "ip", "127.0.0.1");
+    raw.set("WEBSERVER", "port", "0");
+    raw.set("WEBSERVER", "token", TOKEN);
+    raw.set("SECURITY", "admin_token", TOKEN);
+    raw.set("MQTT", "embedded", "true");
+    raw.set("MQTT", "port", "0");
+    raw.set("ZEROMQ", "peer_port", "0");
+    let config = raw.parse_config().unwrap();
+    let agent = Agent::bind_with_engine(config, Arc::new(FakeEngine::new()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", agent.rest_address());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(agent.run(shutdown.clone()));
+    (base, shutdown)
+}
+
+/// Runs schemathesis against `base`, with `token` if given; its report on failure.
+async fn fuzz(base: &str, token: Option<&str>) {
+    let binary = schemathesis();
+    let mut command = Command::new(binary);
+    // Its cache of failing cases goes beside the virtual environment, not into the tree.
+    command
+        .current_dir(repo_root().join("target"))
+        .arg("run")
+        .arg(repo_root().join("agent/openapi.json"))
+        .args(["--url", base])
+        .args(["--checks", "all"])
+        .args(["--phases", "examples,coverage,fuzzing,stateful"])
+        .args(["--max-examples", "25"])
+        .args(["--exclude-path", "/v1/decommission"])
+        .args(["--request-timeout", "20"])
+        .args(["--generation-deterministic"]);
+    if let Some(token) = token {
+        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run schemathesis");
+    assert!(
+        output.status.success(),
+        "schemathesis found answers the OpenAPI document does not describe (token: {}):\n{}\n{}",
+        token.is_some(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the blueprint bodies (application/x-yaml) are described as strings, so schema-valid bodies are refused with 400; their schema is still to be written"]
+async fn the_server_answers_as_its_openapi_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, shutdown) = serve_agent(dir.path()).await;
+    tokio::time::timeout(Duration::from_secs(240), async {
+        fuzz(&base, Some(TOKEN)).await;
+        fuzz(&base, None).await;
+    })
+    .await
+    .expect("schemathesis finished within 4 minutes");
+    shutdown.cancel();
+}
