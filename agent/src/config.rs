@@ -175,6 +175,8 @@ pub struct Security {
     pub allow_host_pid: bool,
     pub allowed_cap_add: Vec<String>,
     pub bind_paths: Vec<PathBuf>,
+    /// Host devices containers may be given, each with the permissions allowed.
+    pub allowed_devices: Vec<crate::policy::AllowedDevice>,
 }
 
 /// The complete, typed configuration of an agent.
@@ -437,6 +439,18 @@ impl RawConfig {
         if bind_paths.iter().any(|path| !path.starts_with('/')) {
             return Err(self.invalid("SECURITY", "bind_paths", "expected absolute paths"));
         }
+        let allowed_devices = self
+            .list("SECURITY", "allowed_devices")
+            .iter()
+            .map(|text| crate::policy::AllowedDevice::parse(text))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                self.invalid(
+                    "SECURITY",
+                    "allowed_devices",
+                    "expected device paths under /dev, each optionally with :r, :rw or :rwm",
+                )
+            })?;
         let security = Security {
             allow_privileged: self.flag("SECURITY", "allow_privileged")?,
             allow_host_network: self.flag("SECURITY", "allow_host_network")?,
@@ -447,6 +461,7 @@ impl RawConfig {
                 .map(|cap| cap.to_uppercase())
                 .collect(),
             bind_paths: bind_paths.into_iter().map(PathBuf::from).collect(),
+            allowed_devices,
         };
         Ok(Config {
             general,

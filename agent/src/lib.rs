@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod orchestrator;
 pub mod peer;
+pub mod policy;
 pub mod store;
 pub mod val;
 pub mod validation;

@@ -34,6 +34,7 @@ pub(super) fn orchestrator_of(
         Arc::new(engine.clone()),
         remote,
         settings(),
+        Default::default(),
     )
 }
 
@@ -288,11 +289,17 @@ async fn a_pass_started_before_an_update_of_a_hosted_image_does_not_undo_it() {
         .remove(0),
         version: 1,
     };
-    orchestrator.host_image(deployment("v1")).await.unwrap();
+    orchestrator
+        .host_image(&NodeId("owner".into()), deployment("v1"))
+        .await
+        .unwrap();
     orchestrator.reconcile_all().await;
     let before_update = store.services.get("svc1").unwrap().unwrap();
 
-    orchestrator.host_image(deployment("v2")).await.unwrap();
+    orchestrator
+        .host_image(&NodeId("owner".into()), deployment("v2"))
+        .await
+        .unwrap();
     orchestrator.reconcile_service(before_update).await;
     let stored = store.services.get("svc1").unwrap().unwrap();
     assert_eq!(stored.images[0].blueprint.env["BODY"], "v2");
@@ -323,7 +330,7 @@ async fn hosted_images_run_for_their_owner_until_released() {
         version: 1,
     };
     let refused = orchestrator
-        .host_image(deployment.clone())
+        .host_image(&deployment.owner, deployment.clone())
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("optical-probe"), "{refused}");
@@ -335,11 +342,17 @@ async fn hosted_images_run_for_their_owner_until_released() {
             capability_type: "hardware".into(),
         })
         .unwrap();
-    orchestrator.host_image(deployment.clone()).await.unwrap();
-    orchestrator.host_image(deployment.clone()).await.unwrap(); // a retried request
+    orchestrator
+        .host_image(&deployment.owner, deployment.clone())
+        .await
+        .unwrap();
+    orchestrator
+        .host_image(&deployment.owner, deployment.clone())
+        .await
+        .unwrap(); // a retried request
     orchestrator.reconcile_all().await;
     let status = orchestrator
-        .hosted_image_status(&deployment.service_id, "reader")
+        .hosted_image_status(&deployment.owner, &deployment.service_id, "reader")
         .unwrap();
     assert_eq!(status.state, ImageState::Running);
     assert_eq!(engine.containers().len(), 1);
@@ -350,13 +363,13 @@ async fn hosted_images_run_for_their_owner_until_released() {
     assert!(matches!(not_owner, OrchestratorError::NotOwner { .. }));
 
     orchestrator
-        .release_hosted_image(&deployment.service_id, "reader")
+        .release_hosted_image(&deployment.owner, &deployment.service_id, "reader")
         .await
         .unwrap();
     orchestrator.reconcile_all().await;
     assert!(engine.containers().is_empty());
     assert!(orchestrator
-        .hosted_image_status(&deployment.service_id, "reader")
+        .hosted_image_status(&deployment.owner, &deployment.service_id, "reader")
         .is_err());
     let _ = BTreeMap::<String, String>::new();
 }
