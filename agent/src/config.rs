@@ -648,6 +648,29 @@ mod tests {
     }
 
     #[test]
+    fn allowed_devices_are_empty_by_default_typed_and_validated() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert!(config.security.allowed_devices.is_empty());
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| {
+            (name == "MOTEY_SECURITY_ALLOWED_DEVICES")
+                .then(|| "/dev/ttyUSB0, /dev/ttyACM0:r".into())
+        });
+        let devices = raw.parse_config().unwrap().security.allowed_devices;
+        assert_eq!(
+            devices
+                .iter()
+                .map(|d| (d.path.as_str(), d.permissions.as_str()))
+                .collect::<Vec<_>>(),
+            [("/dev/ttyUSB0", "rwm"), ("/dev/ttyACM0", "r")]
+        );
+        let mut raw = RawConfig::defaults();
+        raw.set("SECURITY", "allowed_devices", "/etc/shadow");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[SECURITY] allowed_devices"), "{error}");
+    }
+
+    #[test]
     fn wrong_value_names_section_key_and_value() {
         let mut raw = RawConfig::defaults();
         raw.set("WEBSERVER", "port", "abc");
