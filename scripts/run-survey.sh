@@ -71,7 +71,7 @@ gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{
 [ -n "$gateway" ] || gateway=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' |
   python3 -c 'import ipaddress,sys;print(next(ipaddress.ip_network(sys.stdin.read().split()[0]).hosts()))')
 say "survey PKI in $survey/pki (containers reach the host's published ports via $gateway)"
-mkdir -p "$survey/pki" "$survey/data-api-db" "$survey/meter-reader-data"
+mkdir -p "$survey/pki"
 "$bin/data-api" pki init --dir "$survey/pki" >/dev/null
 [ -f "$survey/pki/server.pem" ] || "$bin/data-api" pki issue-server --dir "$survey/pki" \
   --host localhost --host 127.0.0.1 --host "$gateway" >/dev/null
@@ -79,7 +79,22 @@ mkdir -p "$survey/pki" "$survey/data-api-db" "$survey/meter-reader-data"
   --email "$email" --out device >/dev/null
 researcher=$(secret "$survey/pki/researcher.token")
 secret "$survey/pki/admin.token" >/dev/null
-chmod 0644 "$survey/pki"/*.pem "$survey/pki"/*.token  # read by the workloads' users
+# Certificates are public; keys and tokens are readable by their owner only.
+chmod 0644 "$survey/pki"/ca.pem "$survey/pki"/server.pem "$survey/pki"/device.pem
+chmod 0600 "$survey/pki"/*-key.pem "$survey/pki"/*.token
+# What containers may bind ([SECURITY] bind_paths) is this directory only, one folder per
+# service holding just what it needs: never the cluster key, the API or admin token, the
+# CA key or another service's files.
+binds=$survey/binds
+mkdir -p "$binds/data-api/pki" "$binds/meter-reader/device"
+for old in data-api-db:data-api/db meter-reader-data:meter-reader/data; do  # earlier runs' data
+  if [ -d "$survey/${old%%:*}" ] && [ ! -e "$binds/${old#*:}" ]; then mv "$survey/${old%%:*}" "$binds/${old#*:}"; fi
+done
+mkdir -p "$binds/data-api/db" "$binds/meter-reader/data"
+install -m 0644 "$survey/pki"/{ca,server}.pem "$binds/data-api/pki/"
+install -m 0600 "$survey/pki"/server-key.pem "$survey/pki"/{researcher,admin}.token "$binds/data-api/pki/"
+install -m 0644 "$survey/pki"/{ca,device}.pem "$binds/meter-reader/device/"
+install -m 0600 "$survey/pki"/device-key.pem "$binds/meter-reader/device/"
 api_token=$(secret "$survey/api-token")
 admin_token=$(secret "$survey/admin-token")   # logs and exec (motey logs, motey exec)
 cluster_key=$(secret "$survey/cluster-key")
@@ -133,7 +148,7 @@ start_agent() { # start_agent INDEX
   MOTEY_WEBSERVER_IP=127.0.0.1 MOTEY_WEBSERVER_PORT="$(rest_port "$i")" MOTEY_WEBSERVER_TOKEN="$api_token" MOTEY_SECURITY_ADMIN_TOKEN="$admin_token" \
   MOTEY_MQTT_EMBEDDED=$embedded MOTEY_MQTT_IP=127.0.0.1 MOTEY_MQTT_PORT="$mqtt_port" \
   MOTEY_ZEROMQ_PEER_PORT=$((peer_port + i)) MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$dir/capabilities.ipc" \
-  MOTEY_CLUSTER_KEY="$cluster_key" MOTEY_SECURITY_BIND_PATHS="$survey" \
+  MOTEY_CLUSTER_KEY="$cluster_key" MOTEY_SECURITY_BIND_PATHS="$binds" \
     setsid "$bin/motey" start >> "$survey/${nodes[$i]}.log" 2>&1 &
   agent_pids+=($!)
   for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$(rest_port "$i")/health" >/dev/null && return; sleep 1; done
@@ -176,12 +191,14 @@ print(s["state"], "on", nodes, s.get("reason") or "")')
 }
 
 say "deploying blueprints/data-api.yaml to ${nodes[0]}"
-python3 - "$survey" "$api_port" "$gateway" "$report_interval" > "$survey/data-api.yaml" <<'PY'
+python3 - "$binds" "$api_port" "$gateway" "$report_interval" > "$survey/data-api.yaml" <<'PY'
 import sys
-survey, port, gateway, report = sys.argv[1:]
+binds, port, gateway, report = sys.argv[1:]
 text = open("blueprints/data-api.yaml").read()
-text = text.replace('"data-api-db:/data"', f'"{survey}/data-api-db:/data"')
-text = text.replace('"data-api-pki:/pki"', f'"{survey}/pki:/pki"')
+text = text.replace('"data-api-db:/data"', f'"{binds}/data-api/db:/data"')
+text = text.replace('"data-api-pki:/pki"', f'"{binds}/data-api/pki:/pki"')
+# The script made the PKI; without the CA key in /pki nothing may be created there.
+text = text.replace(', "--init-missing"]', ']')
 text = text.replace('["8443:8443"]', f'["{port}:8443"]')
 text = text.replace('"localhost,127.0.0.1,data-api"', f'"localhost,127.0.0.1,{gateway}"')
 text = text.replace('DATA_API_REPORT_INTERVAL: "3600"', f'DATA_API_REPORT_INTERVAL: "{report}"')
@@ -216,10 +233,10 @@ MOTEY_GENERAL_DATA_DIR="$(node_dir "$probe_node")" \
   "$bin/motey" capability add optical-probe --type hardware
 
 say "deploying blueprints/meter-reader.yaml to ${nodes[$reader_owner]}"
-python3 - "$survey" "$meter" "$gateway" "$probe_port" "$api_port" "$measurement_interval" "$report_interval" "$device_port" \
+python3 - "$binds" "$meter" "$gateway" "$probe_port" "$api_port" "$measurement_interval" "$report_interval" "$device_port" \
   > "$survey/meter-reader.yaml" <<'PY'
 import re, sys
-survey, meter, gateway, probe, api, measure, report, device_port = sys.argv[1:]
+binds, meter, gateway, probe, api, measure, report, device_port = sys.argv[1:]
 text = open("blueprints/meter-reader.yaml").read()
 def env(key, value):
     global text
@@ -229,8 +246,8 @@ env("METER_READER_API_URL", f"https://{gateway}:{api}")
 env("METER_READER_MEASUREMENT_INTERVAL", measure)
 env("METER_READER_REPORT_INTERVAL", report)
 text = re.sub(r'\n\s*devices: \[[^\]]*\]', '', text)  # the probe is networked here
-text = text.replace('"/etc/energiebroker:/etc/energiebroker:ro"', f'"{survey}/pki:/etc/energiebroker:ro"')
-text = text.replace('"meter-reader-data:/data"', f'"{survey}/meter-reader-data:/data"')
+text = text.replace('"/etc/energiebroker:/etc/energiebroker:ro"', f'"{binds}/meter-reader/device:/etc/energiebroker:ro"')
+text = text.replace('"meter-reader-data:/data"', f'"{binds}/meter-reader/data:/data"')
 text = text.replace('["8080:8080"]', f'["{device_port}:8080"]')
 print(text)
 PY

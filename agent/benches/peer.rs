@@ -51,13 +51,18 @@ impl PeerHandler for Handler {
     async fn capabilities(&self) -> Vec<Capability> {
         capabilities()
     }
-    async fn deploy_image(&self, _: ImageDeployment) -> Result<ImageStatus, String> {
+    async fn deploy_image(&self, _: &NodeId, _: ImageDeployment) -> Result<ImageStatus, String> {
         Err("not in this benchmark".into())
     }
-    async fn image_status(&self, _: &ServiceId, _: &str) -> Result<ImageStatus, String> {
+    async fn image_status(
+        &self,
+        _: &NodeId,
+        _: &ServiceId,
+        _: &str,
+    ) -> Result<ImageStatus, String> {
         Err("not in this benchmark".into())
     }
-    async fn terminate_image(&self, _: &ServiceId, _: &str) -> Result<(), String> {
+    async fn terminate_image(&self, _: &NodeId, _: &ServiceId, _: &str) -> Result<(), String> {
         Err("not in this benchmark".into())
     }
 }

@@ -158,6 +158,7 @@ impl Agent {
             engine,
             remote,
             config.orchestrator.clone(),
+            config.security.clone(),
         );
         orchestrator
             .set_reschedule_grace(Duration::from_secs(config.cluster.reschedule_grace_secs));
@@ -508,26 +509,36 @@ impl PeerHandler for HostedImages {
         self.0.capabilities().unwrap_or_default()
     }
 
-    async fn deploy_image(&self, deployment: ImageDeployment) -> Result<ImageStatus, String> {
+    async fn deploy_image(
+        &self,
+        sender: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, String> {
         self.0
-            .host_image(deployment)
+            .host_image(sender, deployment)
             .await
             .map_err(|error| error.to_string())
     }
 
     async fn image_status(
         &self,
+        sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
     ) -> Result<ImageStatus, String> {
         self.0
-            .hosted_image_status(service, image_id)
+            .hosted_image_status(sender, service, image_id)
             .map_err(|error| error.to_string())
     }
 
-    async fn terminate_image(&self, service: &ServiceId, image_id: &str) -> Result<(), String> {
+    async fn terminate_image(
+        &self,
+        sender: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), String> {
         self.0
-            .release_hosted_image(service, image_id)
+            .release_hosted_image(sender, service, image_id)
             .await
             .map_err(|error| error.to_string())
     }

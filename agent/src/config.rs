@@ -218,6 +218,8 @@ pub struct Security {
     pub allow_host_pid: bool,
     pub allowed_cap_add: Vec<String>,
     pub bind_paths: Vec<PathBuf>,
+    /// Host devices containers may be given, each with the permissions allowed.
+    pub allowed_devices: Vec<crate::policy::AllowedDevice>,
 }
 
 /// The complete, typed configuration of an agent.
@@ -505,6 +507,18 @@ impl RawConfig {
         if bind_paths.iter().any(|path| !path.starts_with('/')) {
             return Err(self.invalid("SECURITY", "bind_paths", "expected absolute paths"));
         }
+        let allowed_devices = self
+            .list("SECURITY", "allowed_devices")
+            .iter()
+            .map(|text| crate::policy::AllowedDevice::parse(text))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                self.invalid(
+                    "SECURITY",
+                    "allowed_devices",
+                    "expected device paths under /dev, each optionally with :r, :rw or :rwm",
+                )
+            })?;
         let security = Security {
             allow_privileged: self.flag("SECURITY", "allow_privileged")?,
             allow_host_network: self.flag("SECURITY", "allow_host_network")?,
@@ -515,6 +529,7 @@ impl RawConfig {
                 .map(|cap| cap.to_uppercase())
                 .collect(),
             bind_paths: bind_paths.into_iter().map(PathBuf::from).collect(),
+            allowed_devices,
         };
         Ok(Config {
             general,
@@ -746,6 +761,29 @@ mod tests {
             config.security.bind_paths,
             vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
         );
+    }
+
+    #[test]
+    fn allowed_devices_are_empty_by_default_typed_and_validated() {
+        let config = RawConfig::defaults().parse_config().unwrap();
+        assert!(config.security.allowed_devices.is_empty());
+        let mut raw = RawConfig::defaults();
+        raw.overlay_env(|name| {
+            (name == "MOTEY_SECURITY_ALLOWED_DEVICES")
+                .then(|| "/dev/ttyUSB0, /dev/ttyACM0:r".into())
+        });
+        let devices = raw.parse_config().unwrap().security.allowed_devices;
+        assert_eq!(
+            devices
+                .iter()
+                .map(|d| (d.path.as_str(), d.permissions.as_str()))
+                .collect::<Vec<_>>(),
+            [("/dev/ttyUSB0", "rwm"), ("/dev/ttyACM0", "r")]
+        );
+        let mut raw = RawConfig::defaults();
+        raw.set("SECURITY", "allowed_devices", "/etc/shadow");
+        let error = raw.parse_config().unwrap_err().to_string();
+        assert!(error.contains("[SECURITY] allowed_devices"), "{error}");
     }
 
     #[test]

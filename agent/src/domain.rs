@@ -493,7 +493,8 @@ pub struct RevisionImage {
 pub struct ImageDeployment {
     pub service_id: ServiceId,
     pub service_name: String,
-    /// The node that owns the service.
+    /// The node that owns the service; the hosting node refuses a deployment whose owner
+    /// is not the node that sent it.
     pub owner: NodeId,
     pub image: ImageBlueprint,
     /// The blueprint version that last changed the image (as in [`ImageRecord`]): the

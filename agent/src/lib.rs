@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod orchestrator;
 pub mod peer;
+pub mod policy;
 pub mod private_fs;
 pub mod store;
 pub mod val;

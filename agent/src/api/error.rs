@@ -94,6 +94,16 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::NotOwner { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_owner", error.to_string())
             }
+            OrchestratorError::NameTaken { .. } => {
+                let message = error.to_string();
+                let mut taken = ApiError::invalid(
+                    "name_taken",
+                    message.clone(),
+                    vec![FieldError::new("name", message)],
+                );
+                taken.status = StatusCode::CONFLICT;
+                taken
+            }
             OrchestratorError::NotOperating(refusal) => refusal.into(),
             OrchestratorError::Store(error) => error.into(),
             OrchestratorError::UpdateRefused {

@@ -106,13 +106,13 @@ pub fn parse(yaml: &str, security: &Security) -> Result<Blueprint, BlueprintErro
         Format::Motey => motey::images(&document),
     }
     .map_err(BlueprintError::Invalid)?;
-    security::check(&drafts, security).map_err(BlueprintError::Refused)?;
     let service_name = match format {
         Format::Native => document["name"].as_str(),
         Format::Motey => document["service_name"].as_str(),
     }
     .unwrap_or_default()
     .to_owned();
+    security::check(&service_name, &drafts, security).map_err(BlueprintError::Refused)?;
     Ok(Blueprint {
         service_name,
         images: drafts.into_iter().map(|draft| draft.image).collect(),
@@ -149,6 +149,8 @@ pub(crate) struct ImageDraft {
     pub cap_add_field: String,
     /// Field path of each volume, in order.
     pub volume_fields: Vec<String>,
+    /// Field path of each device, in order.
+    pub device_fields: Vec<String>,
 }
 
 /// Gives every image an id unique within the service: its name, else the last path

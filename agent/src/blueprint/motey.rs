@@ -76,6 +76,15 @@ pub(crate) fn images(document: &Value) -> Result<Vec<ImageDraft>, Vec<FieldError
             .flatten()
             .map(scalar_text)
             .collect();
+        // A mode the agent does not apply (another container's namespace, say) is refused
+        // rather than ignored.
+        let pid_mode = params["pid_mode"].as_str();
+        if let Some(mode) = pid_mode.filter(|mode| !["", "private", "host"].contains(mode)) {
+            errors.push(FieldError::new(
+                at("pid_mode"),
+                format!("{mode:?} is not supported (private or host)"),
+            ));
+        }
         let network_mode = params["network_mode"].as_str();
         if let Some(mode) =
             network_mode.filter(|mode| !["bridge", "host", "default"].contains(mode))
@@ -85,6 +94,7 @@ pub(crate) fn images(document: &Value) -> Result<Vec<ImageDraft>, Vec<FieldError
                 format!("{mode:?} is not supported (bridge or host)"),
             ));
         }
+        let devices_len = devices.len();
         drafts.push(ImageDraft {
             image: ImageBlueprint {
                 id,
@@ -105,7 +115,7 @@ pub(crate) fn images(document: &Value) -> Result<Vec<ImageDraft>, Vec<FieldError
                 privileges: Privileges {
                     privileged: params["privileged"].as_bool().unwrap_or(false),
                     host_network: network_mode == Some("host"),
-                    host_pid: params["pid_mode"].as_str() == Some("host"),
+                    host_pid: pid_mode == Some("host"),
                     cap_add,
                 },
             },
@@ -114,6 +124,9 @@ pub(crate) fn images(document: &Value) -> Result<Vec<ImageDraft>, Vec<FieldError
             pid_field: at("pid_mode"),
             cap_add_field: at("cap_add"),
             volume_fields: volume_fields(params, &at("volumes")),
+            device_fields: (0..devices_len)
+                .map(|n| format!("{}[{n}]", at("devices")))
+                .collect(),
         });
     }
     if errors.is_empty() {

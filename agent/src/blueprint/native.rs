@@ -111,6 +111,9 @@ pub(crate) fn images(document: &Value) -> Result<Vec<ImageDraft>, Vec<FieldError
             volume_fields: (0..strings("volumes").len())
                 .map(|n| format!("{}[{n}]", at("volumes")))
                 .collect(),
+            device_fields: (0..strings("devices").len())
+                .map(|n| format!("{}[{n}]", at("devices")))
+                .collect(),
         });
     }
     if errors.is_empty() {

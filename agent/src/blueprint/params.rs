@@ -56,16 +56,17 @@ pub fn parse_volume(text: &str) -> Option<VolumeMount> {
     })
 }
 
-/// `"/dev/ttyUSB0"` or `"/dev/ttyUSB0:/dev/probe"` (a trailing `:rwm` is accepted).
+/// `"/dev/ttyUSB0"`, `"/dev/ttyUSB0:/dev/probe"` or `"/dev/ttyUSB0:/dev/probe:rw"` (the
+/// cgroup permissions; all of `rwm` when left out).
 pub fn parse_device(text: &str) -> Option<DeviceMapping> {
     let parts: Vec<&str> = text.split(':').collect();
-    let (host, container) = match parts.as_slice() {
-        [host] => (*host, *host),
-        [host, container] => (*host, *container),
+    let (host, container, permissions) = match parts.as_slice() {
+        [host] => (*host, *host, None),
+        [host, container] => (*host, *container, None),
         [host, container, permissions]
             if !permissions.is_empty() && permissions.chars().all(|c| "rwm".contains(c)) =>
         {
-            (*host, *container)
+            (*host, *container, Some(*permissions))
         }
         _ => return None,
     };
@@ -75,6 +76,7 @@ pub fn parse_device(text: &str) -> Option<DeviceMapping> {
     Some(DeviceMapping {
         host_path: host.to_owned(),
         container_path: container.to_owned(),
+        permissions: permissions.map(str::to_owned),
     })
 }
 

@@ -55,13 +55,17 @@ images:
     command: run --interval "15 min"
     env: { READ_INTERVAL: 900, VERBOSE: true }
     ports: ["8080:80", 9000, "127.0.0.1:5000:5000/udp"]
-    volumes: ["reader-data:/data"]
+    volumes: ["metering-reader-data:/data"]
     devices: ["/dev/ttyUSB0"]
     restart: on-failure
     capabilities: [optical-probe]
   - image: motey/data-api:latest
 "#;
-    let blueprint = parse_default(yaml).unwrap();
+    let probe = Security {
+        allowed_devices: vec![crate::policy::AllowedDevice::parse("/dev/ttyUSB0").unwrap()],
+        ..Security::default()
+    };
+    let blueprint = parse(yaml, &probe).unwrap();
     assert_eq!(blueprint.service_name, "metering");
     let reader = &blueprint.images[0];
     assert_eq!(
@@ -72,7 +76,7 @@ images:
     assert_eq!(reader.env["VERBOSE"], "true");
     assert_eq!(reader.ports.len(), 3);
     assert_eq!(reader.ports[1].host_port, None);
-    assert_eq!(reader.volumes[0].source, "reader-data");
+    assert_eq!(reader.volumes[0].source, "metering-reader-data");
     assert_eq!(reader.devices[0].container_path, "/dev/ttyUSB0");
     assert_eq!(reader.restart, RestartPolicy::OnFailure);
     assert_eq!(blueprint.images[1].id, "data-api");
@@ -167,24 +171,120 @@ images:
         allow_host_pid: false,
         allowed_cap_add: vec!["NET_ADMIN".into()],
         bind_paths: vec![PathBuf::from("/etc")],
+        ..Security::default()
     };
     parse(yaml, &allowed).unwrap();
 }
 
 #[test]
 fn bind_mounts_only_under_allowed_paths() {
+    let allowed = tempfile::tempdir().unwrap();
+    let root = allowed.path().canonicalize().unwrap();
+    std::fs::create_dir(root.join("pki")).unwrap();
+    std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
     let security = Security {
-        bind_paths: vec![PathBuf::from("/srv/motey")],
+        bind_paths: vec![root.clone()],
         ..Security::default()
     };
     let blueprint =
         |volume: &str| format!("name: s\nimages:\n  - image: a\n    volumes: [\"{volume}\"]\n");
-    parse(&blueprint("/srv/motey/pki:/pki:ro"), &security).unwrap();
-    parse(&blueprint("named:/data"), &security).unwrap();
-    for refused in ["/srv/motey/../../etc:/x", "/srv/motey-other:/x", "/:/host"] {
-        let error = parse(&blueprint(refused), &security).unwrap_err();
+    let root = root.display();
+    parse(&blueprint(&format!("{root}/pki:/pki:ro")), &security).unwrap();
+    parse(&blueprint("s-cache:/data"), &security).unwrap();
+    for refused in [
+        format!("{root}/../../etc:/x"),
+        format!("{root}-other:/x"),
+        format!("{root}/escape:/host"),
+        "/:/host".to_owned(),
+        "other-service-data:/data".to_owned(),
+    ] {
+        let error = parse(&blueprint(&refused), &security).unwrap_err();
+        assert!(matches!(error, BlueprintError::Refused(_)), "{refused}");
         assert_eq!(error.fields()[0].field, "images[0].volumes[0]", "{refused}");
     }
+}
+
+#[test]
+fn devices_only_from_the_allow_list_in_both_formats() {
+    let security = Security {
+        allowed_devices: vec![crate::policy::AllowedDevice::parse("/dev/ttyUSB0").unwrap()],
+        ..Security::default()
+    };
+    let native =
+        |device: &str| format!("name: s\nimages:\n  - image: a\n    devices: [\"{device}\"]\n");
+    let motey = |device: &str| {
+        format!(
+            "service_name: s\nimages:\n  - name: a\n    parameters: {{devices: [\"{device}\"]}}\n"
+        )
+    };
+    parse(&native("/dev/ttyUSB0"), &security).unwrap();
+    parse(&motey("/dev/ttyUSB0:/dev/probe:rw"), &security).unwrap();
+    for (yaml, field) in [
+        (native("/dev/vda:/dev/vda:rwm"), "images[0].devices[0]"),
+        (motey("/dev/vda"), "images[0].parameters.devices[0]"),
+    ] {
+        let error = parse(&yaml, &security).unwrap_err();
+        assert!(matches!(error, BlueprintError::Refused(_)), "{yaml}");
+        assert_eq!(error.fields()[0].field, field);
+    }
+}
+
+/// Docker options that give power over the host and that the agent does not apply are
+/// refused by the schemas, never ignored: a blueprint cannot believe it got them, nor
+/// slip them past the check.
+#[test]
+fn host_power_options_the_agent_does_not_apply_are_refused_in_both_formats() {
+    let options = [
+        "security_opt: [seccomp=unconfined]",
+        "sysctls: {net.ipv4.ip_forward: 1}",
+        "userns_mode: host",
+        "ipc_mode: host",
+        "uts_mode: host",
+        "volumes_from: [other]",
+        "tmpfs: {/run: size=64g}",
+        "runtime: runc",
+        "cap_drop: [ALL]",
+        "device_cgroup_rules: [\"c *:* rwm\"]",
+    ];
+    for option in options {
+        let native = format!("name: s\nimages:\n  - image: a\n    {option}\n");
+        let motey =
+            format!("service_name: s\nimages:\n  - name: a\n    parameters: {{{option}}}\n");
+        for yaml in [native, motey] {
+            let error = parse_default(&yaml).unwrap_err();
+            assert!(
+                matches!(error, BlueprintError::Invalid(_)),
+                "{yaml}: {error}"
+            );
+        }
+    }
+    for mode in ["container:other", "ipc"] {
+        let yaml = format!(
+            "service_name: s\nimages:\n  - name: a\n    parameters: {{pid_mode: \"{mode}\"}}\n"
+        );
+        let error = parse_default(&yaml).unwrap_err();
+        assert_eq!(
+            error.fields()[0].field,
+            "images[0].parameters.pid_mode",
+            "{mode}"
+        );
+    }
+    for mode in ["container:other", "none"] {
+        let yaml = format!(
+            "service_name: s\nimages:\n  - name: a\n    parameters: {{network_mode: \"{mode}\"}}\n"
+        );
+        let error = parse_default(&yaml).unwrap_err();
+        assert_eq!(
+            error.fields()[0].field,
+            "images[0].parameters.network_mode",
+            "{mode}"
+        );
+    }
+    let native = "name: s\nimages:\n  - image: a\n    pid_mode: container:other\n";
+    assert!(matches!(
+        parse_default(native).unwrap_err(),
+        BlueprintError::Invalid(_)
+    ));
 }
 
 mod properties {

@@ -182,7 +182,7 @@ impl Orchestrator {
     }
 
     /// Checks that `requester` owns the service of an image this node hosts, and finds
-    /// its container.
+    /// its container. A service this node owns itself is never a peer's to access.
     async fn hosted_container(
         &self,
         requester: &NodeId,
@@ -199,7 +199,7 @@ impl Orchestrator {
                 service: service.clone(),
                 image: image.to_owned(),
             })?;
-        if &owner != requester {
+        if owner == self.inner.node || &owner != requester {
             return Err(AccessError::Refused(format!(
                 "service {service} belongs to node {owner}; only it may access its images"
             )));

@@ -6,8 +6,8 @@ use tracing::info;
 
 use super::Orchestrator;
 use crate::domain::{
-    Capability, DesiredState, ImageDeployment, ImageRecord, ImageStatus, Service, ServiceId,
-    ServiceState,
+    Capability, DesiredState, ImageDeployment, ImageRecord, ImageStatus, NodeId, Service,
+    ServiceId, ServiceState,
 };
 use crate::store::StoreError;
 
@@ -22,6 +22,22 @@ pub enum HostedImageError {
     NotOperating(#[from] crate::lifecycle::NotOperating),
     #[error("node {0} {decommissioning}; place the image elsewhere", decommissioning = super::lifecycle::DECOMMISSIONING)]
     Decommissioning(crate::domain::NodeId),
+    /// The image asks for something this node's `[SECURITY]` does not allow.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyRefused),
+    /// The service is this node's own, or hosted here for another node than the sender.
+    #[error("service {service} belongs to node {owner}; node {sender} may not deploy, observe or terminate its images here")]
+    NotOwner {
+        service: ServiceId,
+        owner: NodeId,
+        sender: NodeId,
+    },
+    /// The deployment names another owner than the node that sent it.
+    #[error("the deployment names node {claimed} as its owner but was sent by node {sender}")]
+    ForgedOwner { claimed: NodeId, sender: NodeId },
+    /// Another service of the same name runs here: it would share that service's volumes.
+    #[error("this node already runs service {existing} named {name:?}; a second service of that name would share its volumes")]
+    NameTaken { name: String, existing: ServiceId },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,14 +48,29 @@ impl Orchestrator {
         self.inner.store.capabilities.list()
     }
 
-    /// A peer asks this node to run one image of a service it owns.
+    /// The peer `sender` (authenticated by the peer protocol) asks this node to run one
+    /// image of a service it owns. The sender becomes the owner of the hosted service at
+    /// its first deployment and stays it; this node's own `[SECURITY]` decides whether the
+    /// image may run here, whatever the owner's allows.
     pub async fn host_image(
         &self,
+        sender: &NodeId,
         deployment: ImageDeployment,
     ) -> Result<ImageStatus, HostedImageError> {
         self.inner
             .lifecycle
             .check_accepts_deployments(self.inner.node.as_str())?;
+        if &deployment.owner != sender {
+            return Err(HostedImageError::ForgedOwner {
+                claimed: deployment.owner.clone(),
+                sender: sender.clone(),
+            });
+        }
+        crate::policy::check(
+            &deployment.service_name,
+            std::slice::from_ref(&deployment.image),
+            &self.inner.security,
+        )?;
         let offered: Vec<String> = self
             .capabilities()?
             .into_iter()
@@ -59,20 +90,31 @@ impl Orchestrator {
         let status = {
             let _guard = self.inner.records.lock().await;
             let store = &self.inner.store.services;
-            let mut service = store
-                .get(deployment.service_id.as_str())?
-                .unwrap_or_else(|| {
-                    let mut service = Service::new(
-                        deployment.service_id.clone(),
-                        crate::domain::Blueprint {
-                            service_name: deployment.service_name.clone(),
-                            images: vec![],
-                        },
-                        deployment.owner.clone(),
-                    );
-                    service.state = ServiceState::Instantiating;
-                    service
-                });
+            let existing = store.get(deployment.service_id.as_str())?;
+            match &existing {
+                Some(service) => self.check_owner(service, sender)?,
+                None => {
+                    let name = &deployment.service_name;
+                    if let Some(existing) = self.live_namesake(name, &deployment.service_id)? {
+                        return Err(HostedImageError::NameTaken {
+                            name: name.clone(),
+                            existing,
+                        });
+                    }
+                }
+            }
+            let mut service = existing.unwrap_or_else(|| {
+                let mut service = Service::new(
+                    deployment.service_id.clone(),
+                    crate::domain::Blueprint {
+                        service_name: deployment.service_name.clone(),
+                        images: vec![],
+                    },
+                    sender.clone(),
+                );
+                service.state = ServiceState::Instantiating;
+                service
+            });
             service.desired = DesiredState::Running;
             let image_id = deployment.image.id.clone();
             match service.image_mut(&image_id) {
@@ -92,9 +134,10 @@ impl Orchestrator {
         Ok(status)
     }
 
-    /// The state of an image this node hosts.
+    /// The state of an image this node hosts for `sender`.
     pub fn hosted_image_status(
         &self,
+        sender: &NodeId,
         service: &ServiceId,
         image: &str,
     ) -> Result<ImageStatus, HostedImageError> {
@@ -102,6 +145,9 @@ impl Orchestrator {
             return Err(HostedImageError::Decommissioning(self.inner.node.clone()));
         }
         let found = self.inner.store.services.get(service.as_str())?;
+        if let Some(record) = &found {
+            self.check_owner(record, sender)?;
+        }
         if found.as_ref().is_some_and(|s| s.image(image).is_some()) {
             self.owner_showed_interest(service, image);
         }
@@ -114,8 +160,22 @@ impl Orchestrator {
             })
     }
 
-    /// The owner takes an image back: forget it; the loop removes its container.
+    /// The owner `sender` takes an image back: forget it; the loop removes its container.
     pub async fn release_hosted_image(
+        &self,
+        sender: &NodeId,
+        service: &ServiceId,
+        image: &str,
+    ) -> Result<(), HostedImageError> {
+        if let Some(record) = self.inner.store.services.get(service.as_str())? {
+            self.check_owner(&record, sender)?;
+        }
+        self.forget_hosted_image(service, image).await
+    }
+
+    /// Forgets an image hosted here (its owner took it back, or this node gives it up);
+    /// the loop removes its container.
+    pub(super) async fn forget_hosted_image(
         &self,
         service: &ServiceId,
         image: &str,
@@ -139,14 +199,50 @@ impl Orchestrator {
     }
 }
 
-fn hosted_record(deployment: &ImageDeployment, node: &crate::domain::NodeId) -> ImageRecord {
+impl Orchestrator {
+    /// Only the node that first deployed a hosted service may change or observe it, and
+    /// no peer may touch a service this node owns itself.
+    fn check_owner(&self, service: &Service, sender: &NodeId) -> Result<(), HostedImageError> {
+        if service.owner == self.inner.node || &service.owner != sender {
+            return Err(HostedImageError::NotOwner {
+                service: service.id.clone(),
+                owner: service.owner.clone(),
+                sender: sender.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Volumes are scoped by service name ([`crate::policy`]), so a node runs at most one
+    /// live service of each name, its own or hosted: the one other than `id`, if any.
+    pub(super) fn live_namesake(
+        &self,
+        name: &str,
+        id: &ServiceId,
+    ) -> Result<Option<ServiceId>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .services
+            .list()?
+            .into_iter()
+            .find(|service| {
+                service.name == name
+                    && &service.id != id
+                    && service.desired == DesiredState::Running
+            })
+            .map(|service| service.id))
+    }
+}
+
+fn hosted_record(deployment: &ImageDeployment, node: &NodeId) -> ImageRecord {
     let mut record = ImageRecord::new(deployment.image.clone());
     record.node = Some(node.clone());
     record.version = deployment.version;
     record
 }
 
-fn status_of(service: &Service, image: &str, node: &crate::domain::NodeId) -> ImageStatus {
+fn status_of(service: &Service, image: &str, node: &NodeId) -> ImageStatus {
     let record = service.image(image);
     ImageStatus {
         service_id: service.id.clone(),

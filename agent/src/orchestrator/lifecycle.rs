@@ -86,7 +86,7 @@ impl Orchestrator {
                 format!("this node no longer offers the capabilities {missing}; placing the image again"),
             );
         }
-        if let Err(error) = self.release_hosted_image(&service.id, record.id()).await {
+        if let Err(error) = self.forget_hosted_image(&service.id, record.id()).await {
             warn!(service = %service.id, image = %record.id(), %error, "cannot release the hosted image");
         }
         let mut record = record;
@@ -143,7 +143,7 @@ impl Orchestrator {
         record: ImageRecord,
     ) -> ImageRecord {
         self.remove_local_containers(service, record.id()).await;
-        if let Err(error) = self.release_hosted_image(&service.id, record.id()).await {
+        if let Err(error) = self.forget_hosted_image(&service.id, record.id()).await {
             warn!(service = %service.id, image = %record.id(), %error, "cannot forget the hosted image");
         }
         let mut record = record;
@@ -283,7 +283,7 @@ impl Orchestrator {
         for service in services.into_iter().filter(|s| s.owner != self.inner.node) {
             for image in &service.images {
                 warn!(service = %service.id, image = %image.id(), owner = %service.owner, "owner did not take the image back; removing it");
-                if let Err(error) = self.release_hosted_image(&service.id, image.id()).await {
+                if let Err(error) = self.forget_hosted_image(&service.id, image.id()).await {
                     warn!(service = %service.id, %error, "cannot forget the hosted image");
                 }
             }

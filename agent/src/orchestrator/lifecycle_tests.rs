@@ -127,7 +127,9 @@ async fn a_hosted_image_its_owner_moved_elsewhere_is_removed_after_a_restart() {
     let fog = Fog::with(&[]);
     *fog.assigned.lock().unwrap() = Some(true);
     let host = orchestrator_of("b", &engine, &store, fog.clone());
-    host.host_image(hosted_reader()).await.unwrap();
+    host.host_image(&node("owner"), hosted_reader())
+        .await
+        .unwrap();
     passes(&host, 2).await;
     assert_eq!(engine.containers().len(), 1);
     assert_eq!(
@@ -142,7 +144,7 @@ async fn a_hosted_image_its_owner_moved_elsewhere_is_removed_after_a_restart() {
     passes(&restarted, 1).await;
     assert!(engine.containers().is_empty(), "nothing runs twice");
     assert!(restarted
-        .hosted_image_status(&ServiceId("svc1".into()), "reader")
+        .hosted_image_status(&node("owner"), &ServiceId("svc1".into()), "reader")
         .is_err());
 }
 
@@ -152,7 +154,9 @@ async fn a_hosted_image_keeps_running_while_its_owner_is_unreachable() {
     store.capabilities.put(&probe()).unwrap();
     let fog = Fog::with(&[]);
     let host = orchestrator_of("b", &engine, &store, fog.clone());
-    host.host_image(hosted_reader()).await.unwrap();
+    host.host_image(&node("owner"), hosted_reader())
+        .await
+        .unwrap();
     passes(&host, 1).await;
     // Rebooted while the link is down: adopted and kept (edge autonomy).
     let rebooted = orchestrator_of("b", &engine, &store, fog.clone());
@@ -160,7 +164,7 @@ async fn a_hosted_image_keeps_running_while_its_owner_is_unreachable() {
     assert_eq!(engine.containers().len(), 1);
     assert_eq!(engine.created_count(), 1);
     let status = rebooted
-        .hosted_image_status(&ServiceId("svc1".into()), "reader")
+        .hosted_image_status(&node("owner"), &ServiceId("svc1".into()), "reader")
         .unwrap();
     assert_eq!(status.state, ImageState::Running);
 }
@@ -218,13 +222,15 @@ async fn a_lost_capability_releases_a_hosted_image_to_its_owner() {
     let fog = Fog::with(&[]);
     *fog.assigned.lock().unwrap() = Some(true);
     let host = orchestrator_of("b", &engine, &store, fog.clone());
-    host.host_image(hosted_reader()).await.unwrap();
+    host.host_image(&node("owner"), hosted_reader())
+        .await
+        .unwrap();
     passes(&host, 1).await;
     store.capabilities.remove("hardware/optical-probe").unwrap();
     passes(&host, 1).await;
     assert!(engine.containers().is_empty());
     let gone = host
-        .hosted_image_status(&ServiceId("svc1".into()), "reader")
+        .hosted_image_status(&node("owner"), &ServiceId("svc1".into()), "reader")
         .unwrap_err();
     assert!(gone.to_string().contains("not found"), "{gone}");
 }
@@ -243,7 +249,10 @@ async fn a_node_that_is_not_operating_refuses_deployments_with_the_reason() {
         refused.to_string(),
         "node a is recovering (container engine unreachable: no such socket) and accepts no deployments"
     );
-    let refused = orchestrator.host_image(hosted_reader()).await.unwrap_err();
+    let refused = orchestrator
+        .host_image(&node("owner"), hosted_reader())
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("recovering"), "{refused}");
 
     orchestrator
@@ -288,7 +297,10 @@ async fn decommissioning_terminates_own_services_and_waits_for_hosted_images() {
         ))
         .await
         .unwrap();
-    node_b.host_image(hosted_reader()).await.unwrap();
+    node_b
+        .host_image(&node("owner"), hosted_reader())
+        .await
+        .unwrap();
     passes(&node_b, 1).await;
     assert_eq!(engine.containers().len(), 2);
 
@@ -296,7 +308,7 @@ async fn decommissioning_terminates_own_services_and_waits_for_hosted_images() {
     assert_eq!(progress.own_services, 1);
     assert_eq!(progress.hosted_images, 1);
     let refused = node_b
-        .hosted_image_status(&ServiceId("svc1".into()), "reader")
+        .hosted_image_status(&node("owner"), &ServiceId("svc1".into()), "reader")
         .unwrap_err();
     assert!(
         refused.to_string().contains("is decommissioning"),
@@ -317,7 +329,7 @@ async fn decommissioning_terminates_own_services_and_waits_for_hosted_images() {
 
     // The owner placed it elsewhere and releases it here.
     node_b
-        .release_hosted_image(&ServiceId("svc1".into()), "reader")
+        .release_hosted_image(&node("owner"), &ServiceId("svc1".into()), "reader")
         .await
         .unwrap();
     passes(&node_b, 1).await;

@@ -51,6 +51,10 @@ pub enum OrchestratorError {
     NotOwner { service: ServiceId, owner: NodeId },
     #[error(transparent)]
     NotOperating(#[from] NotOperating),
+    /// Another live service of the same name runs on this node; the two would share
+    /// their volumes.
+    #[error("service {existing} named {name:?} already runs on this node; terminate it first or choose another name")]
+    NameTaken { name: String, existing: ServiceId },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An update cannot start; `code` is the API's error code, `field` the offending one.
@@ -74,6 +78,8 @@ struct Inner {
     engine: Arc<dyn VirtualizationEngine>,
     remote: Arc<dyn RemoteNodes>,
     settings: config::Orchestrator,
+    /// What this node lets an image do to its host; checked before every start.
+    security: config::Security,
     /// Asks the loop for a pass now rather than at the next interval.
     wake: Notify,
     /// Serializes read-modify-write of service records between the API, peers and the
@@ -98,6 +104,7 @@ impl Orchestrator {
         engine: Arc<dyn VirtualizationEngine>,
         remote: Arc<dyn RemoteNodes>,
         settings: config::Orchestrator,
+        security: config::Security,
     ) -> Orchestrator {
         Orchestrator {
             inner: Arc::new(Inner {
@@ -106,6 +113,7 @@ impl Orchestrator {
                 engine,
                 remote,
                 settings,
+                security,
                 wake: Notify::new(),
                 records: Mutex::new(()),
                 lifecycle: NodeLifecycle::new(NodePhase::Operating),
@@ -155,6 +163,12 @@ impl Orchestrator {
         let service = Service::new(ServiceId::generate(), blueprint, self.inner.node.clone());
         {
             let _guard = self.inner.records.lock().await;
+            if let Some(existing) = self.live_namesake(&service.name, &service.id)? {
+                return Err(OrchestratorError::NameTaken {
+                    name: service.name.clone(),
+                    existing,
+                });
+            }
             self.inner.store.services.put(&service)?;
         }
         info!(service = %service.id, name = %service.name, images = service.images.len(), "service accepted");

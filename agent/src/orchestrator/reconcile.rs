@@ -314,6 +314,20 @@ impl Orchestrator {
         if !should_exist {
             return record;
         }
+        // Whoever asked for the image (REST, a peer, an update, a rollback), this node's
+        // own policy decides: a setting changed since, or a bind source swapped for a
+        // link, is caught here.
+        if let Err(refused) = crate::policy::check(
+            &service.name,
+            std::slice::from_ref(&record.blueprint),
+            &self.inner.security,
+        ) {
+            warn!(service = %service.id, image = %record.id(), reason = %refused, "image refused by this node's policy");
+            record.state = ImageState::Error;
+            record.reason = Some(refused.to_string());
+            record.container_id = None;
+            return record;
+        }
         if record.state == ImageState::Running {
             warn!(service = %service.id, image = %record.id(), "container vanished; recreating it");
         }

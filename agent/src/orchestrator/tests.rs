@@ -34,6 +34,7 @@ pub(super) fn orchestrator_of(
         Arc::new(engine.clone()),
         remote,
         settings(),
+        Default::default(),
     )
 }
 
@@ -288,11 +289,17 @@ async fn a_pass_started_before_an_update_of_a_hosted_image_does_not_undo_it() {
         .remove(0),
         version: 1,
     };
-    orchestrator.host_image(deployment("v1")).await.unwrap();
+    orchestrator
+        .host_image(&NodeId("owner".into()), deployment("v1"))
+        .await
+        .unwrap();
     orchestrator.reconcile_all().await;
     let before_update = store.services.get("svc1").unwrap().unwrap();
 
-    orchestrator.host_image(deployment("v2")).await.unwrap();
+    orchestrator
+        .host_image(&NodeId("owner".into()), deployment("v2"))
+        .await
+        .unwrap();
     orchestrator.reconcile_service(before_update).await;
     let stored = store.services.get("svc1").unwrap().unwrap();
     assert_eq!(stored.images[0].blueprint.env["BODY"], "v2");
@@ -323,7 +330,7 @@ async fn hosted_images_run_for_their_owner_until_released() {
         version: 1,
     };
     let refused = orchestrator
-        .host_image(deployment.clone())
+        .host_image(&deployment.owner, deployment.clone())
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("optical-probe"), "{refused}");
@@ -335,11 +342,17 @@ async fn hosted_images_run_for_their_owner_until_released() {
             capability_type: "hardware".into(),
         })
         .unwrap();
-    orchestrator.host_image(deployment.clone()).await.unwrap();
-    orchestrator.host_image(deployment.clone()).await.unwrap(); // a retried request
+    orchestrator
+        .host_image(&deployment.owner, deployment.clone())
+        .await
+        .unwrap();
+    orchestrator
+        .host_image(&deployment.owner, deployment.clone())
+        .await
+        .unwrap(); // a retried request
     orchestrator.reconcile_all().await;
     let status = orchestrator
-        .hosted_image_status(&deployment.service_id, "reader")
+        .hosted_image_status(&deployment.owner, &deployment.service_id, "reader")
         .unwrap();
     assert_eq!(status.state, ImageState::Running);
     assert_eq!(engine.containers().len(), 1);
@@ -350,13 +363,154 @@ async fn hosted_images_run_for_their_owner_until_released() {
     assert!(matches!(not_owner, OrchestratorError::NotOwner { .. }));
 
     orchestrator
-        .release_hosted_image(&deployment.service_id, "reader")
+        .release_hosted_image(&deployment.owner, &deployment.service_id, "reader")
         .await
         .unwrap();
     orchestrator.reconcile_all().await;
     assert!(engine.containers().is_empty());
     assert!(orchestrator
-        .hosted_image_status(&deployment.service_id, "reader")
+        .hosted_image_status(&deployment.owner, &deployment.service_id, "reader")
         .is_err());
     let _ = BTreeMap::<String, String>::new();
+}
+
+fn hosted(service: &str, name: &str, owner: &str, yaml_options: &str) -> ImageDeployment {
+    ImageDeployment {
+        service_id: ServiceId(service.into()),
+        service_name: name.into(),
+        owner: NodeId(owner.into()),
+        image: blueprint(&format!(
+            "name: {name}\nimages:\n  - name: reader\n    image: r\n{yaml_options}"
+        ))
+        .images
+        .remove(0),
+        version: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_peer_deployment_passes_this_nodes_policy_not_the_owners() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let mut privileged = hosted("svc1", "meter", "owner", "");
+    privileged.image.privileges.privileged = true;
+    privileged.image.volumes = vec![motey_val::VolumeMount {
+        source: "/".into(),
+        target: "/host".into(),
+        read_only: false,
+    }];
+    let refused = orchestrator
+        .host_image(&NodeId("owner".into()), privileged)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, HostedImageError::Policy(_)), "{refused}");
+    let reason = refused.to_string();
+    assert!(
+        reason.contains("privileged") && reason.contains("bind mount of /"),
+        "{reason}"
+    );
+    assert!(store.services.get("svc1").unwrap().is_none());
+    orchestrator.reconcile_all().await;
+    assert!(engine.containers().is_empty());
+}
+
+#[tokio::test]
+async fn only_the_recorded_owner_may_act_on_a_hosted_image_and_nobody_on_an_own_one() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let (owner, intruder) = (NodeId("owner".into()), NodeId("intruder".into()));
+    orchestrator
+        .host_image(&owner, hosted("svc1", "meter", "owner", ""))
+        .await
+        .unwrap();
+    let own = orchestrator
+        .submit(blueprint(
+            "name: own\nimages:\n  - {name: reader, image: r}\n",
+        ))
+        .await
+        .unwrap();
+    orchestrator.reconcile_all().await;
+    assert_eq!(engine.containers().len(), 2);
+
+    let forged = orchestrator
+        .host_image(&intruder, hosted("svc1", "meter", "owner", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(forged, HostedImageError::ForgedOwner { .. }),
+        "{forged}"
+    );
+    for (sender, service) in [
+        (&intruder, ServiceId("svc1".into())),
+        (&intruder, own.id.clone()),
+        (orchestrator.node(), own.id.clone()),
+    ] {
+        let deploy = hosted(service.as_str(), "meter", sender.as_str(), "");
+        let refused = orchestrator.host_image(sender, deploy).await.unwrap_err();
+        assert!(
+            matches!(refused, HostedImageError::NotOwner { .. }),
+            "{refused}"
+        );
+        let refused = orchestrator
+            .release_hosted_image(sender, &service, "reader")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, HostedImageError::NotOwner { .. }),
+            "{refused}"
+        );
+        let refused = orchestrator
+            .hosted_image_status(sender, &service, "reader")
+            .unwrap_err();
+        assert!(
+            matches!(refused, HostedImageError::NotOwner { .. }),
+            "{refused}"
+        );
+    }
+    orchestrator.reconcile_all().await;
+    assert_eq!(
+        engine.containers().len(),
+        2,
+        "a refused request changed what runs"
+    );
+    assert_eq!(
+        orchestrator.service(&own.id).unwrap().state,
+        ServiceState::Running
+    );
+
+    // One live service per name: a second would share the first one's volumes.
+    let namesake = orchestrator
+        .host_image(&intruder, hosted("svc2", "own", "intruder", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(namesake, HostedImageError::NameTaken { .. }),
+        "{namesake}"
+    );
+    let namesake = orchestrator
+        .submit(blueprint(
+            "name: meter\nimages:\n  - {name: web, image: r}\n",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(namesake, OrchestratorError::NameTaken { .. }),
+        "{namesake}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_this_nodes_policy_no_longer_allows_is_not_started() {
+    let (engine, store) = (FakeEngine::new(), Store::temporary().unwrap());
+    let orchestrator = orchestrator(&engine, &store, Arc::new(NoPeers));
+    let mut asking = blueprint("name: shop\nimages:\n  - {name: web, image: nginx}\n");
+    // As a blueprint accepted under an earlier, looser setting, or a rollback target.
+    asking.images[0].privileges.host_network = true;
+    let service = orchestrator.submit(asking).await.unwrap();
+    orchestrator.reconcile_all().await;
+    assert!(engine.containers().is_empty());
+    let stored = orchestrator.service(&service.id).unwrap();
+    assert_eq!(stored.images[0].state, ImageState::Error);
+    let reason = stored.images[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("host network"), "{reason}");
 }

@@ -42,13 +42,25 @@ use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 #[async_trait::async_trait]
 pub trait PeerHandler: Send + Sync {
     async fn capabilities(&self) -> Vec<Capability>;
-    async fn deploy_image(&self, deployment: ImageDeployment) -> Result<ImageStatus, String>;
+    /// `sender` is the node the request came from, as the peer protocol authenticated it;
+    /// it alone may deploy, observe and terminate the images it placed here.
+    async fn deploy_image(
+        &self,
+        sender: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, String>;
     async fn image_status(
         &self,
+        sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
     ) -> Result<ImageStatus, String>;
-    async fn terminate_image(&self, service: &ServiceId, image_id: &str) -> Result<(), String>;
+    async fn terminate_image(
+        &self,
+        sender: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), String>;
     /// Whether this node, as the service's owner, still places the image on `node`.
     async fn image_assignment(
         &self,
@@ -748,21 +760,21 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Outgoing 
             return Outgoing::Capabilities(state.capabilities_answer(&capabilities));
         }
         Request::DeployImage(deployment) => handler
-            .deploy_image(*deployment)
+            .deploy_image(sender, *deployment)
             .await
             .map_or_else(refused, Reply::Deployed),
         Request::ImageStatus {
             service_id,
             image_id,
         } => handler
-            .image_status(&service_id, &image_id)
+            .image_status(sender, &service_id, &image_id)
             .await
             .map_or_else(refused, Reply::ImageStatus),
         Request::TerminateImage {
             service_id,
             image_id,
         } => handler
-            .terminate_image(&service_id, &image_id)
+            .terminate_image(sender, &service_id, &image_id)
             .await
             .map_or_else(refused, |()| Reply::Terminated),
         Request::ImageAssignment {

@@ -335,7 +335,11 @@ impl PeerHandler for RecordingHandler {
         self.capabilities.clone()
     }
 
-    async fn deploy_image(&self, deployment: ImageDeployment) -> Result<ImageStatus, String> {
+    async fn deploy_image(
+        &self,
+        _sender: &NodeId,
+        deployment: ImageDeployment,
+    ) -> Result<ImageStatus, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.hang_deployments {
             std::future::pending::<()>().await;
@@ -351,6 +355,7 @@ impl PeerHandler for RecordingHandler {
 
     async fn image_status(
         &self,
+        _sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
     ) -> Result<ImageStatus, String> {
@@ -361,7 +366,12 @@ impl PeerHandler for RecordingHandler {
         Ok(self.status(service, image_id, ImageState::Running))
     }
 
-    async fn terminate_image(&self, service: &ServiceId, image_id: &str) -> Result<(), String> {
+    async fn terminate_image(
+        &self,
+        _sender: &NodeId,
+        service: &ServiceId,
+        image_id: &str,
+    ) -> Result<(), String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.terminated
             .lock()

@@ -22,7 +22,7 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .map(|device| DeviceMapping {
                     path_on_host: Some(device.host_path.clone()),
                     path_in_container: Some(device.container_path.clone()),
-                    cgroup_permissions: Some("rwm".into()),
+                    cgroup_permissions: Some(device.permissions().to_owned()),
                 })
                 .collect()
         }),
@@ -225,10 +225,18 @@ mod tests {
     #[test]
     fn devices_restart_and_privileges_map_to_host_config() {
         let mut spec = spec();
-        spec.devices = vec![Device {
-            host_path: "/dev/ttyUSB0".into(),
-            container_path: "/dev/probe".into(),
-        }];
+        spec.devices = vec![
+            Device {
+                host_path: "/dev/ttyUSB0".into(),
+                container_path: "/dev/probe".into(),
+                permissions: None,
+            },
+            Device {
+                host_path: "/dev/ttyACM0".into(),
+                container_path: "/dev/ttyACM0".into(),
+                permissions: Some("r".into()),
+            },
+        ];
         spec.restart = RestartPolicy::OnFailure;
         spec.privileges = Privileges {
             privileged: true,
@@ -237,9 +245,11 @@ mod tests {
             cap_add: vec!["NET_ADMIN".into()],
         };
         let host = create_body(&spec).host_config.unwrap();
-        let device = &host.devices.unwrap()[0];
-        assert_eq!(device.path_on_host.as_deref(), Some("/dev/ttyUSB0"));
-        assert_eq!(device.path_in_container.as_deref(), Some("/dev/probe"));
+        let devices = host.devices.unwrap();
+        assert_eq!(devices[0].path_on_host.as_deref(), Some("/dev/ttyUSB0"));
+        assert_eq!(devices[0].path_in_container.as_deref(), Some("/dev/probe"));
+        assert_eq!(devices[0].cgroup_permissions.as_deref(), Some("rwm"));
+        assert_eq!(devices[1].cgroup_permissions.as_deref(), Some("r"));
         assert_eq!(
             host.restart_policy.unwrap().name,
             Some(RestartPolicyNameEnum::ON_FAILURE)

@@ -117,6 +117,7 @@ async fn create_applies_labels_env_ports_mounts_devices_and_privileges() {
     spec.devices = vec![DeviceMapping {
         host_path: "/dev/null".into(),
         container_path: "/dev/probe".into(),
+        permissions: None,
     }];
     spec.privileges.cap_add = vec!["NET_ADMIN".into()];
     spec.restart = RestartPolicy::UnlessStopped;
@@ -387,6 +388,7 @@ async fn a_failed_start_leaves_no_container() {
     spec.devices = vec![DeviceMapping {
         host_path: format!("/dev/motey-missing-{}", fixture.node_id),
         container_path: "/dev/probe".into(),
+        permissions: None,
     }];
     let error = fixture.engine.create_and_start(&spec).await.unwrap_err();
     assert!(matches!(error, ValError::Refused { .. }), "{error:?}");

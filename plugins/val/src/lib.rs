@@ -80,6 +80,18 @@ pub struct VolumeMount {
 pub struct DeviceMapping {
     pub host_path: String,
     pub container_path: String,
+    /// The cgroup permissions (`r`, `w`, `m`); `None` gives all three. Left out of the
+    /// serialized form when unset, so that specifications written before it keep their
+    /// digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
+}
+
+impl DeviceMapping {
+    /// The cgroup permissions the container gets on the device.
+    pub fn permissions(&self) -> &str {
+        self.permissions.as_deref().unwrap_or("rwm")
+    }
 }
 
 /// Everything an engine needs to run one image of a service. The agent builds it from a
