@@ -37,6 +37,7 @@ impl fmt::Display for FieldError {
 /// A compiled JSON schema shipped with the agent.
 pub struct Schema {
     validator: jsonschema::Validator,
+    schema: Value,
 }
 
 impl Schema {
@@ -44,7 +45,7 @@ impl Schema {
     pub fn compile(text: &str) -> Schema {
         let schema: Value = serde_json::from_str(text).expect("shipped schema is JSON");
         let validator = jsonschema::validator_for(&schema).expect("shipped schema compiles");
-        Schema { validator }
+        Schema { validator, schema }
     }
 
     /// Every violation of the schema, located.
@@ -62,10 +63,43 @@ impl Schema {
                         join(&field, property.as_str().unwrap_or_default()),
                         "is required",
                     ),
-                    _ => FieldError::new(field, error.to_string()),
+                    _ => match self.title_at(error.schema_path().as_str()) {
+                        // A value that is not what the schema names it: `"80:abc" is not
+                        // a port mapping`.
+                        Some(title) => {
+                            FieldError::new(field, format!("{} is not {title}", error.instance()))
+                        }
+                        None => FieldError::new(field, error.to_string()),
+                    },
                 }
             })
             .collect()
+    }
+}
+
+impl Schema {
+    /// The `title` of the subschema holding the keyword at `path` (a schema path, `$ref`
+    /// followed), if it has one.
+    fn title_at(&self, path: &str) -> Option<&str> {
+        let mut segments: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|segment| segment.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        segments.pop();
+        let mut node = &self.schema;
+        for segment in &segments {
+            node = if segment == "$ref" {
+                let target = node.get("$ref")?.as_str()?.strip_prefix('#')?;
+                self.schema.pointer(target)?
+            } else {
+                match node {
+                    Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                    _ => node.get(segment)?,
+                }
+            };
+        }
+        node.get("title")?.as_str()
     }
 }
 

@@ -77,12 +77,14 @@ async fn fuzz(base: &str, token: Option<&str>) {
     // Its cache of failing cases goes beside the virtual environment, not into the tree.
     command
         .current_dir(repo_root().join("target"))
+        .arg("--config-file")
+        .arg(repo_root().join("agent/tests/openapi_fuzz.toml"))
         .arg("run")
         .arg(repo_root().join("agent/openapi.json"))
         .args(["--url", base])
         .args(["--checks", "all"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "25"])
+        .args(["--max-examples", "10"])
         .args(["--exclude-path", "/v1/decommission"])
         .args(["--request-timeout", "20"])
         .args(["--generation-deterministic"]);
@@ -103,7 +105,7 @@ async fn fuzz(base: &str, token: Option<&str>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the blueprint bodies (application/x-yaml) are described as strings, so schema-valid bodies are refused with 400; their schema is still to be written"]
+#[ignore = "two answers are still off: a service read after DELETE /v1/services/{id} is 200 (ST301), terminating keeps it readable as TERMINATED; and a string PyYAML writes plain as 1e+100 (a string in YAML 1.1) is read as a number (YAML 1.2), so the blueprint is refused"]
 async fn the_server_answers_as_its_openapi_document_says() {
     let dir = tempfile::tempdir().unwrap();
     let (base, shutdown) = serve_agent(dir.path()).await;

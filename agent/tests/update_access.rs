@@ -186,7 +186,7 @@ async fn good_update_replaces_the_image_with_no_moment_where_neither_runs() {
         TOKEN,
     )
     .await;
-    assert_eq!(status, 400, "{refused}");
+    assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["field"], "images[0].name");
     // And the API token is needed.
     let (status, _) = put_blueprint(&agent, &id, &blueprint("v3", ""), "wrong").await;

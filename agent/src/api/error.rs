@@ -110,14 +110,20 @@ impl From<OrchestratorError> for ApiError {
                 code,
                 field,
                 message,
-            } => match field {
-                Some(field) => ApiError::invalid(
-                    code,
-                    format!("{field}: {message}"),
-                    vec![FieldError::new(field, message)],
-                ),
-                None => ApiError::new(StatusCode::CONFLICT, code, message),
-            },
+            } => {
+                // A valid blueprint that the service's current version rules out: a
+                // conflict with the service, naming the field when there is one.
+                let mut api_error = match field {
+                    Some(field) => ApiError::invalid(
+                        code,
+                        format!("{field}: {message}"),
+                        vec![FieldError::new(field, message)],
+                    ),
+                    None => ApiError::new(StatusCode::CONFLICT, code, message),
+                };
+                api_error.status = StatusCode::CONFLICT;
+                api_error
+            }
         }
     }
 }

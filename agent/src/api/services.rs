@@ -199,16 +199,13 @@ pub async fn terminate_by_blueprint(
     let document = off_runtime(&state, move || {
         let text = std::str::from_utf8(&body).unwrap_or_default();
         blueprint::shape::check(text).map_err(blueprint::BlueprintError::from)?;
-        serde_yaml::from_str::<serde_yaml::Value>(text)
-            .ok()
-            .and_then(|yaml| serde_json::to_value(yaml).ok())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid_yaml",
-                    "the body is not a YAML or JSON blueprint",
-                    Vec::new(),
-                )
-            })
+        blueprint::to_json(text).map_err(|_| {
+            ApiError::invalid(
+                "invalid_yaml",
+                "the body is not a YAML or JSON blueprint",
+                Vec::new(),
+            )
+        })
     })
     .await?;
     let id = document["id"].as_str();

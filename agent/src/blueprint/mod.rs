@@ -21,6 +21,7 @@ mod native;
 mod params;
 mod security;
 pub mod shape;
+mod yaml;
 
 use std::sync::OnceLock;
 
@@ -31,6 +32,7 @@ use crate::domain::Blueprint;
 use crate::validation::{FieldError, Schema};
 
 pub use params::{parse_device, parse_port, parse_volume};
+pub use yaml::to_json;
 
 /// The schema of our blueprint format.
 pub const BLUEPRINT_SCHEMA: &str = include_str!("../../schemas/blueprint.schema.json");
@@ -83,13 +85,7 @@ pub enum Format {
 /// does not allow.
 pub fn parse(yaml: &str, security: &Security) -> Result<Blueprint, BlueprintError> {
     shape::check(yaml)?;
-    let document: Value = serde_yaml::from_str::<serde_yaml::Value>(yaml)
-        .map_err(|error| BlueprintError::Syntax(error.to_string()))
-        .and_then(|value| {
-            serde_json::to_value(value).map_err(|error| {
-                BlueprintError::Syntax(format!("cannot be read as JSON data: {error}"))
-            })
-        })?;
+    let document: Value = yaml::to_json(yaml).map_err(BlueprintError::Syntax)?;
     if !document.is_object() {
         return Err(BlueprintError::Invalid(vec![FieldError::new(
             "",

@@ -32,9 +32,13 @@ pub fn parse_port(text: &str) -> Option<PortMapping> {
     })
 }
 
-/// A port number 1–65535.
+/// A port number 1–65535 in plain decimal digits, as the schemas' patterns have it: no
+/// sign, no leading zero, no surrounding blanks.
 pub(crate) fn port_number(text: &str) -> Option<u16> {
-    text.trim().parse::<u16>().ok().filter(|port| *port > 0)
+    if text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok()
 }
 
 /// `"/srv/data:/data"`, `"/srv/data:/data:ro"` or `"cache:/cache"` (a named volume).
@@ -99,7 +103,9 @@ mod tests {
         );
         let p = parse_port("80").unwrap();
         assert_eq!((p.host_port, p.container_port), (None, 80));
-        for bad in ["80:abc", "0", "70000", "a:b:c:d", "80/sctp", "x.y:1:2", ""] {
+        for bad in [
+            "80:abc", "0", "70000", "a:b:c:d", "80/sctp", "x.y:1:2", "", "+80", " 80", "080",
+        ] {
             assert!(parse_port(bad).is_none(), "{bad}");
         }
     }
