@@ -104,16 +104,23 @@ async fn fuzz(base: &str, token: Option<&str>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "two answers are still off: a service read after DELETE /v1/services/{id} is 200 (ST301), terminating keeps it readable as TERMINATED; and a string PyYAML writes plain as 1e+100 (a string in YAML 1.1) is read as a number (YAML 1.2), so the blueprint is refused"]
-async fn the_server_answers_as_its_openapi_document_says() {
+/// Runs schemathesis against an agent of its own, with `token` if given.
+async fn fuzz_an_agent(token: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let (base, shutdown) = serve_agent(dir.path()).await;
-    tokio::time::timeout(Duration::from_secs(240), async {
-        fuzz(&base, Some(TOKEN)).await;
-        fuzz(&base, None).await;
-    })
-    .await
-    .expect("schemathesis finished within 4 minutes");
+    tokio::time::timeout(Duration::from_secs(240), fuzz(&base, token))
+        .await
+        .expect("schemathesis finished within 4 minutes");
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_token_every_answer_is_as_the_openapi_document_says() {
+    fuzz_an_agent(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "two answers are still off: a service read after DELETE /v1/services/{id} is 200 (ST301), terminating keeps it readable as TERMINATED; and a string PyYAML writes plain as 1e+100 (a string in YAML 1.1) is read as a number (YAML 1.2), so the blueprint is refused"]
+async fn with_the_token_every_answer_is_as_the_openapi_document_says() {
+    fuzz_an_agent(Some(TOKEN)).await;
 }
