@@ -127,7 +127,7 @@ impl Agent {
             (None, None)
         };
         let broker = if config.mqtt.embedded {
-            Some(embedded_broker::start(BrokerSettings::from_config(&config.mqtt)?).await?)
+            Some(embedded_broker::start(BrokerSettings::from_config(&config.mqtt, &key)?).await?)
         } else {
             None
         };
@@ -286,8 +286,8 @@ impl Agent {
             let address = broker.client_addr();
             settings.broker_host = address.ip().to_string();
             settings.broker_port = address.port();
-            settings.credentials = Some(broker.credentials().clone());
         }
+        settings.credentials = Some(crate::discovery::broker_credentials(&config.mqtt, &key));
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),
             Err(error) => {

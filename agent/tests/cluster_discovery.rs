@@ -326,7 +326,11 @@ async fn a_thousand_idle_sockets_on_the_embedded_broker_do_not_lock_out_a_reconn
     let (api_port, mqtt_port) = (cluster::free_port(), cluster::free_port());
     let settings = {
         let mut settings = fast_settings(mqtt_port);
-        settings.credentials = Some(("fog".into(), "broker-password".into()));
+        // The login every holder of the cluster key derives; nothing is configured.
+        settings.credentials = Some((
+            motey::discovery::DERIVED_BROKER_USER.into(),
+            key().derive_secret("motey mqtt broker password"),
+        ));
         settings
     };
     // Started as a service manager would, at a soft limit of 1024 open files.
@@ -341,8 +345,6 @@ async fn a_thousand_idle_sockets_on_the_embedded_broker_do_not_lock_out_a_reconn
             .env("MOTEY_WEBSERVER_TOKEN", "test-token-0123456789")
             .env("MOTEY_ZEROMQ_PEER_PORT", cluster::free_port().to_string())
             .env("MOTEY_MQTT_PORT", mqtt_port.to_string())
-            .env("MOTEY_MQTT_USERNAME", "fog")
-            .env("MOTEY_MQTT_PASSWORD", "broker-password")
             .env("MOTEY_MQTT_TOPIC_PREFIX", &settings.topic_prefix)
             .env("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1")
             .env("MOTEY_CLUSTER_KEY", "the cluster secret of the tests")

@@ -2,8 +2,8 @@
 //! else installed. It runs on its own threads for the rest of the process's life.
 //!
 //! It listens on loopback only and lets in only clients that log in: with the configured
-//! `[MQTT] username`/`password`, else with credentials generated at each start that only
-//! this agent's own client knows. rumqttd 0.20 cannot be offered to a household network
+//! `[MQTT] username`/`password`, else with an account derived from the cluster key (so
+//! agents of the cluster on the same host still just connect). rumqttd 0.20 cannot be offered to a household network
 //! safely: its TLS handshake runs inside the accept loop without a timeout (one silent
 //! client stops every further connection), it has no per-address connection limit and no
 //! topic permissions. A fog of several nodes uses mosquitto (see OPERATIONS.md).
@@ -53,8 +53,11 @@ impl BrokerSettings {
     }
 
     /// From the `[MQTT]` section: listen on `ip:port` (loopback only), require the
-    /// configured credentials, else generated ones.
-    pub fn from_config(mqtt: &crate::config::Mqtt) -> Result<BrokerSettings, BrokerError> {
+    /// configured credentials, else those derived from the cluster key.
+    pub fn from_config(
+        mqtt: &crate::config::Mqtt,
+        key: &crate::peer::ClusterKey,
+    ) -> Result<BrokerSettings, BrokerError> {
         let ip: IpAddr = mqtt
             .ip
             .parse()
@@ -63,14 +66,13 @@ impl BrokerSettings {
             return Err(BrokerError::BeyondLoopback(ip));
         }
         let mut settings = BrokerSettings::new(SocketAddr::new(ip, mqtt.port));
-        if let Some(user) = mqtt.username.clone() {
-            settings.credentials = (user, mqtt.password.clone().unwrap_or_default());
-        }
+        settings.credentials = super::broker_credentials(mqtt, key);
         Ok(settings)
     }
 }
 
-/// A user name and a random password for this process's life.
+/// A user name and a random password for this process's life (a broker started without
+/// a configuration).
 fn generated_credentials() -> (String, String) {
     let password = crate::peer::ClusterKey::generate_secret();
     ("motey-agent".into(), password)
@@ -195,6 +197,10 @@ fn broker_config(addr: SocketAddr, settings: &BrokerSettings) -> Config {
 mod tests {
     use super::*;
 
+    fn key() -> crate::peer::ClusterKey {
+        crate::peer::ClusterKey::from_secret("the cluster secret of the tests")
+    }
+
     #[tokio::test]
     async fn occupied_port_is_a_start_up_error() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -208,23 +214,29 @@ mod tests {
     fn configured_address_must_be_an_ip() {
         let mut config = crate::config::RawConfig::defaults().parse_config().unwrap();
         config.mqtt.ip = "broker.local".into();
-        let error = BrokerSettings::from_config(&config.mqtt).unwrap_err();
+        let error = BrokerSettings::from_config(&config.mqtt, &key()).unwrap_err();
         assert!(error.to_string().contains("broker.local"), "{error}");
     }
 
     #[test]
-    fn beyond_loopback_is_refused_and_credentials_are_always_set() {
+    fn beyond_loopback_is_refused_and_a_login_is_always_required() {
         let mut config = crate::config::RawConfig::defaults().parse_config().unwrap();
-        let settings = BrokerSettings::from_config(&config.mqtt).unwrap();
-        assert!(!settings.credentials.1.is_empty());
+        let derived = BrokerSettings::from_config(&config.mqtt, &key())
+            .unwrap()
+            .credentials;
+        assert_eq!(derived.0, crate::discovery::DERIVED_BROKER_USER);
+        assert_eq!(derived.1.len(), 64);
+        assert_eq!(
+            derived,
+            crate::discovery::broker_credentials(&config.mqtt, &key())
+        );
+        let other = crate::peer::ClusterKey::from_secret("another cluster");
         assert_ne!(
-            settings.credentials,
-            BrokerSettings::from_config(&config.mqtt)
-                .unwrap()
-                .credentials
+            derived,
+            crate::discovery::broker_credentials(&config.mqtt, &other)
         );
         config.mqtt.ip = "0.0.0.0".into();
-        let error = BrokerSettings::from_config(&config.mqtt).unwrap_err();
+        let error = BrokerSettings::from_config(&config.mqtt, &key()).unwrap_err();
         assert!(matches!(error, BrokerError::BeyondLoopback(_)), "{error}");
     }
 }

@@ -26,12 +26,14 @@
 //! use motey::discovery::{embedded_broker, Discovery, DiscoverySettings, Liveness, PeerDirectory};
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let _broker = if config.mqtt.embedded {
-//!     Some(embedded_broker::start(embedded_broker::BrokerSettings::from_config(&config.mqtt)?).await?)
+//!     Some(embedded_broker::start(embedded_broker::BrokerSettings::from_config(&config.mqtt, &key)?).await?)
 //! } else {
 //!     None
 //! };
 //! let directory = PeerDirectory::open(this_node, store.nodes.clone(), Liveness::from_config(&config.mqtt))?;
-//! let discovery = Discovery::start(DiscoverySettings::from_config(&config.mqtt), directory.clone(), key, shutdown.clone())?;
+//! let mut settings = DiscoverySettings::from_config(&config.mqtt);
+//! settings.credentials = Some(motey::discovery::broker_credentials(&config.mqtt, &key));
+//! let discovery = Discovery::start(settings, directory.clone(), key, shutdown.clone())?;
 //! // GET /v1/nodes: directory.list(); after a capability change: discovery.set_capabilities(&capabilities);
 //! # Ok(()) }
 //! ```
@@ -102,6 +104,22 @@ pub struct MqttTls {
     /// Client certificate and key (PEM), for brokers that authenticate clients.
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+}
+
+/// User name of the broker account derived from the cluster key.
+pub const DERIVED_BROKER_USER: &str = "motey";
+
+/// The broker login of this node: `[MQTT] username`/`password` when set, else an account
+/// derived from the cluster key, which the embedded broker requires and every node of
+/// the cluster computes alike.
+pub fn broker_credentials(mqtt: &crate::config::Mqtt, key: &ClusterKey) -> (String, String) {
+    match &mqtt.username {
+        Some(user) => (user.clone(), mqtt.password.clone().unwrap_or_default()),
+        None => (
+            DERIVED_BROKER_USER.into(),
+            key.derive_secret("motey mqtt broker password"),
+        ),
+    }
 }
 
 /// How to reach the broker and how often to speak.

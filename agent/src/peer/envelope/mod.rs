@@ -69,6 +69,12 @@ impl ClusterKey {
         &self.fingerprint
     }
 
+    /// A secret for `purpose` that every holder of the key computes alike (such as the
+    /// embedded broker's password), so that nothing more needs to be copied between nodes.
+    pub fn derive_secret(&self, purpose: &str) -> String {
+        hex::encode(self.tag(purpose.as_bytes()).finalize().into_bytes())
+    }
+
     fn tag(&self, data: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         mac.update(data);
