@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use motey::domain::{ImageDeployment, NodeId, ServiceId};
-use motey::peer::{ClusterKey, ErrorCode, Reply, Request, Requester};
+use motey::peer::{CallError, ClusterKey, ErrorCode, Reply, Request, Requester};
 use serde_json::Value;
 use support::AgentProcess;
 use system_tests::{free_port, wait_for};
@@ -65,21 +65,21 @@ fn reader(options: &str) -> String {
 }
 
 /// A request signed with the cluster key, as any holder of it could send, from `sender`.
-async fn call_as(sender: &str, endpoint: &str, request: Request) -> Reply {
+async fn call_as(sender: &str, endpoint: &str, request: Request) -> Result<Reply, CallError> {
     let requester = Requester::new(
         NodeId(sender.into()),
         ClusterKey::from_secret(KEY),
         Duration::from_secs(20),
     );
-    requester.call(endpoint, &request).await.unwrap()
+    requester.call(endpoint, &request).await
 }
 
-fn refusal(reply: Reply) -> String {
+fn refusal(reply: Result<Reply, CallError>) -> String {
     match reply {
-        Reply::Error {
+        Err(CallError::Refused {
             code: ErrorCode::Refused,
             message,
-        } => message,
+        }) => message,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

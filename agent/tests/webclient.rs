@@ -483,7 +483,7 @@ async fn update_through_the_page_see_progress_rollback_history_and_logs() {
         .await;
     browser
         .assert_clean_console(&[
-            &refused(&format!("/v1/services/{id}"), 400),
+            &refused(&format!("/v1/services/{id}"), 409),
             &refused(
                 &format!("/v1/services/{id}/images/box/logs?tail=100&follow=false"),
                 403,
@@ -653,11 +653,12 @@ async fn every_page_on_a_phone_and_a_desktop_in_a_fog_of_three_peers() {
         assert_fits_the_screen(&browser, "Deploy").await;
         browser.screenshot(&format!("deploy-refused-{name}")).await;
 
-        // A service no node can run is followed to ERROR, with the reason.
+        // A service no node can run is followed to ERROR, with the reason. One name per
+        // viewport: the first one stays live (ERROR) and a node runs one service a name.
         browser
             .type_into(
                 "#blueprint",
-                "name: lonely\nimages:\n  - name: dish\n    image: motey/testbox:latest\n    capabilities: [satellite-dish]\n",
+                &format!("name: lonely-{name}\nimages:\n  - name: dish\n    image: motey/testbox:latest\n    capabilities: [satellite-dish]\n"),
             )
             .await;
         browser.click("#deploy").await;
