@@ -11,7 +11,7 @@ use motey::domain::{ImageDeployment, NodeId, ServiceId};
 use motey::peer::{CallError, ClusterKey, ErrorCode, Reply, Request, Requester};
 use serde_json::Value;
 use support::AgentProcess;
-use system_tests::{free_port, wait_for};
+use system_tests::free_port;
 
 const KEY: &str = "host-policy-cluster-key-0123456789";
 
@@ -22,39 +22,17 @@ async fn fog(test: &str) -> (AgentProcess, AgentProcess, String) {
         ("MOTEY_CLUSTER_KEY", KEY),
         ("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1"),
     ];
-    let mut owner_env = env.to_vec();
-    owner_env.extend([
+    let owner_allows_everything = [
         ("MOTEY_SECURITY_ALLOW_PRIVILEGED", "true"),
         ("MOTEY_SECURITY_ALLOW_HOST_NETWORK", "true"),
         ("MOTEY_SECURITY_BIND_PATHS", "/"),
-    ]);
-    let owner = AgentProcess::start_with(&format!("{test}-owner"), &owner_env).await;
-    let broker = owner.mqtt_port.to_string();
+    ];
     let peer_port = free_port().to_string();
-    let mut edge_env = env.to_vec();
-    edge_env.extend([
-        ("MOTEY_MQTT_EMBEDDED", "false"),
-        ("MOTEY_MQTT_PORT", broker.as_str()),
-        ("MOTEY_ZEROMQ_PEER_PORT", peer_port.as_str()),
-    ]);
-    let edge = AgentProcess::start_with(&format!("{test}-edge"), &edge_env).await;
-    let added = std::process::Command::new(env!("CARGO_BIN_EXE_motey"))
-        .args(["capability", "add", "optical-probe"])
-        .env("MOTEY_GENERAL_DATA_DIR", edge.data_dir())
-        .output()
-        .unwrap();
-    assert!(added.status.success(), "{added:?}");
-    wait_for(
-        "the edge node to be known",
-        Duration::from_secs(60),
-        || async {
-            let (_, nodes) = owner.get("/v1/nodes").await;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
-                .then_some(())
-        },
+    let (owner, edge) = support::owner_and_probe_edge(
+        test,
+        &env,
+        &owner_allows_everything,
+        &[("MOTEY_ZEROMQ_PEER_PORT", peer_port.as_str())],
     )
     .await;
     (owner, edge, format!("tcp://127.0.0.1:{peer_port}"))

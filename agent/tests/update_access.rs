@@ -428,32 +428,7 @@ async fn fog(test: &str) -> (AgentProcess, AgentProcess) {
     let mut env = update_env();
     env.push(("MOTEY_CLUSTER_KEY", KEY));
     env.push(("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1"));
-    let owner = AgentProcess::start_with(&format!("{test}-owner"), &env).await;
-    let broker = owner.mqtt_port.to_string();
-    let mut edge_env = env.clone();
-    edge_env.push(("MOTEY_MQTT_EMBEDDED", "false"));
-    edge_env.push(("MOTEY_MQTT_PORT", &broker));
-    let edge = AgentProcess::start_with(&format!("{test}-edge"), &edge_env).await;
-    let added = std::process::Command::new(env!("CARGO_BIN_EXE_motey"))
-        .args(["capability", "add", "optical-probe"])
-        .env("MOTEY_GENERAL_DATA_DIR", edge.data_dir())
-        .output()
-        .unwrap();
-    assert!(added.status.success(), "{added:?}");
-    wait_for(
-        "the edge node to be known",
-        Duration::from_secs(60),
-        || async {
-            let (_, nodes) = owner.get("/v1/nodes").await;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
-                .then_some(())
-        },
-    )
-    .await;
-    (owner, edge)
+    support::owner_and_probe_edge(test, &env, &[], &[]).await
 }
 
 fn reader(body: &str, extra_env: &str) -> String {

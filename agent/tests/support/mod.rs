@@ -282,3 +282,45 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// An owner running the broker and an edge node with the `optical-probe` capability on
+/// the owner's broker, peers of each other: the smallest fog where an image runs on a
+/// peer. Both get `env`; each also its own extra settings.
+pub async fn owner_and_probe_edge(
+    test: &str,
+    env: &[(&str, &str)],
+    owner_extra: &[(&str, &str)],
+    edge_extra: &[(&str, &str)],
+) -> (AgentProcess, AgentProcess) {
+    let mut owner_env = env.to_vec();
+    owner_env.extend_from_slice(owner_extra);
+    let owner = AgentProcess::start_with(&format!("{test}-owner"), &owner_env).await;
+    let broker = owner.mqtt_port.to_string();
+    let mut edge_env = env.to_vec();
+    edge_env.extend([
+        ("MOTEY_MQTT_EMBEDDED", "false"),
+        ("MOTEY_MQTT_PORT", broker.as_str()),
+    ]);
+    edge_env.extend_from_slice(edge_extra);
+    let edge = AgentProcess::start_with(&format!("{test}-edge"), &edge_env).await;
+    let added = Command::new(env!("CARGO_BIN_EXE_motey"))
+        .args(["capability", "add", "optical-probe"])
+        .env("MOTEY_GENERAL_DATA_DIR", edge.data_dir())
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    system_tests::wait_for(
+        "the edge node to be known",
+        Duration::from_secs(60),
+        || async {
+            let (_, nodes) = owner.get("/v1/nodes").await;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
+                .then_some(())
+        },
+    )
+    .await;
+    (owner, edge)
+}
