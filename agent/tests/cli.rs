@@ -154,16 +154,21 @@ async fn wait_for_health(port: u16) {
     .await;
 }
 
-#[tokio::test]
-async fn a_pid_file_left_by_kill_9_does_not_block_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let started = motey(dir.path(), port)
+/// `motey start --daemon` in `dir`, returning once the agent answers on `port`.
+async fn start_daemon(dir: &std::path::Path, port: u16) {
+    let started = motey(dir, port)
         .args(["start", "--daemon"])
         .output()
         .unwrap();
     assert!(started.status.success(), "{started:?}");
     wait_for_health(port).await;
+}
+
+#[tokio::test]
+async fn a_pid_file_left_by_kill_9_does_not_block_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    start_daemon(dir.path(), port).await;
     let pid_file = dir.path().join("motey.pid");
     let agent: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
@@ -188,12 +193,7 @@ async fn a_pid_file_left_by_kill_9_does_not_block_the_next_start() {
     let mut stranger = stranger();
     std::fs::write(&pid_file, format!("{}\n", stranger.id())).unwrap();
 
-    let started = motey(dir.path(), port)
-        .args(["start", "--daemon"])
-        .output()
-        .unwrap();
-    assert!(started.status.success(), "{started:?}");
-    wait_for_health(port).await;
+    start_daemon(dir.path(), port).await;
     let stopped = motey(dir.path(), port).arg("stop").output().unwrap();
     assert!(stopped.status.success(), "{stopped:?}");
     assert!(
