@@ -5,6 +5,10 @@
 #
 # Image tags: motey/<name>:latest. The test image is additionally tagged alpine, busybox
 # and nginx so that Motey's own example blueprints deploy unchanged in tests.
+#
+# MOTEY_BUILD_PROFILE=dev builds the images from the debug binaries instead (stripped of
+# their debug information): the test suite's choice, which then shares one build with
+# the tests instead of compiling everything a second time with optimizations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,13 +25,27 @@ done
 # Always the same build set: cargo unifies dependency features per build, so building a
 # subset would compile the dependencies again with other features (and the agent is needed
 # beside the images anyway, e.g. by scripts/run-survey.sh).
-echo "==> cargo build --release --workspace --bins"
-cargo build --release --workspace --bins
+profile=${MOTEY_BUILD_PROFILE:-release}
+case "$profile" in
+  release) out=release ;;
+  dev) out=debug ;;
+  *) echo "MOTEY_BUILD_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
+if [ "$profile" = dev ]; then
+  # With the test targets, so that dependencies get the features they have in the test
+  # run (dev-dependencies add some) and the tests reuse this build instead of redoing it.
+  echo "==> cargo build --workspace --bins --tests"
+  cargo build --workspace --bins --tests
+else
+  echo "==> cargo build --release --workspace --bins"
+  cargo build --release --workspace --bins
+fi
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
 
 stage_binary() { # stage_binary ROOTFS BINARY
   local root=$1 bin=$2
   install -D -m 0755 "$bin" "$root/usr/local/bin/$(basename "$bin")"
+  if [ "$profile" = dev ]; then strip --strip-debug "$root/usr/local/bin/$(basename "$bin")"; fi
   # every shared library the binary needs, plus the dynamic loader, at their real paths
   ldd "$bin" | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
     install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
@@ -40,7 +58,7 @@ for t in "${targets[@]}"; do
   bins=("$t")
   [ "$t" = meter-reader ] && bins+=(meter-sim)
   for b in "${bins[@]}"; do
-    [ -x "$target_dir/release/$b" ] && stage_binary "$ctx/rootfs" "$target_dir/release/$b"
+    [ -x "$target_dir/$out/$b" ] && stage_binary "$ctx/rootfs" "$target_dir/$out/$b"
   done
   mkdir -p "$ctx/rootfs/tmp" "$ctx/rootfs/data" "$ctx/rootfs/etc"
   chmod 1777 "$ctx/rootfs/tmp"

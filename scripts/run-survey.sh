@@ -17,7 +17,8 @@
 # Settings (environment): SURVEY_DIR (.survey), MOTEY_PORT (5023; the cluster uses three
 # consecutive ports), PEER_PORT (5091, likewise), MQTT_PORT (1883), DATA_API_PORT (8443),
 # DEVICE_PORT (8080, the household's device frontend), PROBE_PORT (7070),
-# MEASUREMENT_INTERVAL (60 s), REPORT_INTERVAL (120 s), SKIP_BUILD (1: use what is built).
+# MEASUREMENT_INTERVAL (60 s), REPORT_INTERVAL (120 s), SKIP_BUILD (1: use what is built),
+# MOTEY_BUILD_PROFILE (release; dev runs the debug binaries, as the test suite does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -61,9 +62,10 @@ node_dir() { echo "$survey/nodes/${nodes[$1]}"; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   say "building the agent and the workload images"
-  scripts/build-images.sh meter-reader data-api   # also builds the agent's release binary
+  scripts/build-images.sh meter-reader data-api   # also builds the agent's binary
 fi
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release
+case "${MOTEY_BUILD_PROFILE:-release}" in dev) out=debug ;; *) out=release ;; esac
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/$out
 
 # The host as containers on the default bridge see it (Docker does not always record the
 # gateway; it is then the subnet's first address).
