@@ -127,7 +127,15 @@ impl Agent {
             (None, None)
         };
         let broker = if config.mqtt.embedded {
-            Some(embedded_broker::start(BrokerSettings::from_config(&config.mqtt, &key)?).await?)
+            let mut settings = BrokerSettings::from_config(&config.mqtt, &key)?;
+            if settings.needs_tls() {
+                // Beyond loopback the broker presents the node's REST certificate.
+                settings.tls = Some(match &tls {
+                    Some(tls) => tls.clone(),
+                    None => crate::api::tls::server_identity(&config)?.server_config()?,
+                });
+            }
+            Some(embedded_broker::start(settings).await?)
         } else {
             None
         };

@@ -133,6 +133,9 @@ pub struct Mqtt {
     pub heartbeat_interval_secs: u64,
     pub peer_suspect_after_secs: u64,
     pub peer_gone_after_secs: u64,
+    /// Caps of the embedded broker's connections, in all and from one remote address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// How the nodes of a cluster trust each other and how long they wait for each other.
@@ -621,6 +624,8 @@ impl RawConfig {
             heartbeat_interval_secs,
             peer_suspect_after_secs,
             peer_gone_after_secs,
+            max_connections: self.count("MQTT", "max_connections")?,
+            max_connections_per_address: self.count("MQTT", "max_connections_per_address")?,
         })
     }
 

@@ -401,3 +401,83 @@ async fn a_thousand_idle_sockets_on_the_embedded_broker_do_not_lock_out_a_reconn
     );
     drop(idle);
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, as a server configuration and
+/// as the PEM file clients trust.
+fn broker_certificate(
+    dir: &std::path::Path,
+) -> (std::sync::Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let path = dir.join("broker-cert.pem");
+    std::fs::write(&path, generated.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![generated.cert.der().clone()], key)
+    .unwrap();
+    (std::sync::Arc::new(config), path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_embedded_broker_speaks_only_tls_under_per_address_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, certificate) = broker_certificate(dir.path());
+    let mut settings = BrokerSettings::new("0.0.0.0:0".parse().unwrap());
+    settings.credentials = ("motey".into(), "s3cret".into());
+    settings.max_connections_per_address = 4;
+    settings.tls = Some(tls);
+    let broker = embedded_broker::start(settings).await.unwrap();
+    assert!(broker.serves_tls());
+    let port = broker.local_addr().port();
+    let node_settings = |tls: bool| {
+        let mut settings = fast_settings(port);
+        settings.credentials = Some(("motey".into(), "s3cret".into()));
+        settings.tls = tls.then(|| motey::discovery::MqttTls {
+            ca_file: certificate.clone(),
+            client_cert_file: None,
+            client_key_file: None,
+        });
+        settings
+    };
+
+    let a = TestNode::start("a", node_settings(true), fast_liveness());
+    let b = TestNode::start("b", node_settings(true), fast_liveness());
+    eventually("two nodes meet over TLS", || {
+        a.sees_alive(&["b"]) && b.sees_alive(&["a"])
+    })
+    .await;
+    let plain = TestNode::start("plain", node_settings(false), fast_liveness());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!plain.is_connected(), "a client without TLS got in");
+    assert!(!a.sees_alive(&["plain"]));
+    drop(plain);
+
+    // Two silent sockets fill this address's four places beside a and b: a third node is
+    // closed at once, until the handshake deadline gives the places back.
+    let mut silent = Vec::new();
+    while silent.len() < 2 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = TestNode::start("late", node_settings(true), fast_liveness());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !late.is_connected(),
+        "a connection over the per-address cap got in"
+    );
+    eventually(
+        "the late node gets in once the silent sockets are dropped",
+        || late.sees_alive(&["a", "b"]),
+    )
+    .await;
+    assert!(a.sees_alive(&["b", "late"]), "the others stayed connected");
+}

@@ -350,3 +350,46 @@ async fn the_broker_acl_confines_a_node_to_its_own_topics_while_agents_discover_
     assert!(alive_peers(&agents[0]).await.contains(&"acl-b".to_owned()));
     assert!(alive_peers(&agents[1]).await.contains(&"acl-a".to_owned()));
 }
+
+#[tokio::test]
+async fn an_agent_reaches_another_agents_embedded_broker_over_tls_with_its_rest_certificate() {
+    // The broker host listens beyond loopback (all addresses), so its embedded broker
+    // serves TLS with the node's generated certificate; the tests reach it on 127.0.0.1.
+    let host = start_agent(
+        "embedded-host",
+        &[
+            ("MOTEY_MQTT_IP".into(), "0.0.0.0".into()),
+            ("MOTEY_CLUSTER_KEY".into(), KEY.into()),
+        ],
+    )
+    .await;
+    let certificate = host.certificate_file();
+    assert!(certificate.exists(), "the host generated its certificate");
+    let edge_env = |ca_file: Option<&Path>| {
+        let mut env = vec![
+            ("MOTEY_MQTT_EMBEDDED".to_owned(), "false".to_owned()),
+            ("MOTEY_MQTT_IP".into(), "127.0.0.1".into()),
+            ("MOTEY_MQTT_PORT".into(), host.mqtt_port.to_string()),
+            ("MOTEY_CLUSTER_KEY".into(), KEY.into()),
+        ];
+        if let Some(ca_file) = ca_file {
+            env.push((
+                "MOTEY_MQTT_TLS_CA_FILE".into(),
+                ca_file.display().to_string(),
+            ));
+        }
+        env
+    };
+    let edge = start_agent("embedded-edge", &edge_env(Some(&certificate))).await;
+    wait_sees(&host, &edge).await;
+    wait_sees(&edge, &host).await;
+
+    // Without TLS the same login gets nowhere.
+    let plain = start_agent("embedded-plain", &edge_env(None)).await;
+    wait_logged(&plain, "MQTT", 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !alive_peers(&host).await.contains(&plain.node_id),
+        "an agent without TLS joined through the embedded broker"
+    );
+}

@@ -1,15 +1,17 @@
 //! An MQTT broker inside the agent (rumqttd), so that `motey start` works with nothing
 //! else installed. It runs on its own threads for the rest of the process's life.
 //!
-//! It listens on loopback only and lets in only clients that log in: with the configured
-//! `[MQTT] username`/`password`, else with an account derived from the cluster key (so
-//! agents of the cluster on the same host still just connect). rumqttd 0.20 cannot be offered to a household network
-//! safely: its TLS handshake runs inside the accept loop without a timeout (one silent
-//! client stops every further connection), it has no per-address connection limit and no
-//! topic permissions. A fog of several nodes uses mosquitto (see OPERATIONS.md).
+//! It lets in only clients that log in: with the configured `[MQTT] username`/`password`,
+//! else with an account derived from the cluster key (so agents of the cluster just
+//! connect). rumqttd itself listens on loopback only; an address beyond loopback is
+//! served by a TLS front ([`broker_tls`](super::broker_tls)) with handshake deadlines and
+//! per-address caps, which rumqttd 0.20 lacks. rumqttd has no topic permissions: a fog
+//! whose nodes must not impersonate each other on the broker uses mosquitto with an ACL
+//! (OPERATIONS.md).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -22,11 +24,10 @@ pub enum BrokerError {
     #[error("embedded MQTT broker cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
     #[error(
-        "embedded MQTT broker: [MQTT] ip = {0} is beyond loopback, where it would serve \
-         without TLS or topic permissions; use 127.0.0.1, or run mosquitto for a fog of \
-         several nodes (OPERATIONS.md) with [MQTT] embedded = false"
+        "embedded MQTT broker: [MQTT] ip = {0} is beyond loopback, where it serves only \
+         TLS, and no certificate was given to it"
     )]
-    BeyondLoopback(IpAddr),
+    NoCertificate(IpAddr),
 }
 
 /// How long a connection may take to send its MQTT CONNECT: clients that open a socket
@@ -41,6 +42,11 @@ pub struct BrokerSettings {
     /// The user name and password every client must log in with.
     pub credentials: (String, String),
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// Beyond loopback: the certificate the TLS front presents (see [`from_config`]).
+    ///
+    /// [`from_config`]: BrokerSettings::from_config
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl BrokerSettings {
@@ -49,11 +55,14 @@ impl BrokerSettings {
             listen,
             credentials: generated_credentials(),
             max_connections: 1024,
+            max_connections_per_address: 16,
+            tls: None,
         }
     }
 
-    /// From the `[MQTT]` section: listen on `ip:port` (loopback only), require the
-    /// configured credentials, else those derived from the cluster key.
+    /// From the `[MQTT]` section: listen on `ip:port`, require the configured
+    /// credentials, else those derived from the cluster key. Beyond loopback the caller
+    /// must set [`tls`](BrokerSettings::tls) (the agent gives its REST certificate).
     pub fn from_config(
         mqtt: &crate::config::Mqtt,
         key: &crate::peer::ClusterKey,
@@ -62,12 +71,16 @@ impl BrokerSettings {
             .ip
             .parse()
             .map_err(|_| BrokerError::Address(mqtt.ip.clone()))?;
-        if !ip.is_loopback() {
-            return Err(BrokerError::BeyondLoopback(ip));
-        }
         let mut settings = BrokerSettings::new(SocketAddr::new(ip, mqtt.port));
         settings.credentials = super::broker_credentials(mqtt, key);
+        settings.max_connections = mqtt.max_connections;
+        settings.max_connections_per_address = mqtt.max_connections_per_address;
         Ok(settings)
+    }
+
+    /// Whether clients reach the broker only through the TLS front.
+    pub fn needs_tls(&self) -> bool {
+        !self.listen.ip().is_loopback()
     }
 }
 
@@ -81,7 +94,10 @@ fn generated_credentials() -> (String, String) {
 /// A running embedded broker.
 #[derive(Clone)]
 pub struct EmbeddedBroker {
+    /// Where other nodes connect (the TLS front's address beyond loopback).
     addr: SocketAddr,
+    /// Where this host's clients connect: rumqttd itself, on loopback.
+    loopback: SocketAddr,
     credentials: (String, String),
 }
 
@@ -94,9 +110,15 @@ impl std::fmt::Debug for EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// The address it listens on (with the port chosen when 0 was asked for).
+    /// The address it listens on for other nodes (with the port chosen when 0 was
+    /// asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether other nodes must speak TLS to it.
+    pub fn serves_tls(&self) -> bool {
+        self.addr != self.loopback
     }
 
     /// The user name and password it requires (the agent's own client logs in with them).
@@ -104,30 +126,71 @@ impl EmbeddedBroker {
         &self.credentials
     }
 
-    /// The address clients on this host connect to.
+    /// The address clients on this host connect to, without TLS.
     pub fn client_addr(&self) -> SocketAddr {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.addr.port())
+        self.loopback
     }
 }
 
-/// Starts the broker and returns once it accepts connections.
+/// Where rumqttd itself listens: the configured address on loopback, else a free port on
+/// loopback behind the TLS front.
+fn loopback_listen(settings: &BrokerSettings) -> SocketAddr {
+    if !settings.needs_tls() {
+        return settings.listen;
+    }
+    let ip = match settings.listen.ip() {
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// Starts the broker (and its TLS front beyond loopback) and returns once it accepts
+/// connections.
 pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
+    let front = if settings.needs_tls() {
+        let tls = settings
+            .tls
+            .clone()
+            .ok_or(BrokerError::NoCertificate(settings.listen.ip()))?;
+        Some(super::broker_tls::TlsFront {
+            listen: settings.listen,
+            tls,
+            max_connections: settings.max_connections,
+            max_connections_per_address: settings.max_connections_per_address,
+        })
+    } else {
+        None
+    };
+    let loopback = start_rumqttd(loopback_listen(&settings), &settings).await?;
+    let addr = match front {
+        Some(front) => front.start(loopback).await?,
+        None => loopback,
+    };
+    tracing::info!(%addr, tls = addr != loopback, user = %settings.credentials.0, "embedded MQTT broker listening");
+    Ok(EmbeddedBroker {
+        addr,
+        loopback,
+        credentials: settings.credentials.clone(),
+    })
+}
+
+/// Starts rumqttd on `listen` (loopback) and returns its address once it accepts.
+async fn start_rumqttd(
+    listen: SocketAddr,
+    settings: &BrokerSettings,
+) -> Result<SocketAddr, BrokerError> {
     let listen_error = |addr, reason: String| BrokerError::Listen { addr, reason };
     // rumqttd only logs a failed bind from its own thread; probing first turns an
     // occupied port into a start-up error.
-    let probe = TcpListener::bind(settings.listen)
-        .map_err(|error| listen_error(settings.listen, error.to_string()))?;
+    let probe =
+        TcpListener::bind(listen).map_err(|error| listen_error(listen, error.to_string()))?;
     let addr = probe
         .local_addr()
-        .map_err(|error| listen_error(settings.listen, error.to_string()))?;
+        .map_err(|error| listen_error(listen, error.to_string()))?;
     drop(probe);
 
-    let config = broker_config(addr, &settings);
+    let config = broker_config(addr, settings);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -138,15 +201,10 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
         })
         .map_err(|error| listen_error(addr, error.to_string()))?;
 
-    let broker = EmbeddedBroker {
-        addr,
-        credentials: settings.credentials.clone(),
-    };
-    let target = broker.client_addr();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::net::TcpStream::connect(target).await {
-            Ok(_) => break,
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(addr),
             Err(error) if tokio::time::Instant::now() >= deadline => {
                 return Err(listen_error(
                     addr,
@@ -156,8 +214,6 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    tracing::info!(%addr, user = %settings.credentials.0, "embedded MQTT broker listening");
-    Ok(broker)
 }
 
 fn broker_config(addr: SocketAddr, settings: &BrokerSettings) -> Config {
@@ -218,8 +274,8 @@ mod tests {
         assert!(error.to_string().contains("broker.local"), "{error}");
     }
 
-    #[test]
-    fn beyond_loopback_is_refused_and_a_login_is_always_required() {
+    #[tokio::test]
+    async fn beyond_loopback_needs_a_certificate_and_a_login_is_always_required() {
         let mut config = crate::config::RawConfig::defaults().parse_config().unwrap();
         let derived = BrokerSettings::from_config(&config.mqtt, &key())
             .unwrap()
@@ -236,7 +292,10 @@ mod tests {
             crate::discovery::broker_credentials(&config.mqtt, &other)
         );
         config.mqtt.ip = "0.0.0.0".into();
-        let error = BrokerSettings::from_config(&config.mqtt, &key()).unwrap_err();
-        assert!(matches!(error, BrokerError::BeyondLoopback(_)), "{error}");
+        config.mqtt.port = 0;
+        let settings = BrokerSettings::from_config(&config.mqtt, &key()).unwrap();
+        assert!(settings.needs_tls());
+        let error = start(settings).await.unwrap_err();
+        assert!(matches!(error, BrokerError::NoCertificate(_)), "{error}");
     }
 }

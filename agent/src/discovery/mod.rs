@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod broker_tls;
 mod directory;
 pub mod embedded_broker;
 
