@@ -77,6 +77,9 @@ async fn fuzz(base: &str, token: Option<&str>) {
     // Its cache of failing cases goes beside the virtual environment, not into the tree.
     command
         .current_dir(repo_root().join("target"))
+        // YAML bodies written as YAML 1.2, which the agent reads (see the hooks file).
+        .env("PYTHONPATH", repo_root().join("agent/tests"))
+        .env("SCHEMATHESIS_HOOKS", "openapi_fuzz_hooks")
         .arg("--config-file")
         .arg(repo_root().join("agent/tests/openapi_fuzz.toml"))
         .arg("run")
