@@ -2,11 +2,14 @@
 # Installs what building and testing needs on a fresh Debian machine with Docker and Rust:
 # the MQTT broker, a container registry (for pull tests), Chromium and its WebDriver (for
 # browser tests), python3-venv (schemathesis for the OpenAPI test is installed into
-# target/openapi-venv), and the C libraries some crates link. Idempotent: installs only what is
-# missing. Needs root (or sudo) only when something is missing.
+# target/openapi-venv), the C libraries some crates link, and for the Raspberry Pi builds
+# the aarch64 cross linker with its C library, qemu-user (the aarch64 smoke tests) and
+# Rust's aarch64 standard library. Idempotent: installs only what is missing. Needs root
+# (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv)
+packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binfmt-support)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,5 +28,9 @@ for svc in mosquitto docker-registry; do
     systemctl stop "$svc" || true
   fi
 done
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  echo "==> rustup target add aarch64-unknown-linux-gnu"
+  rustup target add aarch64-unknown-linux-gnu
+fi
 docker info >/dev/null 2>&1 || { echo "Docker Engine is not reachable; start it first" >&2; exit 1; }
 echo "==> dependencies ready"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project, as CI does: installs missing dependencies,
-# builds the workload images, checks formatting and lints, runs all tests (unit,
-# integration, end-to-end against real Docker, mosquitto, ZeroMQ, TLS and Chromium) and
+# builds the workload images (x86_64 and aarch64), checks formatting and lints, runs all
+# tests (unit, integration, end-to-end against real Docker, mosquitto, ZeroMQ, TLS and
+# Chromium, and the aarch64 binaries under qemu) and
 # writes a coverage report to coverage/.
 #
 #   scripts/test.sh            everything
@@ -32,7 +33,9 @@ step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "workload images"
-scripts/build-images.sh all
+# Both platforms: the aarch64 binaries (the Raspberry Pi's) also feed the smoke suite that
+# runs them under qemu (tests/tests/aarch64_emulation.rs) and the multi-arch image test.
+scripts/build-images.sh --platform all all
 
 step "tests"
 export RUST_BACKTRACE=1

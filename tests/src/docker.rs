@@ -28,24 +28,42 @@ pub fn docker(args: &[&str]) -> Result<String, String> {
 /// Builds the named images with `scripts/build-images.sh` unless they exist (CI builds
 /// them before the tests; a developer running one test gets them built once).
 pub fn ensure_images(names: &[&str]) {
+    ensure_images_tagged(names, "latest", &[]);
+}
+
+/// The version the workspace's packages carry, which tags their images.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builds the named images for `linux/<arch>` (`amd64` or `arm64`, tagged
+/// `motey/<name>:<version>-<arch>`) unless they exist.
+pub fn ensure_platform_images(names: &[&str], arch: &str) {
+    ensure_images_tagged(
+        names,
+        &format!("{VERSION}-{arch}"),
+        &["--platform", &format!("linux/{arch}")],
+    );
+}
+
+fn ensure_images_tagged(names: &[&str], tag: &str, options: &[&str]) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let missing: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|name| docker(&["image", "inspect", &format!("motey/{name}:latest")]).is_err())
+        .filter(|name| docker(&["image", "inspect", &format!("motey/{name}:{tag}")]).is_err())
         .collect();
     if missing.is_empty() {
         return;
     }
     let status = Command::new(repo_root().join("scripts/build-images.sh"))
+        .args(options)
         .args(&missing)
         .current_dir(repo_root())
         .status()
         .expect("run scripts/build-images.sh");
     assert!(
         status.success(),
-        "scripts/build-images.sh {missing:?} failed"
+        "scripts/build-images.sh {options:?} {missing:?} failed"
     );
 }
 

@@ -4,10 +4,12 @@
 //!
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
 //! free ports, polling with a deadline, a local image registry, the metering survey's
-//! processes (`survey`) and a real headless Chromium for the frontends (`browser`).
+//! processes (`survey`), the Raspberry Pi's aarch64 binaries under emulation (`cross`) and
+//! a real headless Chromium for the frontends (`browser`).
 
 pub mod bench;
 pub mod browser;
+pub mod cross;
 pub mod docker;
 pub mod registry;
 pub mod survey;

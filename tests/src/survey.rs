@@ -163,20 +163,35 @@ fn build_layout() -> BuildLayout {
 }
 
 fn build_survey_binaries() -> SurveyBinaries {
+    let found = cargo_build(&["-p", "meter-reader", "-p", "data-api", "--bins"], None);
+    let take = |name: &str| {
+        found
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("cargo build reported no executable {name}"))
+    };
+    SurveyBinaries {
+        data_api: take("data-api"),
+        meter_reader: take("meter-reader"),
+        meter_sim: take("meter-sim"),
+    }
+}
+
+/// Runs `cargo build ARGS` with the profile and target directory of the running test, for
+/// `target` (a triple) or the running test's own target; returns the executables built, by
+/// name, from Cargo's JSON messages rather than guessing the layout.
+pub(crate) fn cargo_build(
+    args: &[&str],
+    target: Option<&str>,
+) -> std::collections::HashMap<String, PathBuf> {
     let layout = build_layout();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(crate::docker::repo_root())
-        .args([
-            "build",
-            "-p",
-            "meter-reader",
-            "-p",
-            "data-api",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
+        .arg("build")
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     match layout.profile.as_str() {
@@ -191,15 +206,13 @@ fn build_survey_binaries() -> SurveyBinaries {
     if let Some(dir) = &layout.target_dir {
         command.arg("--target-dir").arg(dir);
     }
-    if let Some(triple) = &layout.triple {
+    if let Some(triple) = target.or(layout.triple.as_deref()) {
         command.args(["--target", triple]);
     }
-    let output = command
-        .output()
-        .expect("run cargo build for the survey binaries");
+    let output = command.output().expect("run cargo build");
     assert!(
         output.status.success(),
-        "cargo build -p meter-reader -p data-api failed:\n{}",
+        "cargo build {args:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let mut found = std::collections::HashMap::new();
@@ -217,17 +230,7 @@ fn build_survey_binaries() -> SurveyBinaries {
             found.insert(name.to_owned(), PathBuf::from(executable));
         }
     }
-    let take = |name: &str| {
-        found
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| panic!("cargo build reported no executable {name}"))
-    };
-    SurveyBinaries {
-        data_api: take("data-api"),
-        meter_reader: take("meter-reader"),
-        meter_sim: take("meter-sim"),
-    }
+    found
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so that no failing test
@@ -712,6 +715,12 @@ pub struct MeterReader {
 
 impl MeterReader {
     pub fn start(survey: &Survey, setup: &ReaderSetup) -> MeterReader {
+        MeterReader::start_as(Command::new(&survey.binaries.meter_reader), setup)
+    }
+
+    /// Starts the reader through `command`, which runs the `meter-reader` executable (under
+    /// an emulator, say); `run` and the settings are added to it.
+    pub fn start_as(mut command: Command, setup: &ReaderSetup) -> MeterReader {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -722,7 +731,6 @@ impl MeterReader {
             .iter()
             .map(|(meter, probe)| format!("{meter}={probe}"))
             .collect();
-        let mut command = Command::new(&survey.binaries.meter_reader);
         command
             .arg("run")
             .env_clear()
