@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use motey::discovery::capabilities_digest;
 use motey::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
+use motey::peer::envelope::peer_message;
+use motey::peer::noise::{self, Initiator, Responder};
 use motey::peer::{
-    canonical_json, ClusterKey, Envelope, PeerHandler, PeerServer, Received, Reply, Request,
-    Requester,
+    canonical_json, ClusterKey, ClusterKeyTrust, Envelope, PeerHandler, PeerRefusal, PeerServer,
+    Received, Reply, Request, Requester, SessionTrust,
 };
 use system_tests::bench::{
     machine, micros, percentile, python_module_version, python_venv, write_section,
@@ -35,6 +37,14 @@ const ROLE: &str = "MOTEY_PEER_BENCH_ROLE";
 
 fn key() -> ClusterKey {
     ClusterKey::from_secret("benchmark cluster key, not a secret")
+}
+
+fn trust(node: &str) -> Arc<dyn SessionTrust> {
+    Arc::new(ClusterKeyTrust::new(
+        NodeId(node.into()),
+        key(),
+        rand::random(),
+    ))
 }
 
 fn capabilities() -> Vec<Capability> {
@@ -51,7 +61,11 @@ impl PeerHandler for Handler {
     async fn capabilities(&self) -> Vec<Capability> {
         capabilities()
     }
-    async fn deploy_image(&self, _: &NodeId, _: ImageDeployment) -> Result<ImageStatus, String> {
+    async fn deploy_image(
+        &self,
+        _: &NodeId,
+        _: ImageDeployment,
+    ) -> Result<ImageStatus, PeerRefusal> {
         Err("not in this benchmark".into())
     }
     async fn image_status(
@@ -59,10 +73,10 @@ impl PeerHandler for Handler {
         _: &NodeId,
         _: &ServiceId,
         _: &str,
-    ) -> Result<ImageStatus, String> {
+    ) -> Result<ImageStatus, PeerRefusal> {
         Err("not in this benchmark".into())
     }
-    async fn terminate_image(&self, _: &NodeId, _: &ServiceId, _: &str) -> Result<(), String> {
+    async fn terminate_image(&self, _: &NodeId, _: &ServiceId, _: &str) -> Result<(), PeerRefusal> {
         Err("not in this benchmark".into())
     }
 }
@@ -250,8 +264,7 @@ fn envelope_sizes() -> (usize, usize) {
 async fn serve() {
     let signed = PeerServer::bind(
         "tcp://127.0.0.1:0",
-        NodeId("bench-server".into()),
-        key(),
+        trust("bench-server"),
         Arc::new(Handler),
     )
     .await
@@ -407,16 +420,13 @@ async fn measure(ports: &Ports, pyzmq: &mut Pyzmq, round_trips: usize) -> Vec<Me
     let (request_bytes, reply_bytes) = envelope_sizes();
 
     // Signed: exactly what PeerClient does.
-    let requester = Requester::new(
-        NodeId("bench-client".into()),
-        key(),
-        Duration::from_secs(10),
-    );
+    let requester = Requester::new(trust("bench-client"), Duration::from_secs(10));
+    let server = NodeId("bench-server".into());
     let endpoint = format!("tcp://127.0.0.1:{}", ports.signed);
-    let (requester, endpoint) = (&requester, endpoint.as_str());
+    let (requester, endpoint, server) = (&requester, endpoint.as_str(), &server);
     let signed = move || async move {
         let reply = requester
-            .call(endpoint, &Request::Capabilities)
+            .call(endpoint, server, &Request::Capabilities)
             .await
             .unwrap();
         assert!(matches!(reply, Reply::Capabilities { .. }));
@@ -523,12 +533,16 @@ impl Measured {
     }
 }
 
-/// The CPU work of one signed round trip, step by step, in this process without I/O: what
-/// the signed path adds to moving the bytes.
+/// The CPU work of one v2 round trip, step by step, in this process without I/O: what
+/// the session adds to moving the bytes.
 fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
     let client_guard = motey::peer::ReplayGuard::default();
     let server_guard = motey::peer::ReplayGuard::default();
-    let key = key();
+    let (client_trust, server_trust) = (trust("bench-client"), trust("bench-server"));
+    let (initiator, hello) = Initiator::start(client_trust.as_ref()).unwrap();
+    let (responder, welcome) = Responder::welcome(server_trust.as_ref(), &hello).unwrap();
+    let (mut client, _, finish) = initiator.finish(client_trust.as_ref(), &welcome).unwrap();
+    let (mut server, _) = responder.finish(server_trust.as_ref(), &finish).unwrap();
     // The fastest of 20 batches: the machine is shared, and a batch that was preempted
     // says nothing about the work.
     let batch = (iterations / 20).max(1);
@@ -544,75 +558,60 @@ fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
             .min()
             .unwrap()
     };
-    // As the client makes a request: the id formatted on the stack, the payload in
-    // canonical form, the envelope written once with its MAC.
     let request = || {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
-        Envelope::signed_bytes_with_payload(
+        peer_message(
             Request::Capabilities.kind(),
             id,
             "bench-client",
+            "bench-server",
             &canonical_json(&Request::Capabilities.payload()),
-            &key,
         )
     };
-    // The server keeps the capabilities reply's payload (in canonical form) while its
-    // capabilities stay the same; it signs a fresh envelope around it for each request.
     let capabilities_reply = Reply::Capabilities {
         digest: capabilities_digest(&capabilities()),
         capabilities: capabilities(),
     };
     let reply_payload = canonical_json(&capabilities_reply.payload());
-    let reply = |id: String| {
-        Envelope::signed_bytes_with_payload(
+    let reply = |id: &str| {
+        peer_message(
             capabilities_reply.kind(),
-            &id,
+            id,
             "bench-server",
+            "bench-client",
             &reply_payload,
-            &key,
         )
     };
-    let requests: Vec<Vec<u8>> = (0..batch * 20).map(|_| request()).collect();
-    let replies: Vec<Vec<u8>> = (0..batch * 20)
-        .map(|_| reply(uuid::Uuid::new_v4().to_string()))
-        .collect();
-    let sample = Received::parse(&requests[0]).unwrap();
-    let (mut i, mut j) = (0, 0);
+    let sample_request = request();
+    let sample_reply = reply("6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a");
     vec![
         (
-            "of which: request id (UUID v4)",
+            "handshake (XX, both proofs), once per connection",
             time(&mut || {
-                std::hint::black_box(uuid::Uuid::new_v4().to_string());
+                let (initiator, hello) = Initiator::start(client_trust.as_ref()).unwrap();
+                let (responder, welcome) =
+                    Responder::welcome(server_trust.as_ref(), &hello).unwrap();
+                let (_, _, finish) = initiator.finish(client_trust.as_ref(), &welcome).unwrap();
+                std::hint::black_box(responder.finish(server_trust.as_ref(), &finish).unwrap());
             }),
         ),
         (
-            "of which: verifying a request's HMAC-SHA256 (over the bytes received)",
+            "client: new id, request envelope, seal",
             time(&mut || {
-                std::hint::black_box(sample.verify(&requests[0], &key)).unwrap();
+                std::hint::black_box(noise::seal(&mut client, &request()));
+                // Keep the server's receiving nonce in step.
+                server.set_receiving_nonce(client.sending_nonce());
             }),
         ),
         (
-            "of which: reading a request (its layout, the payload validated as JSON)",
+            "server: open, parse, timestamp and nonce, decode",
             time(&mut || {
-                std::hint::black_box(Received::parse(&requests[0]).unwrap());
-            }),
-        ),
-        (
-            "client: new id, request envelope, sign",
-            time(&mut || {
-                std::hint::black_box(request());
-            }),
-        ),
-        (
-            "server: parse, verify MAC, timestamp and nonce, decode",
-            time(&mut || {
-                let bytes = &requests[i % requests.len()];
-                i += 1;
-                let envelope = Received::parse(bytes).unwrap();
-                envelope.verify(bytes, &key).unwrap();
+                let sealed = noise::seal(&mut client, &sample_request);
+                let opened = noise::open(&mut server, &sealed, 1 << 20).unwrap();
+                let envelope = Received::parse(&opened).unwrap();
                 server_guard
-                    .check(&envelope, motey::peer::envelope::now_ms())
+                    .check_freshness(&envelope, motey::peer::envelope::now_ms())
                     .unwrap();
                 std::hint::black_box(
                     Request::from_parts(&envelope.kind, envelope.payload()).unwrap(),
@@ -620,18 +619,18 @@ fn cpu_steps(iterations: usize) -> Vec<(&'static str, Duration)> {
             }),
         ),
         (
-            "server: reply payload, envelope, sign",
+            "server: reply envelope, seal",
             time(&mut || {
-                std::hint::black_box(reply("6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a".into()));
+                std::hint::black_box(noise::seal(&mut server, &reply("6f1c2a9e")));
+                client.set_receiving_nonce(server.sending_nonce());
             }),
         ),
         (
-            "client: parse, verify MAC and timestamp, decode",
+            "client: open, parse, timestamp, decode",
             time(&mut || {
-                let bytes = &replies[j % replies.len()];
-                j += 1;
-                let envelope = Received::parse(bytes).unwrap();
-                envelope.verify(bytes, &key).unwrap();
+                let sealed = noise::seal(&mut server, &sample_reply);
+                let opened = noise::open(&mut client, &sealed, 1 << 20).unwrap();
+                let envelope = Received::parse(&opened).unwrap();
                 client_guard
                     .check_freshness(&envelope, motey::peer::envelope::now_ms())
                     .unwrap();

@@ -10,7 +10,6 @@ use motey_val::{labels, ContainerStatus, ImageState, PullProgress};
 use tracing::{debug, error, info, warn};
 
 use super::container;
-use super::lifecycle::DECOMMISSIONING;
 use super::placement::{place, Placement};
 use super::remote::RemoteError;
 use super::Orchestrator;
@@ -383,14 +382,14 @@ impl Orchestrator {
                 record.reason = status.reason;
                 record.container_id = status.container_id;
             }
-            Err(RemoteError::Refused { reason, .. }) if reason.contains("not found") => {
+            Err(RemoteError::NotFound { .. }) => {
                 warn!(service = %service.id, image = %record.id(), %node, "peer no longer runs the image; placing it again");
                 return unplaced(
                     record,
                     format!("node {node} lost the image; placing it again"),
                 );
             }
-            Err(RemoteError::Refused { reason, .. }) if reason.contains(DECOMMISSIONING) => {
+            Err(RemoteError::Decommissioning { .. }) => {
                 let moved = self.move_off(service, record, node).await;
                 return match moved.node.clone() {
                     Some(node) if node == self.inner.node => {
