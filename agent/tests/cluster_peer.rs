@@ -3,10 +3,13 @@
 //! stale one and garbage are refused without reaching the handler; a message captured
 //! for node B is refused by node C; a node of another cluster gets no session; a version
 //! 1 request is refused naming the upgrade; a peer that hangs or vanishes mid-request
-//! costs a timeout, and the next request succeeds.
+//! costs a timeout, and the next request succeeds. The reference client of PROTOCOL.md
+//! (Python: pyzmq on libzmq, noiseprotocol) completes a capability request against a
+//! real agent.
 
 #[path = "support/cluster.rs"]
 mod cluster;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -483,4 +486,47 @@ async fn a_peer_that_vanishes_mid_request_and_restarts_is_reached_again() {
     assert_eq!(status.state, ImageState::Instantiating);
     assert_eq!(handler.deployments.lock().unwrap().len(), 1);
     restarted.shutdown().await;
+}
+
+/// The Python reference client, against a real agent: with the cluster key it gets the
+/// agent's capabilities; with another key it is refused.
+#[tokio::test]
+async fn the_python_reference_client_asks_an_agent_for_its_capabilities() {
+    let secret = "the python client's cluster key, 32+";
+    let agent = support::AgentProcess::start_without_images(
+        "python-client",
+        &[("MOTEY_CLUSTER_KEY", secret)],
+    )
+    .await;
+    let python = system_tests::bench::python_venv(&["pyzmq", "noiseprotocol"]);
+    let script = system_tests::docker::repo_root().join("tests/peer_client.py");
+    let endpoint = format!("tcp://127.0.0.1:{}", agent.peer_port);
+    let run = |key: &str| {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                endpoint.as_str(),
+                key,
+                "python-client",
+                agent.node_id.as_str(),
+            ])
+            .output()
+            .expect("the reference client runs")
+    };
+    let answered = run(secret);
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    let stderr = String::from_utf8_lossy(&answered.stderr);
+    assert!(answered.status.success(), "{stdout}\n{stderr}");
+    let payload: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(payload["capabilities"].is_array(), "{payload}");
+    assert_eq!(
+        payload["digest"].as_str().map(str::len),
+        Some(16),
+        "{payload}"
+    );
+
+    let refused = run("another cluster's key entirely");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("proof does not hold"), "{stderr}");
 }
