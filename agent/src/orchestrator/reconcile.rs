@@ -407,13 +407,6 @@ impl Orchestrator {
                     );
                 }
                 Some(Some(left)) => {
-                    if !record
-                        .reason
-                        .as_deref()
-                        .is_some_and(|r| r.contains("is gone"))
-                    {
-                        info!(service = %service.id, image = %record.id(), %node, grace_left_secs = left.as_secs(), "node is gone; waiting for it before placing its image elsewhere");
-                    }
                     record.reason = Some(format!(
                         "node {node} is gone; the image is placed elsewhere unless the node is back within {} s",
                         left.as_secs().max(1)
