@@ -6,7 +6,7 @@
 # missing. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv)
+packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv tcpdump)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

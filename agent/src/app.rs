@@ -24,7 +24,8 @@ use crate::lifecycle::{self, Health, NodePhase};
 use crate::orchestrator::remote::RemoteNodes;
 use crate::orchestrator::Orchestrator;
 use crate::peer::{
-    load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer, ServerOptions,
+    load_or_generate_key, ClusterKey, ClusterKeyTrust, ErrorCode, PeerClient, PeerHandler,
+    PeerRefusal, PeerServer, ServerOptions, SessionTrust,
 };
 use crate::store::{Store, StoreError};
 use crate::val;
@@ -104,6 +105,11 @@ impl Agent {
         let node = node_id(&config, &store)?;
         let token = api_token(&config)?;
         let key = load_or_generate_key(config.cluster.key.as_deref(), &config.general.data_dir)?;
+        let trust: Arc<dyn SessionTrust> = Arc::new(ClusterKeyTrust::load(
+            node.clone(),
+            key.clone(),
+            &config.general.data_dir,
+        )?);
         match engine.ping().await {
             Ok(version) => {
                 info!(plugin = engine.name(), %version, "virtualization engine reachable")
@@ -159,7 +165,7 @@ impl Agent {
         )?;
         let timeout = Duration::from_millis(config.cluster.request_timeout_ms);
         let remote: Arc<dyn RemoteNodes> =
-            Arc::new(PeerClient::new(directory.clone(), key.clone(), timeout));
+            Arc::new(PeerClient::new(directory.clone(), trust.clone(), timeout));
         let orchestrator = Orchestrator::new(
             node.clone(),
             store.clone(),
@@ -183,8 +189,7 @@ impl Agent {
         let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
         let peer_server = PeerServer::bind_with(
             &peer_endpoint,
-            node,
-            key.clone(),
+            trust,
             Arc::new(HostedImages(orchestrator.clone(), config.access.clone())),
             peer_limits(&config.zeromq),
         )
@@ -521,11 +526,11 @@ impl PeerHandler for HostedImages {
         &self,
         sender: &NodeId,
         deployment: ImageDeployment,
-    ) -> Result<ImageStatus, String> {
+    ) -> Result<ImageStatus, PeerRefusal> {
         self.0
             .host_image(sender, deployment)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn image_status(
@@ -533,10 +538,10 @@ impl PeerHandler for HostedImages {
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<ImageStatus, String> {
+    ) -> Result<ImageStatus, PeerRefusal> {
         self.0
             .hosted_image_status(sender, service, image_id)
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn terminate_image(
@@ -544,11 +549,11 @@ impl PeerHandler for HostedImages {
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerRefusal> {
         self.0
             .release_hosted_image(sender, service, image_id)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn image_assignment(
@@ -556,10 +561,10 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         node: &NodeId,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerRefusal> {
         self.0
             .assigns(service, image_id, node)
-            .map_err(|error| error.to_string())
+            .map_err(|error| PeerRefusal::from(error.to_string()))
     }
 
     async fn image_logs(
@@ -568,11 +573,11 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         query: motey_val::LogQuery,
-    ) -> Result<Vec<motey_val::LogLine>, String> {
+    ) -> Result<Vec<motey_val::LogLine>, PeerRefusal> {
         self.0
             .hosted_image_logs(requester, service, image_id, query)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(access_refusal)
     }
 
     async fn image_exec(
@@ -581,12 +586,31 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         exec: motey_val::ExecRequest,
-    ) -> Result<motey_val::ExecOutput, String> {
+    ) -> Result<motey_val::ExecOutput, PeerRefusal> {
         self.0
             .hosted_image_exec(requester, service, image_id, exec, &self.1)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(access_refusal)
     }
+}
+
+/// A refusal about a hosted image with the code its owner acts on.
+fn hosted_refusal(error: crate::orchestrator::HostedImageError) -> PeerRefusal {
+    use crate::orchestrator::HostedImageError;
+    let code = match &error {
+        HostedImageError::NotFound { .. } => ErrorCode::NotFound,
+        HostedImageError::Decommissioning(_) => ErrorCode::Decommissioning,
+        _ => ErrorCode::Refused,
+    };
+    PeerRefusal::new(code, error.to_string())
+}
+
+fn access_refusal(error: crate::orchestrator::access::AccessError) -> PeerRefusal {
+    let code = match &error {
+        crate::orchestrator::access::AccessError::NotFound { .. } => ErrorCode::NotFound,
+        _ => ErrorCode::Refused,
+    };
+    PeerRefusal::new(code, error.to_string())
 }
 
 impl NodeDirectory for PeerDirectory {
