@@ -207,13 +207,15 @@ pub fn open(
     if frames.is_empty() || total > limit + frames.len() * TAG_LEN {
         return Err(NoiseError::Unreadable);
     }
+    // Each frame opens in place at the end of the plaintext, without a scratch buffer.
     let mut plaintext = Vec::with_capacity(total);
-    let mut chunk = vec![0u8; MAX_NOISE_MESSAGE];
     for frame in frames {
+        let start = plaintext.len();
+        plaintext.resize(start + frame.len(), 0);
         let len = session
-            .read_message(frame, &mut chunk)
+            .read_message(frame, &mut plaintext[start..])
             .map_err(|_| NoiseError::Unreadable)?;
-        plaintext.extend_from_slice(&chunk[..len]);
+        plaintext.truncate(start + len);
     }
     Ok(plaintext)
 }
