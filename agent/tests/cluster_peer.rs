@@ -498,7 +498,7 @@ async fn the_python_reference_client_asks_an_agent_for_its_capabilities() {
         &[("MOTEY_CLUSTER_KEY", secret)],
     )
     .await;
-    let python = system_tests::bench::python_venv(&["pyzmq", "noiseprotocol"]);
+    let python = system_tests::python::venv("peer-client-venv", &["pyzmq", "noiseprotocol"]);
     let script = system_tests::docker::repo_root().join("tests/peer_client.py");
     let endpoint = format!("tcp://127.0.0.1:{}", agent.peer_port);
     let run = |key: &str| {

@@ -1,7 +1,8 @@
 //! The peer port's limits, attacked over real TCP: handshakes over the session cap are
 //! answered `busy`, and a handshake left unfinished gives its place back; an idle session
 //! is forgotten after the idle timeout, one waiting for its own slow answer is not, and a
-//! client whose pooled session was forgotten so just makes a new one; a node with many
+//! client whose pooled session was forgotten so just makes a new one; a client pipelining
+//! requests in one session is answered `busy` beyond its share; a node with many
 //! requests for one peer stays under its share of connections. Against a real `motey`
 //! process: 300 half-open connections leave its memory small and its REST API and peer
 //! port answering, and 1,000 garbage messages do not write 1,000 warnings.
@@ -21,13 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster::{trust, RecordingHandler, PATIENCE};
 use motey::domain::{ImageDeployment, NodeId, ServiceId};
-use motey::peer::noise::{label, Initiator};
+use motey::peer::envelope::{canonical_json, peer_message};
+use motey::peer::noise::{self, label, Initiator};
 use motey::peer::{ErrorCode, PeerHandler, PeerServer, Reply, Request, Requester, ServerOptions};
 use serde_json::json;
 use support::AgentProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 async fn serve_with(handler: RecordingHandler, options: ServerOptions) -> PeerServer {
     PeerServer::bind_with(
@@ -188,6 +190,76 @@ async fn a_pooled_session_forgotten_for_idling_costs_the_client_nothing() {
         .call(server.endpoint(), &b, &Request::Capabilities)
         .await;
     assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
+    assert_eq!(server.stats().handled(), 2);
+    server.shutdown().await;
+}
+
+/// Sends frames on a DEALER socket as a REQ client would frame them (after the empty
+/// delimiter), without waiting for an answer.
+async fn send_delimited(socket: &mut DealerSocket, frames: Vec<Bytes>) {
+    let mut message = ZmqMessage::from(Bytes::new());
+    for frame in frames {
+        message.push_back(frame);
+    }
+    socket.send(message).await.unwrap();
+}
+
+async fn receive_delimited(socket: &mut DealerSocket) -> Vec<Bytes> {
+    let mut frames = tokio::time::timeout(PATIENCE, socket.recv())
+        .await
+        .expect("the server answers")
+        .unwrap()
+        .into_vec();
+    assert!(frames.remove(0).is_empty(), "the delimiter first");
+    frames
+}
+
+fn deploy_message(service: &str) -> Vec<u8> {
+    let deploy = Request::DeployImage(Box::new(deployment(service)));
+    peer_message(
+        deploy.kind(),
+        &uuid::Uuid::new_v4().to_string(),
+        "a",
+        "b",
+        &canonical_json(&deploy.payload()),
+    )
+}
+
+#[tokio::test]
+async fn a_session_pipelining_requests_is_answered_busy_beyond_its_share() {
+    let options = ServerOptions {
+        max_in_flight_per_connection: 2,
+        ..ServerOptions::default()
+    };
+    let server = serve_with(RecordingHandler::hanging("b"), options).await;
+    let client = trust("a");
+    let mut socket = DealerSocket::new();
+    socket.connect(server.endpoint()).await.unwrap();
+    let (initiator, hello) = Initiator::start(client.as_ref()).unwrap();
+    send_delimited(&mut socket, vec![label::HELLO.into(), hello.into()]).await;
+    let welcome = receive_delimited(&mut socket).await;
+    let (mut session, _, finish) = initiator.finish(client.as_ref(), &welcome[1]).unwrap();
+    let mut first = vec![Bytes::from_static(label::FINISH), Bytes::from(finish)];
+    first.extend(noise::seal(&mut session, &deploy_message("svc-1")));
+    send_delimited(&mut socket, first).await;
+    // Two more without waiting: the second is still within the share, the third is not.
+    for service in ["svc-2", "svc-3"] {
+        let mut frames = vec![Bytes::from_static(label::REQUEST)];
+        frames.extend(noise::seal(&mut session, &deploy_message(service)));
+        send_delimited(&mut socket, frames).await;
+    }
+    // The deployments hang: the only answer is the refusal, sealed in the session.
+    let reply = receive_delimited(&mut socket).await;
+    assert_eq!(reply[0].as_ref(), label::REPLY, "{reply:?}");
+    let plaintext = noise::open(&mut session, &reply[1..], 1 << 21).unwrap();
+    let envelope = motey::peer::Received::parse(&plaintext).unwrap();
+    match Reply::from_parts(&envelope.kind, envelope.payload()).unwrap() {
+        Reply::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Busy);
+            assert!(message.contains("this connection"), "{message}");
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
     assert_eq!(server.stats().handled(), 2);
     server.shutdown().await;
 }

@@ -49,7 +49,7 @@ pub const KEY_FILE: &str = "cluster-key";
 pub enum PeerError {
     #[error("peer server cannot listen on {endpoint}: {reason}")]
     Bind { endpoint: String, reason: String },
-    #[error("cluster key file {path}: {reason}")]
+    #[error("key file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
 }
 

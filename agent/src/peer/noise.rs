@@ -207,13 +207,15 @@ pub fn open(
     if frames.is_empty() || total > limit + frames.len() * TAG_LEN {
         return Err(NoiseError::Unreadable);
     }
+    // Each frame opens in place at the end of the plaintext, without a scratch buffer.
     let mut plaintext = Vec::with_capacity(total);
-    let mut chunk = vec![0u8; MAX_NOISE_MESSAGE];
     for frame in frames {
+        let start = plaintext.len();
+        plaintext.resize(start + frame.len(), 0);
         let len = session
-            .read_message(frame, &mut chunk)
+            .read_message(frame, &mut plaintext[start..])
             .map_err(|_| NoiseError::Unreadable)?;
-        plaintext.extend_from_slice(&chunk[..len]);
+        plaintext.truncate(start + len);
     }
     Ok(plaintext)
 }
@@ -277,6 +279,47 @@ mod tests {
             refused,
             Err(NoiseError::Trust(TrustRefusal::NotProven))
         ));
+    }
+
+    /// A client that believes any server and proves its key with another cluster's key.
+    struct Forger(ClusterKeyTrust, ClusterKeyTrust);
+
+    impl SessionTrust for Forger {
+        fn node_id(&self) -> NodeId {
+            self.0.node_id()
+        }
+        fn static_private_key(&self) -> [u8; 32] {
+            self.0.static_private_key()
+        }
+        fn handshake_proof(&self, local_static_public: &[u8; 32]) -> Vec<u8> {
+            self.0.handshake_proof(local_static_public)
+        }
+        fn verify_peer(&self, remote: &[u8; 32], proof: &[u8]) -> Result<NodeId, TrustRefusal> {
+            // Whatever the server proves, carry on as if it held.
+            Ok(self
+                .1
+                .verify_peer(remote, proof)
+                .unwrap_or(NodeId("b".into())))
+        }
+        fn still_trusted(&self, _: &NodeId) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn the_server_refuses_a_client_whose_proof_does_not_hold() {
+        let server = trust("b", "the cluster secret of the tests", 2);
+        let forger = Forger(
+            trust("a", "another cluster's secret", 1),
+            trust("a", "the cluster secret of the tests", 1),
+        );
+        let (initiator, hello) = Initiator::start(&forger).unwrap();
+        let (responder, welcome) = Responder::welcome(&server, &hello).unwrap();
+        let (_, _, finish) = initiator.finish(&forger, &welcome).unwrap();
+        assert_eq!(
+            responder.finish(&server, &finish).unwrap_err(),
+            NoiseError::Trust(TrustRefusal::NotProven)
+        );
     }
 
     #[test]
