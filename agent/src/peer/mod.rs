@@ -23,6 +23,7 @@ mod client;
 pub mod envelope;
 pub mod messages;
 mod server;
+pub mod session_trust;
 mod zmtp;
 
 use std::io::Write;
