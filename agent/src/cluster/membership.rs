@@ -130,16 +130,18 @@ impl Membership {
                 not_after: facts.not_after,
             });
         }
-        if self.revocations().is_revoked(&facts.serial) {
-            return Err(TrustRefusal::Revoked {
-                node: node_id.to_string(),
-            });
-        }
+        // Remembered before the revocation check, so that a revoked node is known as
+        // revoked even to a node that never heard of it before.
         self.inner
             .members
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .insert(node_id.clone(), facts.serial.clone());
+        if self.revocations().is_revoked(&facts.serial) {
+            return Err(TrustRefusal::Revoked {
+                node: node_id.to_string(),
+            });
+        }
         Ok(Member {
             node_id,
             serial: facts.serial,
@@ -170,6 +172,19 @@ impl Membership {
             .get(node)
             .cloned();
         serial.is_some_and(|serial| !self.revocations().is_revoked(&serial))
+    }
+
+    /// Whether `node` proved itself with a certificate that is revoked now (a node never
+    /// heard of is not).
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        let serial = self
+            .inner
+            .members
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(node)
+            .cloned();
+        serial.is_some_and(|serial| self.revocations().is_revoked(&serial))
     }
 
     pub fn revocations(&self) -> RevocationList {

@@ -416,6 +416,30 @@ impl PeerDirectory {
         drop(inner);
     }
 
+    /// The node's certificate was revoked: it is gone, whatever it announces, so that the
+    /// owners of the images it runs place them elsewhere.
+    pub fn revoked(&self, node: &NodeId) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.peers.get_mut(node) else {
+            return;
+        };
+        if entry.state == PeerState::Gone {
+            return;
+        }
+        let reason = "its certificate was revoked".to_owned();
+        tracing::warn!(%node, %reason, "node gone");
+        entry.state = PeerState::Gone;
+        entry.reason = Some(reason.clone());
+        let mut info = entry.info.clone();
+        info.last_seen = entry.last_seen;
+        self.persist(&info);
+        let _ = self.events.send(PeerEvent::Gone {
+            node: node.clone(),
+            reason,
+        });
+        drop(inner);
+    }
+
     /// This node (re)connected to the broker: silence counts from now on.
     pub fn broker_connected(&self, now: Instant) {
         let mut inner = self.lock();

@@ -60,6 +60,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Membership;
 use crate::domain::{Capability, NodeId, NodeInfo};
 use crate::peer::envelope::{now_ms, ClusterKey, Envelope, ReplayGuard};
 
@@ -135,6 +136,9 @@ pub struct DiscoverySettings {
     /// First and longest wait between two connection attempts (doubling in between).
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Membership by node certificate: announcements are then signed by this node's key
+    /// and only those signed by the node they name are believed.
+    pub membership: Option<Membership>,
 }
 
 impl DiscoverySettings {
@@ -150,6 +154,7 @@ impl DiscoverySettings {
             heartbeat_interval: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(10),
+            membership: None,
         }
     }
 
@@ -188,6 +193,7 @@ enum Topic {
     Request,
     Meta(String),
     Leave(String),
+    Revocations,
 }
 
 impl Topics {
@@ -209,9 +215,16 @@ impl Topics {
         format!("{}/nodes/leave/{}", self.prefix, node)
     }
 
+    /// The CA-signed revocation list, retained by the broker so that a node starting
+    /// later receives it at once.
+    pub fn revocations(&self) -> String {
+        format!("{}/cluster/revocations", self.prefix)
+    }
+
     /// The filters a node subscribes to.
-    pub fn filters(&self) -> [String; 3] {
+    pub fn filters(&self) -> [String; 4] {
         [
+            self.revocations(),
             self.request(),
             format!("{}/nodes/meta/+", self.prefix),
             format!("{}/nodes/leave/+", self.prefix),
@@ -219,6 +232,9 @@ impl Topics {
     }
 
     fn classify(&self, topic: &str) -> Option<Topic> {
+        if topic == self.revocations() {
+            return Some(Topic::Revocations);
+        }
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/nodes/")?;
         if rest == "request" {
             return Some(Topic::Request);
@@ -336,6 +352,7 @@ impl Discovery {
             topic: topics.leave(&this_node.id),
             sender: this_node.id.to_string(),
             key: key.clone(),
+            membership: settings.membership.clone(),
         };
         options.set_last_will(will.make(first_epoch));
         let (client, eventloop) = AsyncClient::new(options, 64);
@@ -374,6 +391,8 @@ impl Discovery {
             guard: ReplayGuard::default(),
             warned: HashSet::new(),
             connected: false,
+            membership: settings.membership.clone(),
+            published_revocations: 0,
         };
         let poll_abort = poll_task.abort_handle();
         let task = tokio::spawn(worker.run(
@@ -472,6 +491,7 @@ struct WillMaker {
     topic: String,
     sender: String,
     key: ClusterKey,
+    membership: Option<Membership>,
 }
 
 impl WillMaker {
@@ -489,7 +509,7 @@ impl WillMaker {
         );
         LastWill::new(
             self.topic.clone(),
-            envelope.signed_bytes(&self.key),
+            seal(&self.membership, envelope.signed_bytes(&self.key)),
             QoS::AtLeastOnce,
             false,
         )
@@ -616,6 +636,9 @@ struct Worker {
     /// Senders already warned about (one warning each, not one per heartbeat).
     warned: HashSet<String>,
     connected: bool,
+    membership: Option<Membership>,
+    /// Number of the revocation list this (CA) node last published.
+    published_revocations: u64,
 }
 
 impl Worker {
@@ -651,7 +674,10 @@ impl Worker {
                     Some(event) => self.on_drive(event),
                     None => break,
                 },
-                _ = heartbeat.tick() => self.announce(),
+                _ = heartbeat.tick() => {
+                    self.publish_revocations();
+                    self.announce();
+                }
                 _ = expiry.tick() => self.directory.expire(Instant::now()),
             }
         }
@@ -679,6 +705,8 @@ impl Worker {
                 if let Err(error) = self.client.try_subscribe_many(filters) {
                     tracing::warn!(%error, "cannot subscribe to the discovery topics");
                 }
+                self.published_revocations = 0;
+                self.publish_revocations();
                 self.publish(
                     self.topics.request(),
                     kinds::NODE_REQUEST,
@@ -727,7 +755,7 @@ impl Worker {
             topic,
             QoS::AtLeastOnce,
             false,
-            envelope.signed_bytes(&self.key),
+            seal(&self.membership, envelope.signed_bytes(&self.key)),
         ) {
             tracing::debug!(%error, kind, "discovery message not sent");
         }
@@ -761,7 +789,31 @@ impl Worker {
         let Some(kind_of_topic) = self.topics.classify(topic) else {
             return;
         };
-        let envelope = match Envelope::parse(payload) {
+        if let Topic::Revocations = kind_of_topic {
+            self.on_revocations(payload);
+            return;
+        }
+        let (signer, payload) = match &self.membership {
+            Some(membership) => match crate::cluster::signed::open(membership, payload) {
+                Ok((member, message)) => (Some(member.node_id), message),
+                Err(refusal) => {
+                    if let crate::cluster::TrustRefusal::Revoked { node } = &refusal {
+                        self.directory.revoked(&NodeId(node.clone()));
+                    }
+                    let sender = Envelope::parse(payload)
+                        .map(|e| e.sender)
+                        .unwrap_or_else(|_| "(unsigned)".into());
+                    self.refuse(
+                        &sender,
+                        topic,
+                        &format!("{refusal}; has it joined this cluster?"),
+                    );
+                    return;
+                }
+            },
+            None => (None, payload.to_vec()),
+        };
+        let envelope = match Envelope::parse(&payload) {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::debug!(%topic, %error, "malformed discovery message dropped");
@@ -776,16 +828,26 @@ impl Worker {
             );
             return;
         }
+        if let Some(signer) = signer.filter(|signer| signer.as_str() != envelope.sender) {
+            self.refuse(
+                &envelope.sender,
+                topic,
+                &format!("signed by node {signer}: a node may announce only itself"),
+            );
+            return;
+        }
         let this_id = self.directory.this_node().id;
         let now = now_ms();
         match (kind_of_topic, envelope.kind.as_str()) {
             (Topic::Request, kinds::NODE_REQUEST) => {
-                if self.guard.check_freshness(&envelope, now).is_ok() {
-                    self.announce();
+                // A replayed request would make every node announce again.
+                match self.guard.check(&envelope, now) {
+                    Ok(()) => self.announce(),
+                    Err(error) => self.refuse(&envelope.sender, topic, &error.to_string()),
                 }
             }
             (Topic::Meta(id), kinds::NODE_META) => {
-                if let Err(error) = self.guard.check_freshness(&envelope, now) {
+                if let Err(error) = self.guard.check(&envelope, now) {
                     self.refuse(&envelope.sender, topic, &error.to_string());
                     return;
                 }
@@ -835,7 +897,7 @@ impl Worker {
                 let node = NodeId(id);
                 match leave.reason {
                     LeaveReason::Leave => {
-                        if let Err(error) = self.guard.check_freshness(&envelope, now) {
+                        if let Err(error) = self.guard.check(&envelope, now) {
                             self.refuse(&envelope.sender, topic, &error.to_string());
                             return;
                         }
@@ -848,6 +910,69 @@ impl Worker {
             }
             (_, kind) => {
                 tracing::debug!(%topic, kind, "unexpected discovery message dropped");
+            }
+        }
+    }
+
+    /// On the CA node: publishes the revocation list (retained) when it changed, so that
+    /// every node refuses a revoked one within a heartbeat interval.
+    fn publish_revocations(&mut self) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        let files = membership.files();
+        if !self.connected || !files.is_authority() {
+            return;
+        }
+        let Ok(pem) = std::fs::read_to_string(files.revocations()) else {
+            return;
+        };
+        let list = match crate::cluster::RevocationList::verify(&pem, membership.ca_der()) {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(%error, "the revocation list of this CA does not verify; not published");
+                return;
+            }
+        };
+        if list.number() == self.published_revocations {
+            return;
+        }
+        self.on_revocations(pem.as_bytes());
+        match self.client.try_publish(
+            self.topics.revocations(),
+            QoS::AtLeastOnce,
+            true,
+            pem.into_bytes(),
+        ) {
+            Ok(()) => self.published_revocations = list.number(),
+            Err(error) => tracing::debug!(%error, "revocation list not sent"),
+        }
+    }
+
+    /// A revocation list from the cluster: the CA's signature is its authentication.
+    fn on_revocations(&mut self, payload: &[u8]) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        let Ok(pem) = std::str::from_utf8(payload) else {
+            tracing::debug!("revocation list that is not text dropped");
+            return;
+        };
+        match membership.apply_revocations(pem) {
+            Ok(Some(revoked)) => {
+                tracing::info!(
+                    number = membership.revocations().number(),
+                    revoked = membership.revocations().len(),
+                    "took a newer revocation list"
+                );
+                for node in revoked {
+                    tracing::warn!(target: "motey::audit", %node, "node revoked by the cluster CA");
+                    self.directory.revoked(&node);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a revocation list not signed by this cluster's CA")
             }
         }
     }
@@ -884,6 +1009,15 @@ impl Worker {
         self.connected = false;
         poll_task.abort();
         let _ = poll_task.await;
+    }
+}
+
+/// A discovery message as sent: signed by this node's key when it is a member by
+/// certificate.
+fn seal(membership: &Option<Membership>, message: Vec<u8>) -> Vec<u8> {
+    match membership {
+        Some(membership) => crate::cluster::signed::seal(&membership.identity(), &message),
+        None => message,
     }
 }
 
