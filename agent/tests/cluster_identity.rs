@@ -145,3 +145,134 @@ async fn a_revoked_node_is_refused_by_every_node() {
         stderr(&output)
     );
 }
+
+/// What a process holding one edge node's files (its key, certificate and the cluster key)
+/// can send on the broker.
+struct StolenNode {
+    membership: Membership,
+    key: motey::peer::ClusterKey,
+    client: rumqttc::AsyncClient,
+    messages: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+}
+
+impl StolenNode {
+    async fn connect(edge: &AgentProcess, broker_port: u16) -> StolenNode {
+        let membership = Membership::load(&ClusterFiles::in_data_dir(edge.data_dir())).unwrap();
+        let key = motey::peer::load_or_generate_key(None, edge.data_dir()).unwrap();
+        let config = motey::config::RawConfig::defaults().parse_config().unwrap();
+        let (user, password) = motey::discovery::broker_credentials(&config.mqtt, &key);
+        let mut options = rumqttc::MqttOptions::new("stolen-node", "127.0.0.1", broker_port);
+        options.set_credentials(user, password);
+        options.set_max_packet_size(256 * 1024, 256 * 1024);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        let (sender, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) = event {
+                    let _ = sender.send((publish.topic, publish.payload.to_vec()));
+                }
+            }
+        });
+        StolenNode {
+            membership,
+            key,
+            client,
+            messages,
+        }
+    }
+
+    /// A discovery message as the stolen node can make it: HMAC under the cluster key and
+    /// signed by the stolen node's certificate key.
+    fn sealed(&self, kind: &str, sender: &str, payload: serde_json::Value) -> Vec<u8> {
+        let envelope =
+            motey::peer::Envelope::new(kind, uuid::Uuid::new_v4().to_string(), sender, payload);
+        motey::cluster::signed::seal(
+            &self.membership.identity(),
+            &envelope.signed_bytes(&self.key),
+        )
+    }
+
+    async fn publish(&self, topic: String, bytes: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+    }
+
+    async fn next_on(&mut self, topic: &str) -> Vec<u8> {
+        loop {
+            let (on, payload) = tokio::time::timeout(Duration::from_secs(30), self.messages.recv())
+                .await
+                .expect("a message within 30 s")
+                .unwrap();
+            if on == topic {
+                return payload;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_edge_cannot_announce_another_node_nor_replay_announcements() {
+    let cluster = joined_cluster("forge", &[], 2).await;
+    let (stolen_edge, victim) = (&cluster.edges[0], &cluster.edges[1]);
+    let mut stolen = StolenNode::connect(stolen_edge, cluster.ca.mqtt_port).await;
+    let victim_topic = format!("motey/nodes/meta/{}", victim.node_id);
+    stolen
+        .client
+        .subscribe(&victim_topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let captured = stolen.next_on(&victim_topic).await;
+
+    // The victim's id, with an address of the thief's choosing, signed with the stolen key.
+    let forged = serde_json::json!({
+        "node": {
+            "id": victim.node_id,
+            "name": "forged",
+            "addresses": ["127.0.0.9"],
+            "rest_port": 1,
+            "peer_port": 1,
+            "version": "0",
+            "capabilities_digest": "forged",
+        },
+        "epoch": u64::MAX / 2,
+        "instance": "forged",
+    });
+    let bytes = stolen.sealed("node_meta", &victim.node_id, forged);
+    stolen.publish(victim_topic.clone(), bytes).await;
+    // A genuine announcement of the victim, sent again as captured.
+    stolen.publish(victim_topic.clone(), captured).await;
+    // A request for everyone's metadata, sent twice.
+    let request = stolen.sealed(
+        "node_request",
+        &stolen_edge.node_id,
+        serde_json::json!({}),
+    );
+    stolen
+        .publish("motey/nodes/request".into(), request.clone())
+        .await;
+    stolen.publish("motey/nodes/request".into(), request).await;
+
+    system_tests::wait_for(
+        "the CA node to refuse the forgery and the replays",
+        Duration::from_secs(30),
+        || async {
+            let log = cluster.ca.log();
+            (log.contains("a node may announce only itself")
+                && log.matches("already received once (replay)").count() >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, nodes) = cluster.ca.get("/v1/nodes").await;
+    let known = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == victim.node_id.as_str())
+        .unwrap()
+        .clone();
+    assert_ne!(known["name"], "forged", "{known}");
+    assert_eq!(known["state"], "alive", "{known}");
+}
