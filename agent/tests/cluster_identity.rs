@@ -244,11 +244,7 @@ async fn a_stolen_edge_cannot_announce_another_node_nor_replay_announcements() {
     // A genuine announcement of the victim, sent again as captured.
     stolen.publish(victim_topic.clone(), captured).await;
     // A request for everyone's metadata, sent twice.
-    let request = stolen.sealed(
-        "node_request",
-        &stolen_edge.node_id,
-        serde_json::json!({}),
-    );
+    let request = stolen.sealed("node_request", &stolen_edge.node_id, serde_json::json!({}));
     stolen
         .publish("motey/nodes/request".into(), request.clone())
         .await;
@@ -275,4 +271,48 @@ async fn a_stolen_edge_cannot_announce_another_node_nor_replay_announcements() {
         .clone();
     assert_ne!(known["name"], "forged", "{known}");
     assert_eq!(known["state"], "alive", "{known}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_images_of_a_revoked_node_are_placed_elsewhere() {
+    system_tests::docker::ensure_testbox();
+    let cluster = joined_cluster("replace", &[("MOTEY_CLUSTER_RESCHEDULE_GRACE", "0")], 2).await;
+    for edge in &cluster.edges {
+        let added = motey_cli(
+            edge.data_dir(),
+            &edge.node_id,
+            &["capability", "add", "optical-probe"],
+        );
+        assert!(added.status.success(), "{added:?}");
+    }
+    let (status, created) = cluster
+        .ca
+        .post_blueprint("name: probe\nimages:\n  - name: reader\n    image: motey/testbox:latest\n    env: {TESTBOX_BODY: revoked}\n    capabilities: [optical-probe]\n")
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let running = cluster.ca.wait_for_state(&id, "RUNNING").await;
+    let first = running["images"][0]["node"].as_str().unwrap().to_owned();
+    let other = cluster
+        .edges
+        .iter()
+        .find(|edge| edge.node_id != first)
+        .unwrap();
+    let revoked = motey_cli(
+        cluster.ca.data_dir(),
+        &cluster.ca.node_id,
+        &["cluster", "revoke", &first],
+    );
+    assert!(revoked.status.success(), "{revoked:?}");
+    system_tests::wait_for(
+        "the image to be placed on the other edge",
+        Duration::from_secs(120),
+        || async {
+            let (_, service) = cluster.ca.get(&format!("/v1/services/{id}")).await;
+            let image = &service["images"][0];
+            (image["node"] == other.node_id.as_str() && image["state"] == "RUNNING").then_some(())
+        },
+    )
+    .await;
+    assert!(!other.containers().is_empty());
 }
