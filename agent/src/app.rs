@@ -345,6 +345,14 @@ impl Agent {
             settings.broker_port = address.port();
         }
         settings.credentials = Some(crate::discovery::broker_credentials(&config.mqtt, &key));
+        if let Some(membership) = &membership {
+            tokio::spawn(crate::cluster::renewal::keep_renewed(
+                membership.clone(),
+                config.cluster.certificate_lifetime,
+                settings.heartbeat_interval,
+                stopping.clone(),
+            ));
+        }
         settings.membership = membership;
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),

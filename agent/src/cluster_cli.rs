@@ -139,3 +139,33 @@ pub fn join(config: &Config, token: &str, server: &str) -> ExitCode {
         Err(error) => failed(error),
     }
 }
+
+pub fn renew(config: &Config) -> ExitCode {
+    let membership = match motey::cluster::Membership::load(&files(config)) {
+        Ok(membership) => membership,
+        Err(error) => return failed(error),
+    };
+    let renewed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(motey::cluster::renewal::renew(
+                    &membership,
+                    config.cluster.certificate_lifetime,
+                ))
+                .map_err(|error| error.to_string())
+        });
+    match renewed {
+        Ok(identity) => {
+            println!(
+                "renewed the certificate of node {}; valid until unix time {}",
+                identity.node_id(),
+                identity.not_after()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(error),
+    }
+}

@@ -134,6 +134,9 @@ enum ClusterCommand {
     /// Revoke a node: every node refuses it within one heartbeat interval, and its
     /// images are placed elsewhere (on the CA node).
     Revoke { node: String },
+    /// Renew this node's certificate now (the agent also does it by itself when a third
+    /// of its lifetime is left); a running agent takes it within a heartbeat interval.
+    Renew,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +191,7 @@ fn main() -> ExitCode {
             ClusterCommand::Init => cluster_cli::init(&config),
             ClusterCommand::Token { ttl, uses } => cluster_cli::token(&config, &ttl, uses),
             ClusterCommand::Revoke { node } => cluster_cli::revoke(&config, &node),
+            ClusterCommand::Renew => cluster_cli::renew(&config),
         },
         Command::Join { token, server } => cluster_cli::join(&config, &token, &server),
         Command::Update {

@@ -316,3 +316,43 @@ async fn the_images_of_a_revoked_node_are_placed_elsewhere() {
     .await;
     assert!(!other.containers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_certificate_is_taken_into_use_without_a_restart() {
+    let cluster = joined_cluster("renew", &[], 1).await;
+    let edge = &cluster.edges[0];
+    let files = ClusterFiles::in_data_dir(edge.data_dir());
+    let before = std::fs::read_to_string(files.node_cert()).unwrap();
+    let renewed = motey_cli(edge.data_dir(), &edge.node_id, &["cluster", "renew"]);
+    assert!(renewed.status.success(), "{renewed:?}");
+    assert_ne!(std::fs::read_to_string(files.node_cert()).unwrap(), before);
+    system_tests::wait_for(
+        "the agent to take the renewed certificate",
+        Duration::from_secs(30),
+        || async {
+            edge.log()
+                .contains("took a renewed node certificate")
+                .then_some(())
+        },
+    )
+    .await;
+    // Its announcements, now signed with the new key, are still believed: the CA node
+    // hears of it after the change.
+    let taken = chrono::Utc::now();
+    system_tests::wait_for(
+        "an announcement signed with the renewed key",
+        Duration::from_secs(30),
+        || async {
+            let (_, nodes) = cluster.ca.get("/v1/nodes").await;
+            let node = nodes
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == edge.node_id.as_str())?
+                .clone();
+            let seen: chrono::DateTime<chrono::Utc> = node["last_seen"].as_str()?.parse().ok()?;
+            (seen > taken + chrono::Duration::seconds(1) && node["state"] == "alive").then_some(())
+        },
+    )
+    .await;
+    assert!(cluster.ca.log().contains("renewed a node certificate"));
+}

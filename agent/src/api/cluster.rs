@@ -13,6 +13,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::ApiState;
 use crate::cluster::join::{JoinRequest, JoinResponse};
+use crate::cluster::renewal::{RenewRequest, RenewResponse};
 use crate::cluster::token::TokenError;
 use crate::cluster::{ClusterAuthority, ClusterError, ClusterFiles};
 use crate::validation::FieldError;
@@ -91,6 +92,44 @@ pub async fn join(
             Err(refusal(error))
         }
     }
+}
+
+pub async fn renew(
+    State(state): State<ApiState>,
+    body: axum::body::Body,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let Some(desk) = state.join.clone() else {
+        return Err(not_a_ca());
+    };
+    let bytes = super::read_body(&state, body).await?;
+    let request: RenewRequest = serde_json::from_slice(&bytes).map_err(|error| {
+        let field = ["certificate", "csr", "signature"]
+            .into_iter()
+            .find(|field| error.to_string().contains(field))
+            .unwrap_or("");
+        ApiError::invalid(
+            "invalid_renew_request",
+            format!("not a renewal request: {error}"),
+            vec![FieldError::new(field, error.to_string())],
+        )
+    })?;
+    let renewed = tokio::task::spawn_blocking(move || {
+        let authority = ClusterAuthority::load(&desk.files)?;
+        crate::cluster::renewal::renew_for(&authority, &request, desk.certificate_lifetime)
+    })
+    .await
+    .map_err(|error| ApiError::internal(error.to_string()))?;
+    renewed.map(Json).map_err(|error| {
+        tracing::warn!(target: "motey::audit", %error, "refused a certificate renewal");
+        match error {
+            ClusterError::Refused(refusal) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "certificate_refused",
+                refusal.to_string(),
+            ),
+            other => refusal(other),
+        }
+    })
 }
 
 fn not_a_ca() -> ApiError {

@@ -174,6 +174,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(status::health))
         // Authenticated by the join token in the body, not by the API token.
         .route("/v1/cluster/join", post(cluster::join))
+        .route("/v1/cluster/renew", post(cluster::renew))
         .nest("/v1", v1)
         // The admin web client, embedded; its assets are public (it signs in itself).
         .merge(motey_webclient::routes(motey_webclient::ADMIN_CLIENT))

@@ -45,6 +45,9 @@ impl ClusterFiles {
     pub fn ledger(&self) -> PathBuf {
         self.dir.join("ledger.json")
     }
+    pub fn ca_server(&self) -> PathBuf {
+        self.dir.join("ca-server")
+    }
     pub fn session_static_key(&self) -> PathBuf {
         self.dir.join("session-static.key")
     }

@@ -116,36 +116,8 @@ pub async fn join(
         node_id: node_id.to_owned(),
         csr: NodeIdentity::request_for(&key, node_id)?,
     };
-    let unreachable = |reason: String| JoinError::Unreachable {
-        server: server.to_owned(),
-        reason,
-    };
-    let tls = pinned_to_ca(&token.ca_fingerprint).map_err(|e| unreachable(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let response = http
-        .post(format!("https://{server}/v1/cluster/join"))
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| unreachable(error_chain(&e)))?;
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    if status != 200 {
-        return Err(JoinError::Refused {
-            status,
-            code: body["error"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["message"].as_str().unwrap_or_default().to_owned(),
-        });
-    }
     let answer: JoinResponse =
-        serde_json::from_value(body).map_err(|e| unreachable(format!("unexpected answer: {e}")))?;
+        post_to_ca(server, &token.ca_fingerprint, "/v1/cluster/join", &request).await?;
     let ca_der = pem_to_der(&answer.ca_certificate, "CERTIFICATE")?;
     if hex::encode(Sha256::digest(&ca_der)) != token.ca_fingerprint {
         return Err(ClusterError::Invalid(
@@ -162,6 +134,7 @@ pub async fn join(
     files.write_private(&files.revocations(), &answer.revocations)?;
     // The certificate must pass the checks every member makes.
     super::Membership::load(files)?;
+    files.write_private(&files.ca_server(), &format!("{server}\n"))?;
     if let Some(cluster_key) = &answer.cluster_key {
         files.write_private(key_file, &format!("{cluster_key}\n"))?;
     }
@@ -170,6 +143,44 @@ pub async fn join(
         not_after: identity.not_after(),
         cluster_key: answer.cluster_key.is_some(),
     })
+}
+
+/// Posts `body` to the CA node's REST API at `server` over HTTPS pinned to the CA.
+pub(crate) async fn post_to_ca<B: Serialize, R: serde::de::DeserializeOwned>(
+    server: &str,
+    ca_fingerprint: &str,
+    path: &str,
+    body: &B,
+) -> Result<R, JoinError> {
+    let unreachable = |reason: String| JoinError::Unreachable {
+        server: server.to_owned(),
+        reason,
+    };
+    let tls = pinned_to_ca(ca_fingerprint).map_err(|e| unreachable(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let response = http
+        .post(format!("https://{server}{path}"))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| unreachable(error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    if status != 200 {
+        return Err(JoinError::Refused {
+            status,
+            code: body["error"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["message"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    serde_json::from_value(body).map_err(|e| unreachable(format!("unexpected answer: {e}")))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -12,6 +12,7 @@
 //! | `tokens.json` | the CA node | join tokens, their secrets only as SHA-256 (0600) |
 //! | `ledger.json` | the CA node | the certificates issued per node id, and the revoked ids |
 //! | `session-static.key` | every node | the X25519 static key of peer sessions (0600) |
+//! | `ca-server` | joined nodes | `HOST:PORT` of the CA node's REST API, for renewal |
 //!
 //! Everything is standard X.509 made by `rcgen` and read by `x509-parser`, signatures are
 //! ECDSA P-256 (`ring`); nothing here is a construction of its own.
@@ -23,6 +24,7 @@ pub mod join;
 mod membership;
 pub mod peer_trust;
 mod refusal;
+pub mod renewal;
 mod revocation;
 pub mod signed;
 pub mod token;
