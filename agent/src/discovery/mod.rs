@@ -8,8 +8,14 @@
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: leave`) | the node stops gracefully: the others forget it |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: lost`) | the node's MQTT last will: the broker publishes it when the connection breaks without a goodbye; the others mark the node gone |
 //!
+//! | `<prefix>/cluster/revocations` | the CA-signed revocation list (PEM, retained) | published by the CA node when it changed |
+//!
 //! Each message is the signed envelope of the peer protocol (`peer/PROTOCOL.md`), so a
 //! node without the cluster key can neither join nor make others forget a node. A node
+//! that is a member by certificate (`crate::cluster`) also signs each message with its own
+//! key and sends its certificate (`cluster::signed`), and believes only messages signed
+//! by the node they name: a node can announce only itself. `node_meta`, `node_request`
+//! and a graceful `node_leave` are refused when replayed (nonce and time). A node
 //! not heard of for `peer_suspect_after` seconds becomes suspect, after `peer_gone_after`
 //! seconds gone ([`PeerDirectory`]). Announcements carry the node's connection *epoch*
 //! (unix ms when the connection was opened), so that the last will of an older connection
