@@ -124,7 +124,9 @@ impl Agent {
                 reason: error.to_string(),
             })?;
         let cluster_files = crate::cluster::ClusterFiles::in_data_dir(&config.general.data_dir);
-        if config.cluster.role == crate::config::ClusterRole::Init && !cluster_files.is_authority()
+        if config.cluster.role == crate::config::ClusterRole::Init
+            && !cluster_files.is_authority()
+            && !cluster_files.is_member()
         {
             let authority = crate::cluster::ClusterAuthority::init(
                 &cluster_files,

@@ -65,6 +65,13 @@ impl ClusterAuthority {
         if files.ca_key().exists() {
             return Err(ClusterError::AlreadyInitialized(files.ca_key()));
         }
+        if files.is_member() {
+            // A CA made here would replace the identity this node joined with.
+            return Err(ClusterError::Invalid(format!(
+                "this node already joined a cluster ({}); a cluster CA is made on its first node",
+                files.dir().display()
+            )));
+        }
         if !super::valid_node_id(node_id) {
             return Err(ClusterError::Invalid(format!(
                 "node id {node_id:?} cannot be named in a certificate"

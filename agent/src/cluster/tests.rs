@@ -165,3 +165,14 @@ fn keys_are_private() {
         assert_eq!(mode & 0o777, 0o600, "{}", path.display());
     }
 }
+
+#[test]
+fn a_joined_node_cannot_make_a_ca_over_its_identity() {
+    let (_dir, _authority, _ca_member, edge) = cluster();
+    let before = std::fs::read_to_string(edge.files().node_cert()).unwrap();
+    assert!(ClusterAuthority::init(edge.files(), "edge-1", DAY).is_err());
+    assert_eq!(
+        std::fs::read_to_string(edge.files().node_cert()).unwrap(),
+        before
+    );
+}
