@@ -51,6 +51,8 @@ pub enum StartError {
     Peer(#[from] crate::peer::PeerError),
     #[error("node discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error("cluster membership: {0} (see [CLUSTER] role and <data_dir>/cluster/)")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("hardware events: {0} (see [ZEROMQ] capability_events)")]
     CapabilityEvents(#[from] crate::capabilities::events::EventError),
 }
@@ -76,6 +78,8 @@ pub struct Agent {
     decommission_requests: mpsc::Receiver<Duration>,
     /// Stops what was started in [`Agent::bind`] (the event socket) when the agent ends.
     stopping: CancellationToken,
+    /// `None`: the node has not joined a cluster by certificate (shared key only).
+    membership: Option<crate::cluster::Membership>,
 }
 
 impl Agent {
@@ -105,11 +109,6 @@ impl Agent {
         let node = node_id(&config, &store)?;
         let token = api_token(&config)?;
         let key = load_or_generate_key(config.cluster.key.as_deref(), &config.general.data_dir)?;
-        let trust: Arc<dyn SessionTrust> = Arc::new(ClusterKeyTrust::load(
-            node.clone(),
-            key.clone(),
-            &config.general.data_dir,
-        )?);
         match engine.ping().await {
             Ok(version) => {
                 info!(plugin = engine.name(), %version, "virtualization engine reachable")
@@ -125,6 +124,45 @@ impl Agent {
                 address,
                 reason: error.to_string(),
             })?;
+        let cluster_files = crate::cluster::ClusterFiles::in_data_dir(&config.general.data_dir);
+        if config.cluster.role == crate::config::ClusterRole::Init
+            && !cluster_files.is_authority()
+            && !cluster_files.is_member()
+        {
+            let authority = crate::cluster::ClusterAuthority::init(
+                &cluster_files,
+                node.as_str(),
+                config.cluster.certificate_lifetime,
+            )?;
+            crate::api::tls::issue_under_cluster_ca(&config, &authority)?;
+            warn!(ca_fingerprint = %authority.fingerprint(), "made the cluster CA ([CLUSTER] role = init); other nodes join with `motey cluster token` and `motey join`");
+        }
+        let membership = if cluster_files.is_member() {
+            let membership = crate::cluster::Membership::load(&cluster_files)?;
+            if membership.node_id() != node {
+                return Err(crate::cluster::ClusterError::Invalid(format!(
+                    "the node certificate names node {}, but this node is {node} ([GENERAL] node_id)",
+                    membership.node_id()
+                ))
+                .into());
+            }
+            info!(ca_fingerprint = %membership.ca_fingerprint(), revoked = membership.revocations().len(), "member of a cluster by node certificate");
+            Some(membership)
+        } else {
+            None
+        };
+        // Peer sessions are trusted by node certificate once this node joined; before, by
+        // the cluster key every node holds.
+        let trust: Arc<dyn SessionTrust> = match &membership {
+            Some(membership) => Arc::new(crate::cluster::peer_trust::CertifiedSessions::new(
+                membership.clone(),
+            )?),
+            None => Arc::new(ClusterKeyTrust::load(
+                node.clone(),
+                key.clone(),
+                &config.general.data_dir,
+            )?),
+        };
         let (tls, rest_fingerprint) = if crate::api::tls::serves_tls(&config.webserver) {
             let identity = crate::api::tls::server_identity(&config)?;
             let fingerprint = identity.fingerprint.clone();
@@ -190,7 +228,11 @@ impl Agent {
         let peer_server = PeerServer::bind_with(
             &peer_endpoint,
             trust,
-            Arc::new(HostedImages(orchestrator.clone(), config.access.clone())),
+            Arc::new(HostedImages {
+                orchestrator: orchestrator.clone(),
+                access: config.access.clone(),
+                membership: membership.clone(),
+            }),
             peer_limits(&config.zeromq),
         )
         .await?;
@@ -217,7 +259,30 @@ impl Agent {
         .with_capability_listener(capabilities_changed)
         .with_decommission_listener(decommission_listener)
         .with_admin_token(admin_token(&config)?);
+        let state = if cluster_files.is_authority() {
+            let cluster_key = match config
+                .cluster
+                .key
+                .as_deref()
+                .filter(|k| !k.trim().is_empty())
+            {
+                Some(secret) => {
+                    crate::api::cluster::ClusterKeySource::Configured(secret.trim().into())
+                }
+                None => crate::api::cluster::ClusterKeySource::File(
+                    config.general.data_dir.join(crate::peer::KEY_FILE),
+                ),
+            };
+            state.with_join_desk(crate::api::cluster::JoinDesk {
+                files: cluster_files.clone(),
+                certificate_lifetime: config.cluster.certificate_lifetime,
+                cluster_key,
+            })
+        } else {
+            state
+        };
         Ok(Agent {
+            membership,
             config,
             store,
             orchestrator,
@@ -293,6 +358,7 @@ impl Agent {
             mut capability_changes,
             mut decommission_requests,
             stopping,
+            membership,
         } = self;
         let mut settings = DiscoverySettings::from_config(&config.mqtt);
         if let Some(broker) = &broker {
@@ -301,6 +367,15 @@ impl Agent {
             settings.broker_port = address.port();
         }
         settings.credentials = Some(crate::discovery::broker_credentials(&config.mqtt, &key));
+        if let Some(membership) = &membership {
+            tokio::spawn(crate::cluster::renewal::keep_renewed(
+                membership.clone(),
+                config.cluster.certificate_lifetime,
+                settings.heartbeat_interval,
+                stopping.clone(),
+            ));
+        }
+        settings.membership = membership;
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),
             Err(error) => {
@@ -514,12 +589,41 @@ impl HealthMonitor {
 
 /// Answers peers' requests about images this node runs for them, giving device access
 /// within this node's own `[SECURITY]` limits.
-struct HostedImages(Orchestrator, crate::config::Access);
+struct HostedImages {
+    orchestrator: Orchestrator,
+    access: crate::config::Access,
+    membership: Option<crate::cluster::Membership>,
+}
+
+impl HostedImages {
+    /// Refuses a node whose certificate was revoked; logs who asked what (`motey::audit`).
+    fn admit(
+        &self,
+        sender: &NodeId,
+        request: &str,
+        service: &ServiceId,
+        image: &str,
+    ) -> Result<(), PeerRefusal> {
+        if self
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.is_revoked(sender))
+        {
+            tracing::warn!(target: "motey::audit", %sender, request, %service, image, outcome = "refused", "request of a revoked node");
+            return Err(PeerRefusal::new(
+                ErrorCode::Unauthorized,
+                format!("node {sender} is revoked"),
+            ));
+        }
+        tracing::info!(target: "motey::audit", %sender, request, %service, image, "peer request");
+        Ok(())
+    }
+}
 
 #[async_trait::async_trait]
 impl PeerHandler for HostedImages {
     async fn capabilities(&self) -> Vec<Capability> {
-        self.0.capabilities().unwrap_or_default()
+        self.orchestrator.capabilities().unwrap_or_default()
     }
 
     async fn deploy_image(
@@ -527,7 +631,13 @@ impl PeerHandler for HostedImages {
         sender: &NodeId,
         deployment: ImageDeployment,
     ) -> Result<ImageStatus, PeerRefusal> {
-        self.0
+        self.admit(
+            sender,
+            "deploy_image",
+            &deployment.service_id,
+            &deployment.image.id,
+        )?;
+        self.orchestrator
             .host_image(sender, deployment)
             .await
             .map_err(hosted_refusal)
@@ -539,7 +649,8 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
     ) -> Result<ImageStatus, PeerRefusal> {
-        self.0
+        self.admit(sender, "image_status", service, image_id)?;
+        self.orchestrator
             .hosted_image_status(sender, service, image_id)
             .map_err(hosted_refusal)
     }
@@ -550,7 +661,8 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
     ) -> Result<(), PeerRefusal> {
-        self.0
+        self.admit(sender, "terminate_image", service, image_id)?;
+        self.orchestrator
             .release_hosted_image(sender, service, image_id)
             .await
             .map_err(hosted_refusal)
@@ -562,7 +674,7 @@ impl PeerHandler for HostedImages {
         image_id: &str,
         node: &NodeId,
     ) -> Result<bool, PeerRefusal> {
-        self.0
+        self.orchestrator
             .assigns(service, image_id, node)
             .map_err(|error| PeerRefusal::from(error.to_string()))
     }
@@ -574,7 +686,8 @@ impl PeerHandler for HostedImages {
         image_id: &str,
         query: motey_val::LogQuery,
     ) -> Result<Vec<motey_val::LogLine>, PeerRefusal> {
-        self.0
+        self.admit(requester, "image_logs", service, image_id)?;
+        self.orchestrator
             .hosted_image_logs(requester, service, image_id, query)
             .await
             .map_err(access_refusal)
@@ -587,8 +700,9 @@ impl PeerHandler for HostedImages {
         image_id: &str,
         exec: motey_val::ExecRequest,
     ) -> Result<motey_val::ExecOutput, PeerRefusal> {
-        self.0
-            .hosted_image_exec(requester, service, image_id, exec, &self.1)
+        self.admit(requester, "image_exec", service, image_id)?;
+        self.orchestrator
+            .hosted_image_exec(requester, service, image_id, exec, &self.access)
             .await
             .map_err(access_refusal)
     }
@@ -648,7 +762,8 @@ fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
     }
 }
 
-fn node_id(config: &Config, store: &Store) -> Result<NodeId, StoreError> {
+/// This node's id: the configured one, else the one kept in the store (made on first use).
+pub fn node_id(config: &Config, store: &Store) -> Result<NodeId, StoreError> {
     if let Some(id) = &config.general.node_id {
         return Ok(NodeId(id.clone()));
     }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod blueprint;
 pub mod capabilities;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod discovery;

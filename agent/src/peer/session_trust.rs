@@ -1,10 +1,13 @@
 //! Who this node is to its peers, and whom it believes. The peer layer knows identities
 //! only through [`SessionTrust`]: the Noise handshake carries a proof that each side's
 //! static key belongs to a node, and every request of a session is checked against
-//! the node that proof named.
+//! the node that proof named. Implemented by node certificates in `cluster::peer_trust`,
+//! and, for a fog whose nodes have not joined by certificate, by the cluster key
+//! (`cluster_key_trust`).
 
-use super::messages::ErrorCode;
 use crate::domain::NodeId;
+
+pub use crate::cluster::TrustRefusal;
 
 /// Who this node is to its peers, and whom it believes: the peer layer's only view of identity.
 pub trait SessionTrust: Send + Sync + 'static {
@@ -23,25 +26,4 @@ pub trait SessionTrust: Send + Sync + 'static {
     ) -> Result<NodeId, TrustRefusal>;
     /// Whether a node authenticated earlier is still trusted (revocation): checked per request.
     fn still_trusted(&self, node: &NodeId) -> bool;
-}
-
-/// Why a peer's handshake proof was not believed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TrustRefusal {
-    /// The proof is not one this node can read.
-    #[error("handshake proof is malformed: {0}")]
-    Malformed(String),
-    /// The proof does not tie the static key to the node it names.
-    #[error("handshake proof does not match the static key (another cluster, or forged)")]
-    NotProven,
-    /// The node is known but not trusted (any more).
-    #[error("node {0} is not trusted by this node")]
-    Untrusted(NodeId),
-}
-
-impl TrustRefusal {
-    /// The code a refusal travels with.
-    pub fn code(&self) -> ErrorCode {
-        ErrorCode::Unauthorized
-    }
 }
