@@ -72,6 +72,8 @@ pub struct Agent {
     key: ClusterKey,
     broker: Option<EmbeddedBroker>,
     peer_server: PeerServer,
+    /// The peer port others connect to: the front of `peer_server`.
+    peer_port: u16,
     capability_events: CapabilityEvents,
     capability_changes: watch::Receiver<u64>,
     /// Drain timeouts of `POST /v1/decommission`.
@@ -224,9 +226,15 @@ impl Agent {
         };
         orchestrator.lifecycle().set(phase, reason);
         directory.set_this_phase(orchestrator.lifecycle().current());
-        let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
+        // The zeromq crate's ROUTER neither sees nor closes single connections, so it
+        // listens on loopback behind a front that holds the caps per address.
+        let loopback = if config.webserver.ip.is_ipv6() {
+            "[::1]"
+        } else {
+            "127.0.0.1"
+        };
         let peer_server = PeerServer::bind_with(
-            &peer_endpoint,
+            &format!("tcp://{loopback}:0"),
             trust,
             Arc::new(HostedImages {
                 orchestrator: orchestrator.clone(),
@@ -236,8 +244,9 @@ impl Agent {
             peer_limits(&config.zeromq),
         )
         .await?;
+        let peer_port = peer_front(&config, &peer_server).await?;
         // The real port, when 0 was configured.
-        let this_node = directory.update_this_node(|info| info.peer_port = peer_server.port());
+        let this_node = directory.update_this_node(|info| info.peer_port = peer_port);
         let stopping = CancellationToken::new();
         let capability_events = CapabilityEvents::bind(
             &config.zeromq.capability_events,
@@ -294,6 +303,7 @@ impl Agent {
             key,
             broker,
             peer_server,
+            peer_port,
             capability_events,
             capability_changes,
             decommission_requests,
@@ -315,7 +325,7 @@ impl Agent {
 
     /// Port of the peer (ZeroMQ) socket.
     pub fn peer_port(&self) -> u16 {
-        self.peer_server.port()
+        self.peer_port
     }
 
     /// Address of the embedded MQTT broker, if this agent runs one.
@@ -354,6 +364,7 @@ impl Agent {
             key,
             broker,
             peer_server,
+            peer_port,
             capability_events,
             mut capability_changes,
             mut decommission_requests,
@@ -419,7 +430,7 @@ impl Agent {
             rest = %listener.local_addr()?,
             https = tls.is_some(),
             certificate_sha256 = rest_fingerprint.as_deref().unwrap_or("-"),
-            peer_port = peer_server.port(),
+            peer_port,
             broker = ?broker.as_ref().map(EmbeddedBroker::local_addr),
             capability_events = capability_events.endpoint(),
             "agent started"
@@ -751,6 +762,36 @@ impl NodeDirectory for PeerDirectory {
 
 /// The configured node id, else the one generated on the first start and kept in the store.
 /// The peer server's limits from `[ZEROMQ]`.
+/// Starts the front of the peer port, relaying to `server` on loopback; its port.
+async fn peer_front(config: &Config, server: &PeerServer) -> Result<u16, crate::peer::PeerError> {
+    let listen = SocketAddr::new(config.webserver.ip, config.zeromq.peer_port);
+    let front = crate::front::Front {
+        name: "peer port",
+        settings: "[ZEROMQ] max_connections, max_connections_per_address",
+        listen,
+        tls: None,
+        handshake_timeout: Duration::from_secs(config.zeromq.idle_timeout_secs),
+        max_connections: config.zeromq.max_connections,
+        max_connections_per_address: config.zeromq.max_connections_per_address,
+    };
+    let backend = SocketAddr::new(
+        if listen.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        },
+        server.port(),
+    );
+    let bound = front
+        .start(backend)
+        .await
+        .map_err(|error| crate::peer::PeerError::Bind {
+            endpoint: format!("tcp://{listen}"),
+            reason: error.to_string(),
+        })?;
+    Ok(bound.port())
+}
+
 fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
     ServerOptions {
         max_connections: settings.max_connections,

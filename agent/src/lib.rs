@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod domain;
+pub mod front;
 pub mod lifecycle;
 pub mod logging;
 pub mod orchestrator;

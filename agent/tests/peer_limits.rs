@@ -4,12 +4,14 @@
 //! client whose pooled session was forgotten so just makes a new one; a client pipelining
 //! requests in one session is answered `busy` beyond its share; a node with many
 //! requests for one peer stays under its share of connections. Against a real `motey`
-//! process: 300 half-open connections leave its memory small and its REST API and peer
-//! port answering, and 1,000 garbage messages do not write 1,000 warnings.
+//! process: connections over the cap of one address are closed at once while another
+//! address still gets in, 300 half-open connections leave its memory small and its REST
+//! API and peer port answering, and 1,000 garbage messages do not write 1,000 warnings.
 //!
 //! The `zeromq` crate gives a server no remote address per connection and no way to close
-//! one, and reads every message whole: caps per address, closing a connection at once and
-//! the read budget of unfinished messages are not enforced (see PROTOCOL.md, Limits).
+//! one, and reads every message whole: the agent's front on the peer port holds the caps
+//! (`src/front.rs`); closing an idle connection and the read budget of unfinished
+//! messages are not enforced (see PROTOCOL.md, Limits).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -303,9 +305,15 @@ fn peer_endpoint(agent: &AgentProcess) -> String {
 #[tokio::test]
 async fn half_open_connections_leave_the_agent_small_and_answering() {
     let cluster_key = "a-cluster-key-for-the-limits-test";
-    let agent =
-        AgentProcess::start_without_images("half-open", &[("MOTEY_CLUSTER_KEY", cluster_key)])
-            .await;
+    let agent = AgentProcess::start_without_images(
+        "half-open",
+        &[
+            ("MOTEY_CLUSTER_KEY", cluster_key),
+            // Room for all of them, so that what they hold is measured, not refused.
+            ("MOTEY_ZEROMQ_MAX_CONNECTIONS", "512"),
+        ],
+    )
+    .await;
     let pid = agent.pid().unwrap();
     let at = address(&peer_endpoint(&agent));
     let before = rss_mib(pid);
@@ -353,6 +361,59 @@ async fn half_open_connections_leave_the_agent_small_and_answering() {
         "{during} MiB resident with 300 half-open connections ({before} MiB before)"
     );
     drop(held);
+}
+
+/// Whether the agent closes `stream` within a second (it was over a cap).
+async fn closed_at_once(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // The greeting of an admitted connection.
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_of_one_address_are_closed_while_others_get_in() {
+    let agent = AgentProcess::start_without_images(
+        "per-address",
+        &[("MOTEY_ZEROMQ_MAX_CONNECTIONS_PER_ADDRESS", "4")],
+    )
+    .await;
+    let at = address(&peer_endpoint(&agent));
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.9", at).await);
+    }
+    for stream in &mut held {
+        assert!(
+            greeted(stream).await,
+            "a connection under the cap was refused"
+        );
+    }
+    let mut fifth = connect_from("127.0.0.9", at).await;
+    assert!(
+        closed_at_once(&mut fifth).await,
+        "a fifth connection from one address got in"
+    );
+    let mut other = connect_from("127.0.0.10", at).await;
+    assert!(greeted(&mut other).await, "another address was refused");
+    // A place given back is taken again.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from("127.0.0.9", at).await;
+    assert!(
+        greeted(&mut again).await,
+        "the freed place was not given again"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("peer port: connection over the caps closed"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,9 @@ pub enum TrustRefusal {
     Revoked { node: String },
     #[error("signature does not match the certificate's key")]
     BadSignature,
+    /// A session proof made with another cluster key (or forged).
+    #[error("handshake proof does not match the static key (another cluster, or forged)")]
+    NotProven,
     #[error("certificate names no node (a CA or a server certificate)")]
     NotANode,
     #[error("node {claimed} speaks with the certificate of node {certified}")]

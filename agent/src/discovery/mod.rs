@@ -44,7 +44,6 @@
 //! # Ok(()) }
 //! ```
 
-mod broker_tls;
 mod directory;
 pub mod embedded_broker;
 

@@ -93,7 +93,7 @@ impl SessionTrust for ClusterKeyTrust {
             .map_err(|error| TrustRefusal::Malformed(format!("mac: {error}")))?;
         let expected = self.mac(remote_static_public, &proof.node);
         if mac.len() != 32 || !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &mac[..])) {
-            return Err(TrustRefusal::BadSignature);
+            return Err(TrustRefusal::NotProven);
         }
         Ok(NodeId(proof.node))
     }
@@ -165,17 +165,17 @@ mod tests {
         assert_eq!(b.verify_peer(&[1; 32], &proof), Ok(NodeId("a".into())));
         assert_eq!(
             b.verify_peer(&[2; 32], &proof),
-            Err(TrustRefusal::BadSignature)
+            Err(TrustRefusal::NotProven)
         );
         let claimed = String::from_utf8(proof).unwrap().replace("\"a\"", "\"c\"");
         assert_eq!(
             b.verify_peer(&[1; 32], claimed.as_bytes()),
-            Err(TrustRefusal::BadSignature)
+            Err(TrustRefusal::NotProven)
         );
         let other = trust("b", "another cluster's secret");
         assert_eq!(
             other.verify_peer(&[1; 32], &a.handshake_proof(&[1; 32])),
-            Err(TrustRefusal::BadSignature)
+            Err(TrustRefusal::NotProven)
         );
         assert!(matches!(
             b.verify_peer(&[1; 32], b"garbage"),

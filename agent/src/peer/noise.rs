@@ -277,7 +277,7 @@ mod tests {
         );
         assert!(matches!(
             refused,
-            Err(NoiseError::Trust(TrustRefusal::BadSignature))
+            Err(NoiseError::Trust(TrustRefusal::NotProven))
         ));
     }
 
@@ -318,7 +318,7 @@ mod tests {
         let (_, _, finish) = initiator.finish(&forger, &welcome).unwrap();
         assert_eq!(
             responder.finish(&server, &finish).unwrap_err(),
-            NoiseError::Trust(TrustRefusal::BadSignature)
+            NoiseError::Trust(TrustRefusal::NotProven)
         );
     }
 
