@@ -138,8 +138,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start_agent() { # start_agent INDEX
+start_agent() { # start_agent INDEX [NAME=VALUE...]: extra settings for this start
   local i=$1 dir
+  shift
   dir=$(node_dir "$i")
   mkdir -p "$dir"
   # A stable node id per node directory: the containers carry it, a rerun adopts them.
@@ -151,11 +152,46 @@ start_agent() { # start_agent INDEX
   MOTEY_MQTT_EMBEDDED=$embedded MOTEY_MQTT_IP=127.0.0.1 MOTEY_MQTT_PORT="$mqtt_port" \
   MOTEY_ZEROMQ_PEER_PORT=$((peer_port + i)) MOTEY_ZEROMQ_CAPABILITY_EVENTS="ipc://$dir/capabilities.ipc" \
   MOTEY_CLUSTER_KEY="$cluster_key" MOTEY_SECURITY_BIND_PATHS="$binds" \
-    setsid "$bin/motey" start >> "$survey/${nodes[$i]}.log" 2>&1 &
+  MOTEY_CLUSTER_ROLE="$( [ "$i" = 0 ] && $cluster && echo init || echo member )" \
+    setsid env "$@" "$bin/motey" start >> "$survey/${nodes[$i]}.log" 2>&1 &
   agent_pids+=($!)
-  for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$(rest_port "$i")/health" >/dev/null && return; sleep 1; done
+  local scheme=http
+  case " $* " in *" MOTEY_WEBSERVER_TLS=on "*) scheme=https;; esac
+  for _ in $(seq 1 60); do
+    curl -sf --cacert "$dir/rest-cert.pem" "$scheme://127.0.0.1:$(rest_port "$i")/health" >/dev/null 2>&1 && return
+    sleep 1
+  done
   tail -20 "$survey/${nodes[$i]}.log"; exit 1
 }
+node_cli() { # node_cli INDEX ARGS...: the motey CLI for one node
+  local i=$1 dir
+  shift
+  dir=$(node_dir "$i")
+  mkdir -p "$dir"
+  [ -s "$dir/node-id" ] || echo "${nodes[$i]}-$(python3 -c 'import secrets;print(secrets.token_hex(4))')" > "$dir/node-id"
+  MOTEY_GENERAL_DATA_DIR="$dir" MOTEY_GENERAL_NODE_ID="$(cat "$dir/node-id")" \
+    MOTEY_WEBSERVER_PORT="$(rest_port "$i")" "$bin/motey" "$@"
+}
+if $cluster; then
+  # Every node its own identity: the cloud node makes the cluster CA at its first start,
+  # each edge joins it with a token of its own. Joining needs the CA node's REST API over
+  # HTTPS, so the cloud node serves HTTPS while the edges join, then (all on loopback
+  # here) plain HTTP as the rest of this script expects.
+  joining=()
+  for i in "${!nodes[@]}"; do
+    [ "$i" = 0 ] || [ -s "$(node_dir "$i")/cluster/node.pem" ] || joining+=("$i")
+  done
+  if [ ${#joining[@]} -gt 0 ] || [ ! -s "$(node_dir 0)/cluster/ca.pem" ]; then
+    say "making the cluster CA on ${nodes[0]} and joining the edges"
+    start_agent 0 MOTEY_WEBSERVER_TLS=on
+    for i in "${joining[@]}"; do
+      token=$(node_cli 0 cluster token --ttl 10m --uses 1 2>/dev/null)
+      node_cli "$i" join --token "$token" --server "127.0.0.1:$(rest_port 0)"
+    done
+    kill -TERM "${agent_pids[0]}"; wait "${agent_pids[0]}" 2>/dev/null || true
+    agent_pids=()
+  fi
+fi
 for i in "${!nodes[@]}"; do
   say "starting node ${nodes[$i]}: REST API and web client on http://127.0.0.1:$(rest_port "$i")/"
   start_agent "$i"

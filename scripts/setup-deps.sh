@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing needs on a fresh Debian machine with Docker and Rust:
 # the MQTT broker, a container registry (for pull tests), Chromium and its WebDriver (for
-# browser tests), python3-venv (schemathesis for the OpenAPI test is installed into
+# browser tests), tcpdump (the peer protocol's wire test), python3-venv (schemathesis for the OpenAPI test is installed into
 # target/openapi-venv), the C libraries some crates link, and for the Raspberry Pi builds
 # the aarch64 cross linker with its C library, qemu-user (the aarch64 smoke tests) and
 # Rust's aarch64 standard library. Idempotent: installs only what is missing. Needs root
 # (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv
+packages=(mosquitto mosquitto-clients docker-registry chromium chromium-driver socat pkg-config libudev-dev python3 python3-venv tcpdump
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binfmt-support)
 missing=()
 for p in "${packages[@]}"; do

@@ -24,7 +24,8 @@ use crate::lifecycle::{self, Health, NodePhase};
 use crate::orchestrator::remote::RemoteNodes;
 use crate::orchestrator::Orchestrator;
 use crate::peer::{
-    load_or_generate_key, ClusterKey, PeerClient, PeerHandler, PeerServer, ServerOptions,
+    load_or_generate_key, ClusterKey, ClusterKeyTrust, ErrorCode, PeerClient, PeerHandler,
+    PeerRefusal, PeerServer, ServerOptions, SessionTrust,
 };
 use crate::store::{Store, StoreError};
 use crate::val;
@@ -50,6 +51,8 @@ pub enum StartError {
     Peer(#[from] crate::peer::PeerError),
     #[error("node discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error("cluster membership: {0} (see [CLUSTER] role and <data_dir>/cluster/)")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("hardware events: {0} (see [ZEROMQ] capability_events)")]
     CapabilityEvents(#[from] crate::capabilities::events::EventError),
 }
@@ -69,12 +72,16 @@ pub struct Agent {
     key: ClusterKey,
     broker: Option<EmbeddedBroker>,
     peer_server: PeerServer,
+    /// The peer port others connect to: the front of `peer_server`.
+    peer_port: u16,
     capability_events: CapabilityEvents,
     capability_changes: watch::Receiver<u64>,
     /// Drain timeouts of `POST /v1/decommission`.
     decommission_requests: mpsc::Receiver<Duration>,
     /// Stops what was started in [`Agent::bind`] (the event socket) when the agent ends.
     stopping: CancellationToken,
+    /// `None`: the node has not joined a cluster by certificate (shared key only).
+    membership: Option<crate::cluster::Membership>,
 }
 
 impl Agent {
@@ -119,6 +126,45 @@ impl Agent {
                 address,
                 reason: error.to_string(),
             })?;
+        let cluster_files = crate::cluster::ClusterFiles::in_data_dir(&config.general.data_dir);
+        if config.cluster.role == crate::config::ClusterRole::Init
+            && !cluster_files.is_authority()
+            && !cluster_files.is_member()
+        {
+            let authority = crate::cluster::ClusterAuthority::init(
+                &cluster_files,
+                node.as_str(),
+                config.cluster.certificate_lifetime,
+            )?;
+            crate::api::tls::issue_under_cluster_ca(&config, &authority)?;
+            warn!(ca_fingerprint = %authority.fingerprint(), "made the cluster CA ([CLUSTER] role = init); other nodes join with `motey cluster token` and `motey join`");
+        }
+        let membership = if cluster_files.is_member() {
+            let membership = crate::cluster::Membership::load(&cluster_files)?;
+            if membership.node_id() != node {
+                return Err(crate::cluster::ClusterError::Invalid(format!(
+                    "the node certificate names node {}, but this node is {node} ([GENERAL] node_id)",
+                    membership.node_id()
+                ))
+                .into());
+            }
+            info!(ca_fingerprint = %membership.ca_fingerprint(), revoked = membership.revocations().len(), "member of a cluster by node certificate");
+            Some(membership)
+        } else {
+            None
+        };
+        // Peer sessions are trusted by node certificate once this node joined; before, by
+        // the cluster key every node holds.
+        let trust: Arc<dyn SessionTrust> = match &membership {
+            Some(membership) => Arc::new(crate::cluster::peer_trust::CertifiedSessions::new(
+                membership.clone(),
+            )?),
+            None => Arc::new(ClusterKeyTrust::load(
+                node.clone(),
+                key.clone(),
+                &config.general.data_dir,
+            )?),
+        };
         let (tls, rest_fingerprint) = if crate::api::tls::serves_tls(&config.webserver) {
             let identity = crate::api::tls::server_identity(&config)?;
             let fingerprint = identity.fingerprint.clone();
@@ -159,7 +205,7 @@ impl Agent {
         )?;
         let timeout = Duration::from_millis(config.cluster.request_timeout_ms);
         let remote: Arc<dyn RemoteNodes> =
-            Arc::new(PeerClient::new(directory.clone(), key.clone(), timeout));
+            Arc::new(PeerClient::new(directory.clone(), trust.clone(), timeout));
         let orchestrator = Orchestrator::new(
             node.clone(),
             store.clone(),
@@ -180,17 +226,27 @@ impl Agent {
         };
         orchestrator.lifecycle().set(phase, reason);
         directory.set_this_phase(orchestrator.lifecycle().current());
-        let peer_endpoint = format!("tcp://{}:{}", config.webserver.ip, config.zeromq.peer_port);
+        // The zeromq crate's ROUTER neither sees nor closes single connections, so it
+        // listens on loopback behind a front that holds the caps per address.
+        let loopback = if config.webserver.ip.is_ipv6() {
+            "[::1]"
+        } else {
+            "127.0.0.1"
+        };
         let peer_server = PeerServer::bind_with(
-            &peer_endpoint,
-            node,
-            key.clone(),
-            Arc::new(HostedImages(orchestrator.clone(), config.access.clone())),
+            &format!("tcp://{loopback}:0"),
+            trust,
+            Arc::new(HostedImages {
+                orchestrator: orchestrator.clone(),
+                access: config.access.clone(),
+                membership: membership.clone(),
+            }),
             peer_limits(&config.zeromq),
         )
         .await?;
+        let peer_port = peer_front(&config, &peer_server).await?;
         // The real port, when 0 was configured.
-        let this_node = directory.update_this_node(|info| info.peer_port = peer_server.port());
+        let this_node = directory.update_this_node(|info| info.peer_port = peer_port);
         let stopping = CancellationToken::new();
         let capability_events = CapabilityEvents::bind(
             &config.zeromq.capability_events,
@@ -212,7 +268,30 @@ impl Agent {
         .with_capability_listener(capabilities_changed)
         .with_decommission_listener(decommission_listener)
         .with_admin_token(admin_token(&config)?);
+        let state = if cluster_files.is_authority() {
+            let cluster_key = match config
+                .cluster
+                .key
+                .as_deref()
+                .filter(|k| !k.trim().is_empty())
+            {
+                Some(secret) => {
+                    crate::api::cluster::ClusterKeySource::Configured(secret.trim().into())
+                }
+                None => crate::api::cluster::ClusterKeySource::File(
+                    config.general.data_dir.join(crate::peer::KEY_FILE),
+                ),
+            };
+            state.with_join_desk(crate::api::cluster::JoinDesk {
+                files: cluster_files.clone(),
+                certificate_lifetime: config.cluster.certificate_lifetime,
+                cluster_key,
+            })
+        } else {
+            state
+        };
         Ok(Agent {
+            membership,
             config,
             store,
             orchestrator,
@@ -224,6 +303,7 @@ impl Agent {
             key,
             broker,
             peer_server,
+            peer_port,
             capability_events,
             capability_changes,
             decommission_requests,
@@ -245,7 +325,7 @@ impl Agent {
 
     /// Port of the peer (ZeroMQ) socket.
     pub fn peer_port(&self) -> u16 {
-        self.peer_server.port()
+        self.peer_port
     }
 
     /// Address of the embedded MQTT broker, if this agent runs one.
@@ -284,10 +364,12 @@ impl Agent {
             key,
             broker,
             peer_server,
+            peer_port,
             capability_events,
             mut capability_changes,
             mut decommission_requests,
             stopping,
+            membership,
         } = self;
         let mut settings = DiscoverySettings::from_config(&config.mqtt);
         if let Some(broker) = &broker {
@@ -296,6 +378,15 @@ impl Agent {
             settings.broker_port = address.port();
         }
         settings.credentials = Some(crate::discovery::broker_credentials(&config.mqtt, &key));
+        if let Some(membership) = &membership {
+            tokio::spawn(crate::cluster::renewal::keep_renewed(
+                membership.clone(),
+                config.cluster.certificate_lifetime,
+                settings.heartbeat_interval,
+                stopping.clone(),
+            ));
+        }
+        settings.membership = membership;
         let discovery = match Discovery::start(settings, directory.clone(), key, stopping.clone()) {
             Ok(discovery) => Some(discovery),
             Err(error) => {
@@ -339,7 +430,7 @@ impl Agent {
             rest = %listener.local_addr()?,
             https = tls.is_some(),
             certificate_sha256 = rest_fingerprint.as_deref().unwrap_or("-"),
-            peer_port = peer_server.port(),
+            peer_port,
             broker = ?broker.as_ref().map(EmbeddedBroker::local_addr),
             capability_events = capability_events.endpoint(),
             "agent started"
@@ -509,23 +600,58 @@ impl HealthMonitor {
 
 /// Answers peers' requests about images this node runs for them, giving device access
 /// within this node's own `[SECURITY]` limits.
-struct HostedImages(Orchestrator, crate::config::Access);
+struct HostedImages {
+    orchestrator: Orchestrator,
+    access: crate::config::Access,
+    membership: Option<crate::cluster::Membership>,
+}
+
+impl HostedImages {
+    /// Refuses a node whose certificate was revoked; logs who asked what (`motey::audit`).
+    fn admit(
+        &self,
+        sender: &NodeId,
+        request: &str,
+        service: &ServiceId,
+        image: &str,
+    ) -> Result<(), PeerRefusal> {
+        if self
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.is_revoked(sender))
+        {
+            tracing::warn!(target: "motey::audit", %sender, request, %service, image, outcome = "refused", "request of a revoked node");
+            return Err(PeerRefusal::new(
+                ErrorCode::Unauthorized,
+                format!("node {sender} is revoked"),
+            ));
+        }
+        tracing::info!(target: "motey::audit", %sender, request, %service, image, "peer request");
+        Ok(())
+    }
+}
 
 #[async_trait::async_trait]
 impl PeerHandler for HostedImages {
     async fn capabilities(&self) -> Vec<Capability> {
-        self.0.capabilities().unwrap_or_default()
+        self.orchestrator.capabilities().unwrap_or_default()
     }
 
     async fn deploy_image(
         &self,
         sender: &NodeId,
         deployment: ImageDeployment,
-    ) -> Result<ImageStatus, String> {
-        self.0
+    ) -> Result<ImageStatus, PeerRefusal> {
+        self.admit(
+            sender,
+            "deploy_image",
+            &deployment.service_id,
+            &deployment.image.id,
+        )?;
+        self.orchestrator
             .host_image(sender, deployment)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn image_status(
@@ -533,10 +659,11 @@ impl PeerHandler for HostedImages {
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<ImageStatus, String> {
-        self.0
+    ) -> Result<ImageStatus, PeerRefusal> {
+        self.admit(sender, "image_status", service, image_id)?;
+        self.orchestrator
             .hosted_image_status(sender, service, image_id)
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn terminate_image(
@@ -544,11 +671,12 @@ impl PeerHandler for HostedImages {
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<(), String> {
-        self.0
+    ) -> Result<(), PeerRefusal> {
+        self.admit(sender, "terminate_image", service, image_id)?;
+        self.orchestrator
             .release_hosted_image(sender, service, image_id)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(hosted_refusal)
     }
 
     async fn image_assignment(
@@ -556,10 +684,10 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         node: &NodeId,
-    ) -> Result<bool, String> {
-        self.0
+    ) -> Result<bool, PeerRefusal> {
+        self.orchestrator
             .assigns(service, image_id, node)
-            .map_err(|error| error.to_string())
+            .map_err(|error| PeerRefusal::from(error.to_string()))
     }
 
     async fn image_logs(
@@ -568,11 +696,12 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         query: motey_val::LogQuery,
-    ) -> Result<Vec<motey_val::LogLine>, String> {
-        self.0
+    ) -> Result<Vec<motey_val::LogLine>, PeerRefusal> {
+        self.admit(requester, "image_logs", service, image_id)?;
+        self.orchestrator
             .hosted_image_logs(requester, service, image_id, query)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(access_refusal)
     }
 
     async fn image_exec(
@@ -581,12 +710,32 @@ impl PeerHandler for HostedImages {
         service: &ServiceId,
         image_id: &str,
         exec: motey_val::ExecRequest,
-    ) -> Result<motey_val::ExecOutput, String> {
-        self.0
-            .hosted_image_exec(requester, service, image_id, exec, &self.1)
+    ) -> Result<motey_val::ExecOutput, PeerRefusal> {
+        self.admit(requester, "image_exec", service, image_id)?;
+        self.orchestrator
+            .hosted_image_exec(requester, service, image_id, exec, &self.access)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(access_refusal)
     }
+}
+
+/// A refusal about a hosted image with the code its owner acts on.
+fn hosted_refusal(error: crate::orchestrator::HostedImageError) -> PeerRefusal {
+    use crate::orchestrator::HostedImageError;
+    let code = match &error {
+        HostedImageError::NotFound { .. } => ErrorCode::NotFound,
+        HostedImageError::Decommissioning(_) => ErrorCode::Decommissioning,
+        _ => ErrorCode::Refused,
+    };
+    PeerRefusal::new(code, error.to_string())
+}
+
+fn access_refusal(error: crate::orchestrator::access::AccessError) -> PeerRefusal {
+    let code = match &error {
+        crate::orchestrator::access::AccessError::NotFound { .. } => ErrorCode::NotFound,
+        _ => ErrorCode::Refused,
+    };
+    PeerRefusal::new(code, error.to_string())
 }
 
 impl NodeDirectory for PeerDirectory {
@@ -613,6 +762,36 @@ impl NodeDirectory for PeerDirectory {
 
 /// The configured node id, else the one generated on the first start and kept in the store.
 /// The peer server's limits from `[ZEROMQ]`.
+/// Starts the front of the peer port, relaying to `server` on loopback; its port.
+async fn peer_front(config: &Config, server: &PeerServer) -> Result<u16, crate::peer::PeerError> {
+    let listen = SocketAddr::new(config.webserver.ip, config.zeromq.peer_port);
+    let front = crate::front::Front {
+        name: "peer port",
+        settings: "[ZEROMQ] max_connections, max_connections_per_address",
+        listen,
+        tls: None,
+        handshake_timeout: Duration::from_secs(config.zeromq.idle_timeout_secs),
+        max_connections: config.zeromq.max_connections,
+        max_connections_per_address: config.zeromq.max_connections_per_address,
+    };
+    let backend = SocketAddr::new(
+        if listen.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        },
+        server.port(),
+    );
+    let bound = front
+        .start(backend)
+        .await
+        .map_err(|error| crate::peer::PeerError::Bind {
+            endpoint: format!("tcp://{listen}"),
+            reason: error.to_string(),
+        })?;
+    Ok(bound.port())
+}
+
 fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
     ServerOptions {
         max_connections: settings.max_connections,
@@ -624,7 +803,8 @@ fn peer_limits(settings: &crate::config::ZeroMq) -> ServerOptions {
     }
 }
 
-fn node_id(config: &Config, store: &Store) -> Result<NodeId, StoreError> {
+/// This node's id: the configured one, else the one kept in the store (made on first use).
+pub fn node_id(config: &Config, store: &Store) -> Result<NodeId, StoreError> {
     if let Some(id) = &config.general.node_id {
         return Ok(NodeId(id.clone()));
     }

@@ -147,6 +147,18 @@ pub struct Cluster {
     /// Seconds a gone peer keeps the images it runs for this node before they are placed
     /// elsewhere (0: at once).
     pub reschedule_grace_secs: u64,
+    pub role: ClusterRole,
+    /// Lifetime of the node certificates this node's CA issues.
+    pub certificate_lifetime: std::time::Duration,
+}
+
+/// Whether a node makes the cluster CA itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// Makes the cluster CA at the first start.
+    Init,
+    /// Joins with `motey join`.
+    Member,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -156,6 +168,8 @@ impl std::fmt::Debug for Cluster {
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("reschedule_grace_secs", &self.reschedule_grace_secs)
+            .field("role", &self.role)
+            .field("certificate_lifetime", &self.certificate_lifetime)
             .finish()
     }
 }
@@ -705,10 +719,22 @@ impl RawConfig {
             "reschedule_grace",
             "expected seconds (0 or more)",
         )?;
+        let role = match self.optional("CLUSTER", "role").as_deref() {
+            Some("init") => ClusterRole::Init,
+            Some("member") | None => ClusterRole::Member,
+            Some(_) => return Err(self.invalid("CLUSTER", "role", "expected init or member")),
+        };
+        let certificate_days: u64 =
+            self.parse("CLUSTER", "certificate_days", "expected days (1 to 3650)")?;
+        if !(1..=3650).contains(&certificate_days) {
+            return Err(self.invalid("CLUSTER", "certificate_days", "expected days (1 to 3650)"));
+        }
         Ok(Cluster {
             key,
             request_timeout_ms,
             reschedule_grace_secs,
+            role,
+            certificate_lifetime: std::time::Duration::from_secs(certificate_days * 86_400),
         })
     }
 }

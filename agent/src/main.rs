@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cluster_cli;
 mod rest_client;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,21 @@ enum Command {
         #[command(subcommand)]
         action: CapabilityCommand,
     },
+    /// The cluster CA: make it, print join tokens, revoke nodes.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
+    /// Join a cluster: make this node's key pair and receive its node certificate from
+    /// the CA node (before the agent's first start).
+    Join {
+        /// The token `motey cluster token` printed on the CA node.
+        #[arg(long)]
+        token: String,
+        /// The CA node's REST API, HOST:PORT.
+        #[arg(long)]
+        server: String,
+    },
     /// Update a service to a new version of its blueprint (images are replaced one at a
     /// time; a version that does not run is rolled back).
     Update {
@@ -100,6 +116,27 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Make the cluster CA on this (first) node, and this node's certificate.
+    Init,
+    /// Print a join token for `motey join` (on the CA node).
+    Token {
+        /// How long the token may be used: 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Revoke a node: every node refuses it within one heartbeat interval, and its
+    /// images are placed elsewhere (on the CA node).
+    Revoke { node: String },
+    /// Renew this node's certificate now (the agent also does it by itself when a third
+    /// of its lifetime is left); a running agent takes it within a heartbeat interval.
+    Renew,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +187,13 @@ fn main() -> ExitCode {
         Command::Status => status(&config),
         Command::Capability { action } => capability_event(&config, action),
         Command::Decommission { wipe, timeout } => decommission(&config, wipe, timeout),
+        Command::Cluster { action } => match action {
+            ClusterCommand::Init => cluster_cli::init(&config),
+            ClusterCommand::Token { ttl, uses } => cluster_cli::token(&config, &ttl, uses),
+            ClusterCommand::Revoke { node } => cluster_cli::revoke(&config, &node),
+            ClusterCommand::Renew => cluster_cli::renew(&config),
+        },
+        Command::Join { token, server } => cluster_cli::join(&config, &token, &server),
         Command::Update {
             service_id,
             file,
@@ -200,6 +244,7 @@ fn decommission(config: &Config, wipe: bool, timeout_secs: u64) -> ExitCode {
         let sensitive = [
             config.database.path.clone(),
             data_dir.join(motey::peer::KEY_FILE),
+            data_dir.join("cluster"),
             data_dir.join("api-token"),
             data_dir.join("admin-token"),
         ];

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use motey::domain::NodeId;
-use motey::peer::{ClusterKey, Reply, Request, Requester};
+use motey::peer::{ClusterKey, ClusterKeyTrust, Reply, Request, Requester};
 use support::{client, AgentProcess, TOKEN};
 use system_tests::free_port;
 
@@ -53,10 +53,14 @@ async fn nesting_bombs_do_not_delay_health_or_peer_requests() {
         .collect();
 
     let requester = Requester::new(
-        NodeId("prober".into()),
-        ClusterKey::from_secret(CLUSTER_SECRET),
+        std::sync::Arc::new(ClusterKeyTrust::new(
+            NodeId("prober".into()),
+            ClusterKey::from_secret(CLUSTER_SECRET),
+            rand::random(),
+        )),
         Duration::from_secs(30),
     );
+    let agent_node = NodeId(agent.node_id.clone());
     let endpoint = format!("tcp://127.0.0.1:{peer_port}");
     let health = agent.url("/health");
     let mut probes = 0;
@@ -66,7 +70,9 @@ async fn nesting_bombs_do_not_delay_health_or_peer_requests() {
         assert_eq!(answer.status().as_u16(), 200);
         let health_took = started.elapsed();
         let started = Instant::now();
-        let reply = requester.call(&endpoint, &Request::Capabilities).await;
+        let reply = requester
+            .call(&endpoint, &agent_node, &Request::Capabilities)
+            .await;
         let peer_took = started.elapsed();
         assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
         assert!(

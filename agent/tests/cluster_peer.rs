@@ -1,33 +1,39 @@
-//! The peer protocol over real TCP sockets: the four requests round-trip; unsigned,
-//! forged, replayed and stale messages are refused without reaching the handler; a peer
-//! that hangs or vanishes mid-request costs a timeout, and the next request succeeds.
-//! The other side of several tests is another ZeroMQ implementation (the `zeromq`
-//! crate), so the agent's own ZMTP stays wire-compatible both ways.
+//! The peer protocol over real TCP sockets: the requests round-trip in Noise sessions; a
+//! request whose sender is not the session's node, one for another node, a replayed, a
+//! stale one and garbage are refused without reaching the handler; a message captured
+//! for node B is refused by node C; a node of another cluster gets no session; a version
+//! 1 request is refused naming the upgrade; a peer that hangs or vanishes mid-request
+//! costs a timeout, and the next request succeeds. The reference client of PROTOCOL.md
+//! (Python: pyzmq on libzmq, noiseprotocol) completes a capability request against a
+//! real agent.
 
 #[path = "support/cluster.rs"]
 mod cluster;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{key, node_info, RecordingHandler};
+use bytes::Bytes;
+use cluster::{key, node_info, trust, trust_with_key, RecordingHandler};
 use motey::discovery::{Liveness, PeerDirectory};
 use motey::domain::{ImageDeployment, ImageState, NodeId, ServiceId};
 use motey::orchestrator::remote::{RemoteError, RemoteNodes};
-use motey::peer::envelope::now_ms;
+use motey::peer::envelope::{canonical_json, peer_message};
+use motey::peer::noise::{self, label, Initiator};
 use motey::peer::{
     CallError, ClusterKey, Envelope, ErrorCode, PeerClient, PeerHandler, PeerServer, Received,
-    Reply, Request, Requester,
+    Reply, Request, Requester, SessionTrust,
 };
 use motey::store::Store;
 use serde_json::json;
-use zeromq::{ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use snow::TransportState;
+use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 async fn serve(node: &str, handler: Arc<RecordingHandler>) -> PeerServer {
     PeerServer::bind(
         "tcp://127.0.0.1:0",
-        NodeId(node.into()),
-        key(),
+        trust(node),
         handler as Arc<dyn PeerHandler>,
     )
     .await
@@ -35,7 +41,11 @@ async fn serve(node: &str, handler: Arc<RecordingHandler>) -> PeerServer {
 }
 
 /// A client node whose directory knows `peers` (id, peer port) as alive.
-fn client_knowing(peers: &[(&str, u16)], key: ClusterKey, timeout: Duration) -> PeerClient {
+fn client_knowing(
+    peers: &[(&str, u16)],
+    trust: Arc<dyn SessionTrust>,
+    timeout: Duration,
+) -> PeerClient {
     let store = Store::temporary().unwrap();
     let directory = PeerDirectory::open(
         node_info("client"),
@@ -48,7 +58,7 @@ fn client_knowing(peers: &[(&str, u16)], key: ClusterKey, timeout: Duration) -> 
         info.peer_port = *port;
         directory.observe(info, 1, tokio::time::Instant::now());
     }
-    PeerClient::new(directory, key, timeout)
+    PeerClient::new(directory, trust, timeout)
 }
 
 fn deployment(service: &str, image: &str) -> ImageDeployment {
@@ -67,42 +77,97 @@ fn deployment(service: &str, image: &str) -> ImageDeployment {
     }
 }
 
-/// Sends raw bytes on a REQ socket of its own and returns the decoded reply.
-async fn send_raw(endpoint: &str, body: Vec<u8>) -> Envelope {
-    let mut socket = ReqSocket::new();
-    socket.connect(endpoint).await.unwrap();
-    socket.send(ZmqMessage::from(body)).await.unwrap();
-    let reply = tokio::time::timeout(cluster::PATIENCE, socket.recv())
-        .await
-        .expect("the server answers refused messages too")
-        .unwrap();
-    let bytes: Vec<u8> = reply.try_into().unwrap();
-    Envelope::parse(&bytes).unwrap()
+/// A session made by hand, as a client that writes its envelopes itself would: it may
+/// claim another sender, name another recipient or send the same message twice.
+struct RawSession {
+    socket: ReqSocket,
+    session: TransportState,
 }
 
-fn error_code(reply: &Envelope) -> ErrorCode {
-    match Reply::from_parts(&reply.kind, reply.payload.clone()).unwrap() {
-        Reply::Error { code, .. } => code,
-        other => panic!("expected an error reply, got {other:?}"),
+impl RawSession {
+    async fn open(endpoint: &str, server: &str, trust: &dyn SessionTrust) -> RawSession {
+        let mut socket = ReqSocket::new();
+        socket.connect(endpoint).await.unwrap();
+        let (initiator, hello) = Initiator::start(trust).unwrap();
+        let welcome = exchange(&mut socket, vec![label::HELLO.into(), hello.into()]).await;
+        assert_eq!(welcome[0].as_ref(), label::WELCOME);
+        let (session, _, finish) = initiator.finish(trust, &welcome[1]).unwrap();
+        // The finish carries a first request, as the agent's client sends it.
+        let mut raw = RawSession { socket, session };
+        let first = peer_message(
+            "capability_request",
+            "first",
+            &trust.node_id().0,
+            server,
+            b"{}",
+        );
+        let mut frames = vec![Bytes::from_static(label::FINISH), Bytes::from(finish)];
+        frames.extend(noise::seal(&mut raw.session, &first));
+        let reply = exchange(&mut raw.socket, frames).await;
+        assert_eq!(reply[0].as_ref(), label::REPLY, "{reply:?}");
+        noise::open(&mut raw.session, &reply[1..], 1 << 21).unwrap();
+        raw
+    }
+
+    /// Seals `plaintext`, sends it and returns the request frames sent and the reply.
+    async fn request(&mut self, plaintext: &[u8]) -> (Vec<Bytes>, Vec<Bytes>) {
+        let mut frames = vec![Bytes::from_static(label::REQUEST)];
+        frames.extend(noise::seal(&mut self.session, plaintext));
+        let reply = exchange(&mut self.socket, frames.clone()).await;
+        (frames, reply)
+    }
+
+    /// The error code of a sealed reply.
+    fn code_of(&mut self, reply: &[Bytes]) -> (ErrorCode, String) {
+        assert_eq!(reply[0].as_ref(), label::REPLY, "{reply:?}");
+        let plaintext = noise::open(&mut self.session, &reply[1..], 1 << 21).unwrap();
+        let envelope = Received::parse(&plaintext).unwrap();
+        match Reply::from_parts(&envelope.kind, envelope.payload()).unwrap() {
+            Reply::Error { code, message } => (code, message),
+            other => panic!("expected an error reply, got {other:?}"),
+        }
     }
 }
 
-fn signed_request(request: &Request, key: &ClusterKey) -> Envelope {
-    let mut envelope = Envelope::new(
-        request.kind(),
-        uuid::Uuid::new_v4().to_string(),
-        "tester",
-        request.payload(),
-    );
-    envelope.sign(key);
-    envelope
+async fn exchange(socket: &mut ReqSocket, frames: Vec<Bytes>) -> Vec<Bytes> {
+    socket
+        .send(ZmqMessage::try_from(frames).unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(cluster::PATIENCE, socket.recv())
+        .await
+        .expect("the server answers refused messages too")
+        .unwrap()
+        .into_vec()
+}
+
+/// The code of an error sent outside any session.
+fn clear_code(reply: &[Bytes]) -> ErrorCode {
+    assert_eq!(reply[0].as_ref(), label::ERROR, "{reply:?}");
+    let body: serde_json::Value = serde_json::from_slice(&reply[1]).unwrap();
+    serde_json::from_value(body["code"].clone()).unwrap()
+}
+
+fn deploy_message(sender: &str, to: &str) -> Vec<u8> {
+    let deploy = Request::DeployImage(Box::new(deployment("svc-1", "reader")));
+    peer_message(
+        deploy.kind(),
+        &uuid::Uuid::new_v4().to_string(),
+        sender,
+        to,
+        &canonical_json(&deploy.payload()),
+    )
 }
 
 #[tokio::test]
 async fn all_four_requests_round_trip() {
     let handler = cluster::shared(RecordingHandler::new("b"));
     let server = serve("b", handler.clone()).await;
-    let client = client_knowing(&[("b", server.port())], key(), Duration::from_secs(30));
+    let client = client_knowing(
+        &[("b", server.port())],
+        trust("client"),
+        Duration::from_secs(30),
+    );
     let b = NodeId("b".into());
     let service = ServiceId("svc-1".into());
 
@@ -138,7 +203,7 @@ async fn all_four_requests_round_trip() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, RemoteError::Refused { reason, .. } if reason.contains("no image unknown")),
+        matches!(&error, RemoteError::NotFound { reason, .. } if reason.contains("no image unknown")),
         "{error}"
     );
     // Unknown nodes are not asked at all.
@@ -165,7 +230,7 @@ async fn capabilities_are_asked_again_only_when_the_digest_changes() {
     info.peer_port = server.port();
     info.capabilities_digest = motey::discovery::capabilities_digest(&handler.capabilities);
     directory.observe(info.clone(), 1, tokio::time::Instant::now());
-    let client = PeerClient::new(directory.clone(), key(), Duration::from_secs(30));
+    let client = PeerClient::new(directory.clone(), trust("client"), Duration::from_secs(30));
     let b = NodeId("b".into());
 
     client.capabilities(&b).await.unwrap();
@@ -180,69 +245,90 @@ async fn capabilities_are_asked_again_only_when_the_digest_changes() {
 }
 
 #[tokio::test]
-async fn unsigned_forged_replayed_and_stale_messages_are_refused_and_not_executed() {
+async fn requests_not_from_the_session_node_or_for_another_node_or_replayed_are_refused() {
     let handler = cluster::shared(RecordingHandler::new("b"));
     let server = serve("b", handler.clone()).await;
     let endpoint = server.endpoint().to_owned();
-    let deploy = Request::DeployImage(Box::new(deployment("svc-1", "reader")));
+    let tester = trust("tester");
+    let mut raw = RawSession::open(&endpoint, "b", tester.as_ref()).await;
+    let calls_after_handshake = handler.calls();
 
-    // No MAC at all.
-    let mut unsigned = signed_request(&deploy, &key());
-    unsigned.mac = None;
-    let reply = send_raw(&endpoint, unsigned.to_bytes()).await;
-    assert_eq!(error_code(&reply), ErrorCode::Unauthorized);
-    assert_eq!(reply.id, unsigned.id, "the refusal names the request");
+    // The session proved node tester: it may not speak as the owner.
+    let (_, reply) = raw.request(&deploy_message("owner", "b")).await;
+    let (code, message) = raw.code_of(&reply);
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(
+        message.contains("not the node of this session"),
+        "{message}"
+    );
 
-    // Signed with another cluster's key.
-    let forged = signed_request(&deploy, &ClusterKey::from_secret("not the cluster's key!"));
-    let reply = send_raw(&endpoint, forged.to_bytes()).await;
-    assert_eq!(error_code(&reply), ErrorCode::Unauthorized);
+    // A message for node c is refused by node b.
+    let (_, reply) = raw.request(&deploy_message("tester", "c")).await;
+    assert_eq!(raw.code_of(&reply).0, ErrorCode::Misdirected);
 
-    // Signed correctly, then altered on the way.
-    let mut altered = signed_request(&deploy, &key());
-    altered.payload["image"]["image"] = json!("evil/miner:latest");
-    let reply = send_raw(&endpoint, altered.to_bytes()).await;
-    assert_eq!(error_code(&reply), ErrorCode::Unauthorized);
-
-    // A stale timestamp, correctly signed.
-    let mut stale = Envelope::new(deploy.kind(), "stale-1", "tester", deploy.payload());
-    stale.ts = now_ms() - 10 * 60 * 1000;
-    stale.sign(&key());
-    let reply = send_raw(&endpoint, stale.to_bytes()).await;
-    assert_eq!(error_code(&reply), ErrorCode::Unauthorized);
-    assert!(reply.payload["message"].as_str().unwrap().contains("clock"));
-
-    // Garbage.
-    let reply = send_raw(&endpoint, b"\x00not json at all".to_vec()).await;
-    assert_eq!(error_code(&reply), ErrorCode::BadRequest);
-
-    assert_eq!(handler.calls(), 0, "no refused message reached the handler");
-    assert!(handler.deployments.lock().unwrap().is_empty());
-
-    // A valid message runs once; the same bytes again are a replay.
-    let valid = signed_request(&deploy, &key()).to_bytes();
-    let reply = send_raw(&endpoint, valid.clone()).await;
-    assert_eq!(reply.kind, "deploy_image_reply");
-    reply.verify(&key()).unwrap();
-    let replayed = send_raw(&endpoint, valid).await;
-    assert_eq!(error_code(&replayed), ErrorCode::Unauthorized);
-    assert!(replayed.payload["message"]
-        .as_str()
+    // Stale, and garbage.
+    let stale = String::from_utf8(deploy_message("tester", "b")).unwrap();
+    let ts = stale
+        .split("\"ts\":")
+        .nth(1)
         .unwrap()
-        .contains("replay"));
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let stale = stale.replace(&format!("\"ts\":{ts}"), "\"ts\":1000");
+    let (_, reply) = raw.request(stale.as_bytes()).await;
+    let (code, message) = raw.code_of(&reply);
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(message.contains("clock"), "{message}");
+    let (_, reply) = raw.request(b"\x00not json at all").await;
+    assert_eq!(raw.code_of(&reply).0, ErrorCode::BadRequest);
+    assert_eq!(
+        handler.calls(),
+        calls_after_handshake,
+        "no refused message reached the handler"
+    );
+
+    // A valid message runs once; the same envelope sealed again is a replay.
+    let valid = deploy_message("tester", "b");
+    let (captured, reply) = raw.request(&valid).await;
+    assert_eq!(reply[0].as_ref(), label::REPLY);
+    noise::open(&mut raw.session, &reply[1..], 1 << 21).unwrap();
+    let (_, reply) = raw.request(&valid).await;
+    let (code, message) = raw.code_of(&reply);
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(message.contains("replay"), "{message}");
+    assert_eq!(handler.deployments.lock().unwrap().len(), 1);
+
+    // The captured frames played again on the same connection do not open (the
+    // session's nonces moved on); the server drops that session.
+    let replayed = exchange(&mut raw.socket, captured.clone()).await;
+    assert_eq!(clear_code(&replayed), ErrorCode::Unauthorized);
     assert_eq!(handler.deployments.lock().unwrap().len(), 1);
     assert_eq!(server.stats().refused(), 6);
-    assert_eq!(server.stats().handled(), 1);
     server.shutdown().await;
+
+    // Captured for node b, played to node c: c has no session for it.
+    let other = cluster::shared(RecordingHandler::new("c"));
+    let c = serve("c", other.clone()).await;
+    let mut socket = ReqSocket::new();
+    socket.connect(c.endpoint()).await.unwrap();
+    let refused = exchange(&mut socket, captured).await;
+    assert_eq!(clear_code(&refused), ErrorCode::Unauthorized);
+    assert_eq!(other.calls(), 0);
+    c.shutdown().await;
 }
 
 #[tokio::test]
-async fn a_node_with_another_key_is_refused_and_learns_why() {
+async fn a_node_of_another_cluster_gets_no_session_and_learns_why() {
     let handler = cluster::shared(RecordingHandler::new("b"));
     let server = serve("b", handler.clone()).await;
     let outsider = client_knowing(
         &[("b", server.port())],
-        ClusterKey::from_secret("some other cluster secret"),
+        trust_with_key(
+            "client",
+            ClusterKey::from_secret("some other cluster secret"),
+        ),
         Duration::from_secs(30),
     );
     let error = outsider
@@ -250,9 +336,44 @@ async fn a_node_with_another_key_is_refused_and_learns_why() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, RemoteError::Refused { reason, .. } if reason.contains("unauthorized")),
+        matches!(&error, RemoteError::Refused { reason, .. } if reason.contains("another cluster")),
         "{error}"
     );
+    assert_eq!(handler.calls(), 0);
+
+    // Asked as node c, node b is refused by the client before any request.
+    let requester = Requester::new(trust("a"), Duration::from_secs(30));
+    let error = requester
+        .call(
+            server.endpoint(),
+            &NodeId("c".into()),
+            &Request::Capabilities,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, CallError::WrongNode { found, .. } if found.0 == "b"),
+        "{error}"
+    );
+    assert_eq!(handler.calls(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_version_1_request_is_refused_naming_the_upgrade() {
+    let handler = cluster::shared(RecordingHandler::new("b"));
+    let server = serve("b", handler.clone()).await;
+    let mut socket = ReqSocket::new();
+    socket.connect(server.endpoint()).await.unwrap();
+    let mut v1 = Envelope::new("capability_request", "old-1", "old-node", json!({}));
+    v1.sign(&key());
+    let reply = exchange(&mut socket, vec![Bytes::from(v1.to_bytes())]).await;
+    assert_eq!(reply.len(), 1);
+    let reply = Envelope::parse(&reply[0]).unwrap();
+    assert_eq!(reply.id, "old-1");
+    assert_eq!(reply.payload["code"], "unsupported_version");
+    let message = reply.payload["message"].as_str().unwrap();
+    assert!(message.contains("upgrade"), "{message}");
     assert_eq!(handler.calls(), 0);
     server.shutdown().await;
 }
@@ -261,17 +382,18 @@ async fn a_node_with_another_key_is_refused_and_learns_why() {
 async fn a_hanging_peer_costs_one_timeout_and_the_socket_is_replaced() {
     let handler = cluster::shared(RecordingHandler::hanging("b"));
     let server = serve("b", handler.clone()).await;
-    let requester = Requester::new(NodeId("a".into()), key(), Duration::from_millis(1500));
+    let requester = Requester::new(trust("a"), Duration::from_millis(1500));
     let endpoint = server.endpoint().to_owned();
+    let b = NodeId("b".into());
 
     let deploy = Request::DeployImage(Box::new(deployment("svc-1", "reader")));
-    let error = requester.call(&endpoint, &deploy).await.unwrap_err();
+    let error = requester.call(&endpoint, &b, &deploy).await.unwrap_err();
     assert!(matches!(error, CallError::Timeout(_)), "{error}");
 
     // The REQ socket stuck waiting for that answer is gone; a new one asks at once.
     for _ in 0..3 {
         let reply = requester
-            .call(&endpoint, &Request::Capabilities)
+            .call(&endpoint, &b, &Request::Capabilities)
             .await
             .unwrap();
         assert!(matches!(reply, Reply::Capabilities { .. }));
@@ -282,10 +404,11 @@ async fn a_hanging_peer_costs_one_timeout_and_the_socket_is_replaced() {
 #[tokio::test]
 async fn a_socket_idle_past_its_last_deadline_is_reused_with_a_fresh_one() {
     let server = serve("b", cluster::shared(RecordingHandler::new("b"))).await;
-    let requester = Requester::new(NodeId("a".into()), key(), Duration::from_millis(300));
+    let requester = Requester::new(trust("a"), Duration::from_millis(300));
     let endpoint = server.endpoint().to_owned();
+    let b = NodeId("b".into());
     for _ in 0..2 {
-        let reply = requester.call(&endpoint, &Request::Capabilities).await;
+        let reply = requester.call(&endpoint, &b, &Request::Capabilities).await;
         assert!(matches!(reply, Ok(Reply::Capabilities { .. })), "{reply:?}");
         // Idle beyond the deadline of the request just answered.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -302,7 +425,7 @@ async fn requests_to_different_peers_do_not_wait_for_each_other() {
     let fast = serve("fast", answering).await;
     let client = client_knowing(
         &[("slow", slow.port()), ("fast", fast.port())],
-        key(),
+        trust("client"),
         Duration::from_secs(3),
     );
     let (slow_node, fast_node) = (NodeId("slow".into()), NodeId("fast".into()));
@@ -330,7 +453,7 @@ async fn a_peer_that_vanishes_mid_request_and_restarts_is_reached_again() {
     let port = server.port();
     let client = Arc::new(client_knowing(
         &[("b", port)],
-        key(),
+        trust("client"),
         Duration::from_secs(2),
     ));
     let b = NodeId("b".into());
@@ -354,8 +477,7 @@ async fn a_peer_that_vanishes_mid_request_and_restarts_is_reached_again() {
     let handler = cluster::shared(RecordingHandler::new("b"));
     let restarted = PeerServer::bind(
         &format!("tcp://127.0.0.1:{port}"),
-        b.clone(),
-        key(),
+        trust("b"),
         handler.clone() as Arc<dyn PeerHandler>,
     )
     .await
@@ -366,38 +488,45 @@ async fn a_peer_that_vanishes_mid_request_and_restarts_is_reached_again() {
     restarted.shutdown().await;
 }
 
+/// The Python reference client, against a real agent: with the cluster key it gets the
+/// agent's capabilities; with another key it is refused.
 #[tokio::test]
-async fn the_client_talks_to_another_zeromq_implementation() {
-    // A ROUTER socket of the zeromq crate, answering as a peer server would.
-    let mut router = RouterSocket::new();
-    let endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
-    let answering = tokio::spawn(async move {
-        for _ in 0..2 {
-            let mut frames = router.recv().await.unwrap().into_vec();
-            let body = frames.pop().unwrap();
-            let request = Received::parse(&body).unwrap();
-            request.verify(&body, &key()).unwrap();
-            let reply = Reply::Capabilities {
-                digest: "0123456789abcdef".into(),
-                capabilities: Vec::new(),
-            };
-            let body = Envelope::new(reply.kind(), request.id.as_ref(), "router", reply.payload())
-                .signed_bytes(&key());
-            let mut out = ZmqMessage::from(body);
-            for frame in frames.into_iter().rev() {
-                out.push_front(frame);
-            }
-            router.send(out).await.unwrap();
-        }
-    });
-    let requester = Requester::new(NodeId("a".into()), key(), Duration::from_secs(30));
-    // The second request goes over the pooled connection.
-    for _ in 0..2 {
-        let reply = requester
-            .call(&endpoint, &Request::Capabilities)
-            .await
-            .unwrap();
-        assert!(matches!(reply, Reply::Capabilities { .. }), "{reply:?}");
-    }
-    answering.await.unwrap();
+async fn the_python_reference_client_asks_an_agent_for_its_capabilities() {
+    let secret = "the python client's cluster key, 32+";
+    let agent = support::AgentProcess::start_without_images(
+        "python-client",
+        &[("MOTEY_CLUSTER_KEY", secret)],
+    )
+    .await;
+    let python = system_tests::python::venv("peer-client-venv", &["pyzmq", "noiseprotocol"]);
+    let script = system_tests::docker::repo_root().join("tests/peer_client.py");
+    let endpoint = format!("tcp://127.0.0.1:{}", agent.peer_port);
+    let run = |key: &str| {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                endpoint.as_str(),
+                key,
+                "python-client",
+                agent.node_id.as_str(),
+            ])
+            .output()
+            .expect("the reference client runs")
+    };
+    let answered = run(secret);
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    let stderr = String::from_utf8_lossy(&answered.stderr);
+    assert!(answered.status.success(), "{stdout}\n{stderr}");
+    let payload: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(payload["capabilities"].is_array(), "{payload}");
+    assert_eq!(
+        payload["digest"].as_str().map(str::len),
+        Some(16),
+        "{payload}"
+    );
+
+    let refused = run("another cluster's key entirely");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("proof does not hold"), "{stderr}");
 }

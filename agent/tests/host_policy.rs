@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use motey::domain::{ImageDeployment, NodeId, ServiceId};
-use motey::peer::{CallError, ClusterKey, ErrorCode, Reply, Request, Requester};
+use motey::peer::{CallError, ClusterKey, ClusterKeyTrust, ErrorCode, Reply, Request, Requester};
 use serde_json::Value;
 use support::AgentProcess;
 use system_tests::free_port;
@@ -16,8 +16,9 @@ use system_tests::free_port;
 const KEY: &str = "host-policy-cluster-key-0123456789";
 
 /// An owner that allows everything and an edge node with `optical-probe` on default
-/// settings, peers of each other; the edge's peer endpoint for crafted requests.
-async fn fog(test: &str) -> (AgentProcess, AgentProcess, String) {
+/// settings, peers of each other; the edge's peer endpoint and node id for crafted
+/// requests.
+async fn fog(test: &str) -> (AgentProcess, AgentProcess, (String, NodeId)) {
     let env = [
         ("MOTEY_CLUSTER_KEY", KEY),
         ("MOTEY_MQTT_HEARTBEAT_INTERVAL", "1"),
@@ -35,7 +36,12 @@ async fn fog(test: &str) -> (AgentProcess, AgentProcess, String) {
         &[("MOTEY_ZEROMQ_PEER_PORT", peer_port.as_str())],
     )
     .await;
-    (owner, edge, format!("tcp://127.0.0.1:{peer_port}"))
+    let edge_node = NodeId(edge.node_id.clone());
+    (
+        owner,
+        edge,
+        (format!("tcp://127.0.0.1:{peer_port}"), edge_node),
+    )
 }
 
 fn reader(options: &str) -> String {
@@ -43,13 +49,20 @@ fn reader(options: &str) -> String {
 }
 
 /// A request signed with the cluster key, as any holder of it could send, from `sender`.
-async fn call_as(sender: &str, endpoint: &str, request: Request) -> Result<Reply, CallError> {
+async fn call_as(
+    sender: &str,
+    (endpoint, edge): &(String, NodeId),
+    request: Request,
+) -> Result<Reply, CallError> {
     let requester = Requester::new(
-        NodeId(sender.into()),
-        ClusterKey::from_secret(KEY),
+        std::sync::Arc::new(ClusterKeyTrust::new(
+            NodeId(sender.into()),
+            ClusterKey::from_secret(KEY),
+            rand::random(),
+        )),
         Duration::from_secs(20),
     );
-    requester.call(endpoint, &request).await
+    requester.call(endpoint, edge, &request).await
 }
 
 fn refusal(reply: Result<Reply, CallError>) -> String {

@@ -30,23 +30,8 @@ fn repo_root() -> PathBuf {
 
 /// `target/openapi-venv/bin/schemathesis`, installed with pip the first time.
 fn schemathesis() -> PathBuf {
-    let venv = repo_root().join("target/openapi-venv");
-    let binary = venv.join("bin/schemathesis");
-    if binary.exists() {
-        return binary;
-    }
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 (scripts/setup-deps.sh installs python3-venv)");
-    assert!(created.success(), "python3 -m venv {}", venv.display());
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", SCHEMATHESIS])
-        .status()
-        .expect("pip of the virtual environment");
-    assert!(installed.success(), "pip install {SCHEMATHESIS}");
-    binary
+    let python = system_tests::python::venv("openapi-venv", &[SCHEMATHESIS]);
+    python.with_file_name("schemathesis")
 }
 
 async fn serve_agent(dir: &Path) -> (String, CancellationToken) {

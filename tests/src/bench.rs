@@ -77,32 +77,9 @@ fn meminfo_kib(key: &str, path: &str) -> u64 {
 }
 
 /// The interpreter of a Python virtual environment under `target/bench-venv` holding
-/// `packages` (pip requirement specifiers, installed from PyPI the first time): the
-/// benchmarks compare against Python clients, which tests never need.
+/// `packages`: the benchmarks compare against Python clients.
 pub fn python_venv(packages: &[&str]) -> PathBuf {
-    let venv = crate::docker::repo_root().join("target").join("bench-venv");
-    let python = venv.join("bin").join("python");
-    if !python.exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-    }
-    // pip skips what is already installed, quietly.
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(packages));
-    python
-}
-
-fn run(command: &mut Command) {
-    let status = command
-        .status()
-        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
-    assert!(status.success(), "{command:?} failed: {status}");
+    crate::python::venv("bench-venv", packages)
 }
 
 /// Package version of a Python module in the interpreter `python` (for the record).

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod browser;
 pub mod cross;
 pub mod docker;
+pub mod python;
 pub mod registry;
 pub mod survey;
 

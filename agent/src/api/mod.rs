@@ -5,6 +5,7 @@
 mod access;
 mod auth;
 mod capabilities;
+pub mod cluster;
 pub mod decommission;
 pub mod error;
 mod nodes;
@@ -54,6 +55,8 @@ pub struct ApiState {
     system: Arc<Mutex<Option<sysinfo::System>>>,
     /// Where `POST /v1/decommission` hands its drain timeout to the agent.
     decommission: Option<tokio::sync::mpsc::Sender<std::time::Duration>>,
+    /// On the CA node: what `POST /v1/cluster/join` needs.
+    join: Option<cluster::JoinDesk>,
 }
 
 impl ApiState {
@@ -82,6 +85,7 @@ impl ApiState {
             capabilities_changed: None,
             system: Arc::new(Mutex::new(sysinfo::System::new().ok())),
             decommission: None,
+            join: None,
         }
     }
 }
@@ -108,6 +112,12 @@ impl ApiState {
         listener: tokio::sync::mpsc::Sender<std::time::Duration>,
     ) -> ApiState {
         self.decommission = Some(listener);
+        self
+    }
+
+    /// Lets nodes join through `POST /v1/cluster/join` (on the CA node).
+    pub fn with_join_desk(mut self, desk: cluster::JoinDesk) -> ApiState {
+        self.join = Some(desk);
         self
     }
 
@@ -162,6 +172,9 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/health", get(status::health))
+        // Authenticated by the join token in the body, not by the API token.
+        .route("/v1/cluster/join", post(cluster::join))
+        .route("/v1/cluster/renew", post(cluster::renew))
         .nest("/v1", v1)
         // The admin web client, embedded; its assets are public (it signs in itself).
         .merge(motey_webclient::routes(motey_webclient::ADMIN_CLIENT))

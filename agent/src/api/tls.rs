@@ -106,7 +106,7 @@ impl ServerIdentity {
 
 /// The names clients may reach the node by: its name, localhost, loopback and the
 /// configured address if it is a specific one.
-fn subject_names(config: &Config) -> Vec<String> {
+pub fn subject_names(config: &Config) -> Vec<String> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -135,6 +135,35 @@ fn generate(cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), T
     std::fs::write(cert_path, generated.cert.pem()).map_err(file_error(cert_path))?;
     tracing::info!(path = %cert_path.display(), names = ?names, "generated the REST API's certificate");
     Ok(())
+}
+
+/// Makes the generated REST certificate anew under the cluster CA, so that joining
+/// nodes check it against the CA fingerprint in their token. An admin's own certificate
+/// (`tls_cert_file`) is left alone: joining then needs it to chain to the cluster CA.
+pub fn issue_under_cluster_ca(
+    config: &Config,
+    authority: &crate::cluster::ClusterAuthority,
+) -> Result<Option<String>, crate::cluster::ClusterError> {
+    if config.webserver.tls_cert_file.is_some() {
+        return Ok(None);
+    }
+    let dir = &config.general.data_dir;
+    let (chain, key) = authority.issue_server_certificate(&subject_names(config))?;
+    crate::app::write_private(&dir.join(GENERATED_KEY), &key).map_err(|error| {
+        crate::cluster::ClusterError::File {
+            path: dir.join(GENERATED_KEY),
+            reason: error.to_string(),
+        }
+    })?;
+    std::fs::write(dir.join(GENERATED_CERT), &chain).map_err(|error| {
+        crate::cluster::ClusterError::File {
+            path: dir.join(GENERATED_CERT),
+            reason: error.to_string(),
+        }
+    })?;
+    Ok(Some(
+        fingerprint_of_file(&dir.join(GENERATED_CERT)).unwrap_or_default(),
+    ))
 }
 
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -395,7 +395,11 @@ impl PeerDirectory {
         let Some(entry) = inner.peers.get_mut(node) else {
             return;
         };
-        if entry.epoch != 0 && epoch != entry.epoch {
+        // As Sparkplug's birth/death sequence: a will counts only for the connection whose
+        // birth this node heard. After this node restarted it knows no connection of the
+        // peer yet (epoch 0), and a will arriving then may be a stale one of a connection
+        // older than the peer's current one; a real crash is still noticed by silence.
+        if epoch != entry.epoch {
             tracing::debug!(%node, epoch, known = entry.epoch, "ignoring the last will of another connection");
             return;
         }
@@ -403,6 +407,30 @@ impl PeerDirectory {
             return;
         }
         let reason = "its connection to the broker broke (last will)".to_owned();
+        tracing::warn!(%node, %reason, "node gone");
+        entry.state = PeerState::Gone;
+        entry.reason = Some(reason.clone());
+        let mut info = entry.info.clone();
+        info.last_seen = entry.last_seen;
+        self.persist(&info);
+        let _ = self.events.send(PeerEvent::Gone {
+            node: node.clone(),
+            reason,
+        });
+        drop(inner);
+    }
+
+    /// The node's certificate was revoked: it is gone, whatever it announces, so that the
+    /// owners of the images it runs place them elsewhere.
+    pub fn revoked(&self, node: &NodeId) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.peers.get_mut(node) else {
+            return;
+        };
+        if entry.state == PeerState::Gone {
+            return;
+        }
+        let reason = "its certificate was revoked".to_owned();
         tracing::warn!(%node, %reason, "node gone");
         entry.state = PeerState::Gone;
         entry.reason = Some(reason.clone());
@@ -602,6 +630,26 @@ mod tests {
         directory.lost(&NodeId("b".into()), 5);
         assert!(directory.alive().is_empty());
         assert_eq!(directory.list()[1].state, PeerState::Gone);
+    }
+
+    #[tokio::test]
+    async fn a_stale_last_will_after_this_node_restarted_changes_nothing() {
+        let store = Store::temporary().unwrap();
+        let now = Instant::now();
+        {
+            let directory = directory(&store);
+            directory.broker_connected(now);
+            directory.observe(node("b"), 5, now);
+        }
+        let restarted = directory(&store);
+        restarted.broker_connected(now);
+        restarted.lost(&NodeId("b".into()), 4);
+        assert_ne!(restarted.list()[1].state, PeerState::Gone);
+        restarted.observe(node("b"), 6, now);
+        restarted.lost(&NodeId("b".into()), 5);
+        assert_eq!(restarted.alive().len(), 1);
+        restarted.lost(&NodeId("b".into()), 6);
+        assert!(restarted.alive().is_empty());
     }
 
     #[tokio::test]

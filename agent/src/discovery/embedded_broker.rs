@@ -4,7 +4,7 @@
 //! It lets in only clients that log in: with the configured `[MQTT] username`/`password`,
 //! else with an account derived from the cluster key (so agents of the cluster just
 //! connect). rumqttd itself listens on loopback only; an address beyond loopback is
-//! served by a TLS front ([`broker_tls`](super::broker_tls)) with handshake deadlines and
+//! served by a TLS front ([`Front`](crate::front::Front)) with handshake deadlines and
 //! per-address caps, which rumqttd 0.20 lacks. rumqttd has no topic permissions: a fog
 //! whose nodes must not impersonate each other on the broker uses mosquitto with an ACL
 //! (OPERATIONS.md).
@@ -153,9 +153,12 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
             .tls
             .clone()
             .ok_or(BrokerError::NoCertificate(settings.listen.ip()))?;
-        Some(super::broker_tls::TlsFront {
+        Some(crate::front::Front {
+            name: "embedded MQTT broker",
+            settings: "[MQTT] max_connections, max_connections_per_address",
             listen: settings.listen,
-            tls,
+            tls: Some(tls),
+            handshake_timeout: CONNECT_TIMEOUT,
             max_connections: settings.max_connections,
             max_connections_per_address: settings.max_connections_per_address,
         })
@@ -164,7 +167,16 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
     };
     let loopback = start_rumqttd(loopback_listen(&settings), &settings).await?;
     let addr = match front {
-        Some(front) => front.start(loopback).await?,
+        Some(front) => {
+            let listen = front.listen;
+            front
+                .start(loopback)
+                .await
+                .map_err(|error| BrokerError::Listen {
+                    addr: listen,
+                    reason: error.to_string(),
+                })?
+        }
         None => loopback,
     };
     tracing::info!(%addr, tls = addr != loopback, user = %settings.credentials.0, "embedded MQTT broker listening");

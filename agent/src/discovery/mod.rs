@@ -8,8 +8,14 @@
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: leave`) | the node stops gracefully: the others forget it |
 //! | `<prefix>/nodes/leave/<id>` | `node_leave` (`reason: lost`) | the node's MQTT last will: the broker publishes it when the connection breaks without a goodbye; the others mark the node gone |
 //!
+//! | `<prefix>/cluster/revocations` | the CA-signed revocation list (PEM, retained) | published by the CA node when it changed |
+//!
 //! Each message is the signed envelope of the peer protocol (`peer/PROTOCOL.md`), so a
 //! node without the cluster key can neither join nor make others forget a node. A node
+//! that is a member by certificate (`crate::cluster`) also signs each message with its own
+//! key and sends its certificate (`cluster::signed`), and believes only messages signed
+//! by the node they name: a node can announce only itself. `node_meta`, `node_request`
+//! and a graceful `node_leave` are refused when replayed (nonce and time). A node
 //! not heard of for `peer_suspect_after` seconds becomes suspect, after `peer_gone_after`
 //! seconds gone ([`PeerDirectory`]). Announcements carry the node's connection *epoch*
 //! (unix ms when the connection was opened), so that the last will of an older connection
@@ -38,7 +44,6 @@
 //! # Ok(()) }
 //! ```
 
-mod broker_tls;
 mod directory;
 pub mod embedded_broker;
 
@@ -61,6 +66,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Membership;
 use crate::domain::{Capability, NodeId, NodeInfo};
 use crate::peer::envelope::{now_ms, ClusterKey, Envelope, ReplayGuard};
 
@@ -136,6 +142,9 @@ pub struct DiscoverySettings {
     /// First and longest wait between two connection attempts (doubling in between).
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Membership by node certificate: announcements are then signed by this node's key
+    /// and only those signed by the node they name are believed.
+    pub membership: Option<Membership>,
 }
 
 impl DiscoverySettings {
@@ -151,6 +160,7 @@ impl DiscoverySettings {
             heartbeat_interval: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(10),
+            membership: None,
         }
     }
 
@@ -189,6 +199,7 @@ enum Topic {
     Request,
     Meta(String),
     Leave(String),
+    Revocations,
 }
 
 impl Topics {
@@ -210,9 +221,16 @@ impl Topics {
         format!("{}/nodes/leave/{}", self.prefix, node)
     }
 
+    /// The CA-signed revocation list, retained by the broker so that a node starting
+    /// later receives it at once.
+    pub fn revocations(&self) -> String {
+        format!("{}/cluster/revocations", self.prefix)
+    }
+
     /// The filters a node subscribes to.
-    pub fn filters(&self) -> [String; 3] {
+    pub fn filters(&self) -> [String; 4] {
         [
+            self.revocations(),
             self.request(),
             format!("{}/nodes/meta/+", self.prefix),
             format!("{}/nodes/leave/+", self.prefix),
@@ -220,6 +238,9 @@ impl Topics {
     }
 
     fn classify(&self, topic: &str) -> Option<Topic> {
+        if topic == self.revocations() {
+            return Some(Topic::Revocations);
+        }
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/nodes/")?;
         if rest == "request" {
             return Some(Topic::Request);
@@ -337,6 +358,7 @@ impl Discovery {
             topic: topics.leave(&this_node.id),
             sender: this_node.id.to_string(),
             key: key.clone(),
+            membership: settings.membership.clone(),
         };
         options.set_last_will(will.make(first_epoch));
         let (client, eventloop) = AsyncClient::new(options, 64);
@@ -375,6 +397,8 @@ impl Discovery {
             guard: ReplayGuard::default(),
             warned: HashSet::new(),
             connected: false,
+            membership: settings.membership.clone(),
+            published_revocations: 0,
         };
         let poll_abort = poll_task.abort_handle();
         let task = tokio::spawn(worker.run(
@@ -473,6 +497,7 @@ struct WillMaker {
     topic: String,
     sender: String,
     key: ClusterKey,
+    membership: Option<Membership>,
 }
 
 impl WillMaker {
@@ -490,7 +515,7 @@ impl WillMaker {
         );
         LastWill::new(
             self.topic.clone(),
-            envelope.signed_bytes(&self.key),
+            seal(&self.membership, envelope.signed_bytes(&self.key)),
             QoS::AtLeastOnce,
             false,
         )
@@ -617,6 +642,9 @@ struct Worker {
     /// Senders already warned about (one warning each, not one per heartbeat).
     warned: HashSet<String>,
     connected: bool,
+    membership: Option<Membership>,
+    /// Number of the revocation list this (CA) node last published.
+    published_revocations: u64,
 }
 
 impl Worker {
@@ -652,7 +680,10 @@ impl Worker {
                     Some(event) => self.on_drive(event),
                     None => break,
                 },
-                _ = heartbeat.tick() => self.announce(),
+                _ = heartbeat.tick() => {
+                    self.publish_revocations();
+                    self.announce();
+                }
                 _ = expiry.tick() => self.directory.expire(Instant::now()),
             }
         }
@@ -680,6 +711,8 @@ impl Worker {
                 if let Err(error) = self.client.try_subscribe_many(filters) {
                     tracing::warn!(%error, "cannot subscribe to the discovery topics");
                 }
+                self.published_revocations = 0;
+                self.publish_revocations();
                 self.publish(
                     self.topics.request(),
                     kinds::NODE_REQUEST,
@@ -728,7 +761,7 @@ impl Worker {
             topic,
             QoS::AtLeastOnce,
             false,
-            envelope.signed_bytes(&self.key),
+            seal(&self.membership, envelope.signed_bytes(&self.key)),
         ) {
             tracing::debug!(%error, kind, "discovery message not sent");
         }
@@ -762,7 +795,31 @@ impl Worker {
         let Some(kind_of_topic) = self.topics.classify(topic) else {
             return;
         };
-        let envelope = match Envelope::parse(payload) {
+        if let Topic::Revocations = kind_of_topic {
+            self.on_revocations(payload);
+            return;
+        }
+        let (signer, payload) = match &self.membership {
+            Some(membership) => match crate::cluster::signed::open(membership, payload) {
+                Ok((member, message)) => (Some(member.node_id), message),
+                Err(refusal) => {
+                    if let crate::cluster::TrustRefusal::Revoked { node } = &refusal {
+                        self.directory.revoked(&NodeId(node.clone()));
+                    }
+                    let sender = Envelope::parse(payload)
+                        .map(|e| e.sender)
+                        .unwrap_or_else(|_| "(unsigned)".into());
+                    self.refuse(
+                        &sender,
+                        topic,
+                        &format!("{refusal}; has it joined this cluster?"),
+                    );
+                    return;
+                }
+            },
+            None => (None, payload.to_vec()),
+        };
+        let envelope = match Envelope::parse(&payload) {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::debug!(%topic, %error, "malformed discovery message dropped");
@@ -777,16 +834,26 @@ impl Worker {
             );
             return;
         }
+        if let Some(signer) = signer.filter(|signer| signer.as_str() != envelope.sender) {
+            self.refuse(
+                &envelope.sender,
+                topic,
+                &format!("signed by node {signer}: a node may announce only itself"),
+            );
+            return;
+        }
         let this_id = self.directory.this_node().id;
         let now = now_ms();
         match (kind_of_topic, envelope.kind.as_str()) {
             (Topic::Request, kinds::NODE_REQUEST) => {
-                if self.guard.check_freshness(&envelope, now).is_ok() {
-                    self.announce();
+                // A replayed request would make every node announce again.
+                match self.guard.check(&envelope, now) {
+                    Ok(()) => self.announce(),
+                    Err(error) => self.refuse(&envelope.sender, topic, &error.to_string()),
                 }
             }
             (Topic::Meta(id), kinds::NODE_META) => {
-                if let Err(error) = self.guard.check_freshness(&envelope, now) {
+                if let Err(error) = self.guard.check(&envelope, now) {
                     self.refuse(&envelope.sender, topic, &error.to_string());
                     return;
                 }
@@ -836,7 +903,7 @@ impl Worker {
                 let node = NodeId(id);
                 match leave.reason {
                     LeaveReason::Leave => {
-                        if let Err(error) = self.guard.check_freshness(&envelope, now) {
+                        if let Err(error) = self.guard.check(&envelope, now) {
                             self.refuse(&envelope.sender, topic, &error.to_string());
                             return;
                         }
@@ -849,6 +916,69 @@ impl Worker {
             }
             (_, kind) => {
                 tracing::debug!(%topic, kind, "unexpected discovery message dropped");
+            }
+        }
+    }
+
+    /// On the CA node: publishes the revocation list (retained) when it changed, so that
+    /// every node refuses a revoked one within a heartbeat interval.
+    fn publish_revocations(&mut self) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        let files = membership.files();
+        if !self.connected || !files.is_authority() {
+            return;
+        }
+        let Ok(pem) = std::fs::read_to_string(files.revocations()) else {
+            return;
+        };
+        let list = match crate::cluster::RevocationList::verify(&pem, membership.ca_der()) {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(%error, "the revocation list of this CA does not verify; not published");
+                return;
+            }
+        };
+        if list.number() == self.published_revocations {
+            return;
+        }
+        self.on_revocations(pem.as_bytes());
+        match self.client.try_publish(
+            self.topics.revocations(),
+            QoS::AtLeastOnce,
+            true,
+            pem.into_bytes(),
+        ) {
+            Ok(()) => self.published_revocations = list.number(),
+            Err(error) => tracing::debug!(%error, "revocation list not sent"),
+        }
+    }
+
+    /// A revocation list from the cluster: the CA's signature is its authentication.
+    fn on_revocations(&mut self, payload: &[u8]) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        let Ok(pem) = std::str::from_utf8(payload) else {
+            tracing::debug!("revocation list that is not text dropped");
+            return;
+        };
+        match membership.apply_revocations(pem) {
+            Ok(Some(revoked)) => {
+                tracing::info!(
+                    number = membership.revocations().number(),
+                    revoked = membership.revocations().len(),
+                    "took a newer revocation list"
+                );
+                for node in revoked {
+                    tracing::warn!(target: "motey::audit", %node, "node revoked by the cluster CA");
+                    self.directory.revoked(&node);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a revocation list not signed by this cluster's CA")
             }
         }
     }
@@ -885,6 +1015,15 @@ impl Worker {
         self.connected = false;
         poll_task.abort();
         let _ = poll_task.await;
+    }
+}
+
+/// A discovery message as sent: signed by this node's key when it is a member by
+/// certificate.
+fn seal(membership: &Option<Membership>, message: Vec<u8>) -> Vec<u8> {
+    match membership {
+        Some(membership) => crate::cluster::signed::seal(&membership.identity(), &message),
+        None => message,
     }
 }
 

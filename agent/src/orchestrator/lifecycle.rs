@@ -190,7 +190,11 @@ impl Orchestrator {
         }
         let grace = self.reschedule_grace();
         let mut gone = self.gone_since();
-        let since = *gone.entry(node.clone()).or_insert_with(Instant::now);
+        let since = *gone.entry(node.clone()).or_insert_with(|| {
+            // Once per silence, not once per image and reconcile pass.
+            info!(%node, grace_secs = grace.as_secs(), "node is gone; waiting for it before placing its images elsewhere");
+            Instant::now()
+        });
         let elapsed = since.elapsed();
         if elapsed >= grace {
             None

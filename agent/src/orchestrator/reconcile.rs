@@ -10,7 +10,6 @@ use motey_val::{labels, ContainerStatus, ImageState, PullProgress};
 use tracing::{debug, error, info, warn};
 
 use super::container;
-use super::lifecycle::DECOMMISSIONING;
 use super::placement::{place, Placement};
 use super::remote::RemoteError;
 use super::Orchestrator;
@@ -383,14 +382,14 @@ impl Orchestrator {
                 record.reason = status.reason;
                 record.container_id = status.container_id;
             }
-            Err(RemoteError::Refused { reason, .. }) if reason.contains("not found") => {
+            Err(RemoteError::NotFound { .. }) => {
                 warn!(service = %service.id, image = %record.id(), %node, "peer no longer runs the image; placing it again");
                 return unplaced(
                     record,
                     format!("node {node} lost the image; placing it again"),
                 );
             }
-            Err(RemoteError::Refused { reason, .. }) if reason.contains(DECOMMISSIONING) => {
+            Err(RemoteError::Decommissioning { .. }) => {
                 let moved = self.move_off(service, record, node).await;
                 return match moved.node.clone() {
                     Some(node) if node == self.inner.node => {
@@ -408,13 +407,6 @@ impl Orchestrator {
                     );
                 }
                 Some(Some(left)) => {
-                    if !record
-                        .reason
-                        .as_deref()
-                        .is_some_and(|r| r.contains("is gone"))
-                    {
-                        info!(service = %service.id, image = %record.id(), %node, grace_left_secs = left.as_secs(), "node is gone; waiting for it before placing its image elsewhere");
-                    }
                     record.reason = Some(format!(
                         "node {node} is gone; the image is placed elsewhere unless the node is back within {} s",
                         left.as_secs().max(1)

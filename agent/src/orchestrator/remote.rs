@@ -18,6 +18,12 @@ pub enum RemoteError {
     /// The node answered with an error.
     #[error("node {node} refused: {reason}")]
     Refused { node: NodeId, reason: String },
+    /// The node does not have the image (any more).
+    #[error("node {node} refused: {reason}")]
+    NotFound { node: NodeId, reason: String },
+    /// The node is decommissioning: its images are to be placed elsewhere.
+    #[error("node {node} refused: {reason}")]
+    Decommissioning { node: NodeId, reason: String },
 }
 
 /// The other nodes of the fog, as the orchestrator needs them: who is alive, what they

@@ -170,7 +170,7 @@ impl RemoteNodes for Fog {
             });
         }
         if script.decommissioning {
-            return Err(RemoteError::Refused {
+            return Err(RemoteError::Decommissioning {
                 node: node.clone(),
                 reason: format!("node {node} is decommissioning; place the image elsewhere"),
             });

@@ -1,34 +1,38 @@
-//! The asking side of the peer protocol: signed requests over ZeroMQ REQ sockets (ZMTP
-//! spoken by [`super::zmtp`]), one request per socket at a time. REQ sockets are kept per
-//! endpoint for reuse; a socket whose request timed out is dropped (a REQ socket waiting
-//! for an answer that will never come would refuse every later send), so a peer that
-//! vanishes mid-request costs one timeout, never a dead lock. Requests to different peers
-//! run in parallel.
+//! The asking side of the peer protocol: requests over REQ sockets of the `zeromq`
+//! crate, each socket one connection with a Noise session to one node, one request at a
+//! time. Sockets are kept per endpoint for reuse; a socket whose request timed out is
+//! dropped (a REQ socket waiting for an answer that will never come would refuse every
+//! later send), so a peer that vanishes mid-request costs one timeout, never a dead lock.
+//! Requests to different peers run in parallel.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::join_all;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use serde::Deserialize;
+use snow::TransportState;
 use tokio::time::{timeout_at, Instant};
-
-use super::zmtp::{self, FrameReader, Incoming, SocketType};
+use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use super::envelope::{
-    canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
+    canonical_json, now_ms, peer_message, AuthError, Received, ReplayGuard, MAX_MESSAGE_BYTES,
 };
 use super::messages::{ErrorCode, Reply, Request};
+use super::noise::{self, label, Initiator, NoiseError};
+use super::session_trust::SessionTrust;
 use crate::discovery::{PeerDirectory, PeerState};
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, NodeInfo, ServiceId};
 use crate::orchestrator::remote::{RemoteError, RemoteNodes};
 use motey_val::{ExecOutput, ExecRequest, LogLine, LogQuery};
 
-/// Sockets open to one endpoint at the same time, idle or in use: below a server's cap
-/// on connections per address (16 by default), so a node with many requests for one peer
-/// queues them instead of being refused connections.
+/// Sockets open to one endpoint at the same time, idle or in use: a node with many
+/// requests for one peer queues them instead of opening ever more connections.
 const MAX_OPEN_PER_ENDPOINT: usize = 8;
+
+/// Longest a client tries to connect to one address before it tries the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why one request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +43,10 @@ pub enum CallError {
     Connect(String),
     #[error("connection failed: {0}")]
     Transport(String),
+    #[error("no session: {0}")]
+    Session(NoiseError),
+    #[error("the endpoint is node {found}, not node {expected}")]
+    WrongNode { expected: NodeId, found: NodeId },
     #[error("the reply is not authentic: {0}")]
     Unauthenticated(AuthError),
     #[error("invalid reply: {0}")]
@@ -47,26 +55,17 @@ pub enum CallError {
     Refused { code: ErrorCode, message: String },
 }
 
-enum RoundTrip {
-    Timeout,
-    Transport(String),
+/// A connected REQ socket with its Noise session and the node it proved to be.
+struct Connection {
+    socket: zeromq::ReqSocket,
+    session: TransportState,
+    node: NodeId,
 }
 
-/// Largest reply a client reads.
-const MAX_REPLY_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
-
-/// A connected REQ socket: one TCP connection to one peer, greeted.
-struct ReqSocket {
-    stream: TcpStream,
-    frames: FrameReader,
-    /// The deadline of the request in progress.
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-/// Sends signed requests to peer endpoints and checks their replies.
+/// Sends requests to peer endpoints in Noise sessions and checks their replies.
 pub struct Requester {
+    trust: Arc<dyn SessionTrust>,
     node: String,
-    key: ClusterKey,
     timeout: Duration,
     freshness: ReplayGuard,
     idle: Mutex<HashMap<String, EndpointSockets>>,
@@ -75,12 +74,12 @@ pub struct Requester {
 /// The sockets of one endpoint.
 #[derive(Default)]
 struct EndpointSockets {
-    idle: Vec<ReqSocket>,
+    idle: Vec<Connection>,
     /// Requests holding a socket (or connecting one).
     in_use: usize,
     /// Requests waiting for one of them to finish.
     waiting: usize,
-    freed: std::sync::Arc<tokio::sync::Notify>,
+    freed: Arc<tokio::sync::Notify>,
 }
 
 /// One request's place among an endpoint's sockets, given back when it is dropped
@@ -88,7 +87,7 @@ struct EndpointSockets {
 struct InUse<'a> {
     requester: &'a Requester,
     endpoint: &'a str,
-    keep: Option<ReqSocket>,
+    keep: Option<Connection>,
 }
 
 impl Drop for InUse<'_> {
@@ -105,12 +104,30 @@ impl Drop for InUse<'_> {
     }
 }
 
+/// How one exchange on a connection failed.
+enum Failed {
+    Timeout,
+    /// The connection or its session is no longer usable (closed, or the server forgot
+    /// the session): a reused one is worth one retry on a new connection.
+    Stale(CallError),
+    /// The request itself failed.
+    Final(CallError),
+}
+
+#[derive(Deserialize)]
+struct ClearError {
+    code: ErrorCode,
+    #[serde(default)]
+    message: String,
+}
+
 impl Requester {
-    /// Requests on behalf of node `node`, each answered within `timeout` or failed.
-    pub fn new(node: NodeId, key: ClusterKey, timeout: Duration) -> Requester {
+    /// Requests on behalf of the node `trust` names, each answered within `timeout` or
+    /// failed.
+    pub fn new(trust: Arc<dyn SessionTrust>, timeout: Duration) -> Requester {
         Requester {
-            node: node.to_string(),
-            key,
+            node: trust.node_id().to_string(),
+            trust,
             timeout,
             freshness: ReplayGuard::default(),
             idle: Mutex::new(HashMap::new()),
@@ -121,10 +138,15 @@ impl Requester {
         self.timeout
     }
 
-    /// Sends one request to `endpoint` (e.g. `tcp://10.0.0.7:5091`) and returns its
-    /// successful reply; error replies become [`CallError::Refused`].
-    pub async fn call(&self, endpoint: &str, request: &Request) -> Result<Reply, CallError> {
-        self.call_within(endpoint, request, self.timeout).await
+    /// Sends one request to node `to` at `endpoint` (e.g. `tcp://10.0.0.7:5091`) and
+    /// returns its successful reply; error replies become [`CallError::Refused`].
+    pub async fn call(
+        &self,
+        endpoint: &str,
+        to: &NodeId,
+        request: &Request,
+    ) -> Result<Reply, CallError> {
+        self.call_within(endpoint, to, request, self.timeout).await
     }
 
     /// As [`Requester::call`], with a deadline of its own (a diagnostic command that may
@@ -132,26 +154,31 @@ impl Requester {
     pub async fn call_within(
         &self,
         endpoint: &str,
+        to: &NodeId,
         request: &Request,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let deadline = Instant::now() + timeout;
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
-        let body = Envelope::signed_bytes_with_payload(
+        let body = peer_message(
             request.kind(),
             id,
             &self.node,
+            &to.0,
             &canonical_json(&request.payload()),
-            &self.key,
         );
-        // Framed once: a retry on a new connection sends the same bytes.
-        let framed = zmtp::delimited(body);
-        let reply = self.exchange(endpoint, &framed, deadline).await?;
-        self.check_reply(request, id, &reply)
+        let reply = self.exchange(endpoint, to, &body, deadline).await?;
+        self.check_reply(request, id, to, &reply)
     }
 
-    fn check_reply(&self, request: &Request, id: &str, bytes: &[u8]) -> Result<Reply, CallError> {
+    fn check_reply(
+        &self,
+        request: &Request,
+        id: &str,
+        to: &NodeId,
+        bytes: &[u8],
+    ) -> Result<Reply, CallError> {
         let envelope =
             Received::parse(bytes).map_err(|error| CallError::BadReply(error.to_string()))?;
         if envelope.id != id {
@@ -160,24 +187,20 @@ impl Requester {
                 envelope.id
             )));
         }
-        let authentic = envelope
-            .verify(bytes, &self.key)
-            .and_then(|()| self.freshness.check_freshness(&envelope, now_ms()));
-        let reply = Reply::from_parts(&envelope.kind, envelope.payload());
-        match (authentic, reply) {
-            // An error reply changes nothing here, so even an unauthenticated one may
-            // explain the failure (typically: the peer has another cluster key).
-            (Err(auth), Ok(Reply::Error { code, message })) => Err(CallError::Refused {
-                code,
-                message: format!("{message} (the error reply itself is not authentic: {auth})"),
-            }),
-            (Err(auth), _) => Err(CallError::Unauthenticated(auth)),
-            (Ok(()), Err(error)) => Err(CallError::BadReply(error.to_string())),
-            (Ok(()), Ok(Reply::Error { code, message })) => {
-                Err(CallError::Refused { code, message })
-            }
-            (Ok(()), Ok(reply)) if reply.kind() == request.reply_kind() => Ok(reply),
-            (Ok(()), Ok(reply)) => Err(CallError::BadReply(format!(
+        if envelope.sender != to.0 || envelope.to != self.node {
+            return Err(CallError::Unauthenticated(AuthError::Malformed(format!(
+                "reply from {} for {} in a session of {} with {to}",
+                envelope.sender, envelope.to, self.node
+            ))));
+        }
+        self.freshness
+            .check_freshness(&envelope, now_ms())
+            .map_err(CallError::Unauthenticated)?;
+        match Reply::from_parts(&envelope.kind, envelope.payload()) {
+            Err(error) => Err(CallError::BadReply(error.to_string())),
+            Ok(Reply::Error { code, message }) => Err(CallError::Refused { code, message }),
+            Ok(reply) if reply.kind() == request.reply_kind() => Ok(reply),
+            Ok(reply) => Err(CallError::BadReply(format!(
                 "{} answers {}",
                 reply.kind(),
                 request.kind()
@@ -188,63 +211,101 @@ impl Requester {
     async fn exchange(
         &self,
         endpoint: &str,
-        framed: &[u8],
+        to: &NodeId,
+        body: &[u8],
         deadline: Instant,
-    ) -> Result<bytes::Bytes, CallError> {
+    ) -> Result<Vec<u8>, CallError> {
         let (mut in_use, idle) = timeout_at(deadline, self.check_out(endpoint))
             .await
             .map_err(|_| CallError::Timeout(self.timeout))?;
-        if let Some(mut socket) = idle {
-            match round_trip(&mut socket, framed, deadline).await {
+        if let Some(mut connection) = idle.filter(|connection| connection.node == *to) {
+            match reuse(&mut connection, body, deadline).await {
                 Ok(reply) => {
-                    in_use.keep = Some(socket);
+                    in_use.keep = Some(connection);
                     return Ok(reply);
                 }
-                Err(RoundTrip::Timeout) => {
+                Err(Failed::Timeout) => {
                     self.clear_idle(endpoint);
                     return Err(CallError::Timeout(self.timeout));
                 }
-                // The peer closed this connection while it was idle (typically: it
-                // restarted). Its siblings are as stale; retry once on a fresh one.
-                Err(RoundTrip::Transport(error)) => {
-                    tracing::debug!(%endpoint, %error, "idle peer connection was closed; reconnecting");
+                Err(Failed::Final(error)) => {
+                    in_use.keep = Some(connection);
+                    return Err(error);
+                }
+                // The peer closed this connection or forgot its session while it was
+                // idle (typically: it restarted). Its siblings are as stale; retry once
+                // on a fresh one.
+                Err(Failed::Stale(error)) => {
+                    tracing::debug!(%endpoint, %error, "idle peer connection is stale; reconnecting");
                     self.clear_idle(endpoint);
                 }
             }
         }
-        let mut socket = self.connect(endpoint, deadline).await?;
-        match round_trip(&mut socket, framed, deadline).await {
-            Ok(reply) => {
-                in_use.keep = Some(socket);
-                Ok(reply)
-            }
-            Err(RoundTrip::Timeout) => Err(CallError::Timeout(self.timeout)),
-            Err(RoundTrip::Transport(error)) => Err(CallError::Transport(error)),
-        }
+        let (connection, reply) = self.connect(endpoint, to, body, deadline).await?;
+        in_use.keep = Some(connection);
+        Ok(reply)
     }
 
-    async fn connect(&self, endpoint: &str, deadline: Instant) -> Result<ReqSocket, CallError> {
-        let address = endpoint.strip_prefix("tcp://").ok_or_else(|| {
-            CallError::Connect(format!("{endpoint}: only tcp:// endpoints are supported"))
-        })?;
-        let connected = async {
-            let mut stream = TcpStream::connect(address)
-                .await
-                .map_err(|error| CallError::Connect(error.to_string()))?;
-            let _ = stream.set_nodelay(true);
-            let mut frames = FrameReader::new(MAX_REPLY_BYTES);
-            zmtp::handshake(&mut stream, &mut frames, SocketType::Req)
-                .await
-                .map_err(|error| CallError::Connect(format!("ZeroMQ handshake: {error}")))?;
-            Ok(ReqSocket {
-                stream,
-                frames,
-                timer: Box::pin(tokio::time::sleep_until(deadline)),
-            })
-        };
-        timeout_at(deadline, connected)
+    /// Connects, makes a session with node `to` and sends the first request with the
+    /// handshake's last message: the connection and the reply.
+    async fn connect(
+        &self,
+        endpoint: &str,
+        to: &NodeId,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<(Connection, Vec<u8>), CallError> {
+        if !endpoint.starts_with("tcp://") {
+            return Err(CallError::Connect(format!(
+                "{endpoint}: only tcp:// endpoints are supported"
+            )));
+        }
+        let timeout = CallError::Timeout(self.timeout);
+        let mut options = SocketOptions::default();
+        options.connect_timeout(CONNECT_TIMEOUT.min(deadline - Instant::now()));
+        let mut socket = zeromq::ReqSocket::with_options(options);
+        timeout_at(deadline, socket.connect(endpoint))
             .await
-            .unwrap_or(Err(CallError::Timeout(self.timeout)))
+            .map_err(|_| timeout.clone())?
+            .map_err(|error| CallError::Connect(error.to_string()))?;
+        let (initiator, hello) =
+            Initiator::start(self.trust.as_ref()).map_err(CallError::Session)?;
+        let welcome = match round_trip(
+            &mut socket,
+            vec![label::HELLO.into(), hello.into()],
+            deadline,
+        )
+        .await
+        {
+            Ok(frames) => frames,
+            Err(Failed::Timeout) => return Err(timeout),
+            Err(Failed::Stale(error) | Failed::Final(error)) => return Err(error),
+        };
+        let welcome = match welcome.as_slice() {
+            [kind, welcome] if kind.as_ref() == label::WELCOME => welcome.clone(),
+            frames => return Err(unexpected_frames(frames)),
+        };
+        let (mut session, node, finish) = initiator
+            .finish(self.trust.as_ref(), &welcome)
+            .map_err(CallError::Session)?;
+        if node != *to {
+            return Err(CallError::WrongNode {
+                expected: to.clone(),
+                found: node,
+            });
+        }
+        let mut frames = vec![Bytes::from_static(label::FINISH), Bytes::from(finish)];
+        frames.extend(noise::seal(&mut session, body));
+        let mut connection = Connection {
+            socket,
+            session,
+            node,
+        };
+        match send_sealed(&mut connection, frames, deadline).await {
+            Ok(reply) => Ok((connection, reply)),
+            Err(Failed::Timeout) => Err(timeout),
+            Err(Failed::Stale(error) | Failed::Final(error)) => Err(error),
+        }
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, HashMap<String, EndpointSockets>> {
@@ -256,7 +317,7 @@ impl Requester {
     /// A place among the sockets of `endpoint`, waiting while all of them are in use,
     /// with an idle socket if there is one. Sockets are connected only when none is idle,
     /// so they never number more than [`MAX_OPEN_PER_ENDPOINT`].
-    async fn check_out<'a>(&'a self, endpoint: &'a str) -> (InUse<'a>, Option<ReqSocket>) {
+    async fn check_out<'a>(&'a self, endpoint: &'a str) -> (InUse<'a>, Option<Connection>) {
         let mut waited = false;
         loop {
             let freed = {
@@ -323,44 +384,87 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Sends one request (already framed by [`zmtp::delimited`]) and reads its reply.
-async fn round_trip(
-    socket: &mut ReqSocket,
-    framed: &[u8],
+/// A request on a connection whose session exists already.
+async fn reuse(
+    connection: &mut Connection,
+    body: &[u8],
     deadline: Instant,
-) -> Result<bytes::Bytes, RoundTrip> {
-    let transport = |error: std::io::Error| RoundTrip::Transport(error.to_string());
-    let ReqSocket {
-        stream,
-        frames,
-        timer,
-    } = socket;
-    // One deadline over both directions, on the socket's own timer: moved to a later
-    // instant it stays registered, where a new timer per request was registered and
-    // removed under the runtime's timer lock each time.
-    timer.as_mut().reset(deadline);
-    let exchange = async {
-        stream.write_all(framed).await.map_err(transport)?;
-        loop {
-            match frames.message(stream).await.map_err(transport)? {
-                Incoming::Message(frames) => return Ok(frames),
-                Incoming::Pong(pong) => stream.write_all(&pong).await.map_err(transport)?,
+) -> Result<Vec<u8>, Failed> {
+    let mut frames = vec![Bytes::from_static(label::REQUEST)];
+    frames.extend(noise::seal(&mut connection.session, body));
+    send_sealed(connection, frames, deadline).await
+}
+
+/// Sends sealed request frames and opens the sealed reply.
+async fn send_sealed(
+    connection: &mut Connection,
+    frames: Vec<Bytes>,
+    deadline: Instant,
+) -> Result<Vec<u8>, Failed> {
+    let reply = round_trip(&mut connection.socket, frames, deadline).await?;
+    match reply.split_first() {
+        Some((kind, sealed)) if kind.as_ref() == label::REPLY => {
+            noise::open(&mut connection.session, sealed, 2 * MAX_MESSAGE_BYTES)
+                .map_err(|error| Failed::Stale(CallError::Session(error)))
+        }
+        // Outside the session: the server has none for this connection (it restarted,
+        // or forgot the session for idling), or refused the handshake.
+        Some((kind, [body])) if kind.as_ref() == label::ERROR => {
+            let error = clear_error(body);
+            match error {
+                CallError::Refused {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                } => Err(Failed::Stale(error)),
+                _ => Err(Failed::Final(error)),
             }
         }
+        _ => Err(Failed::Final(unexpected_frames(&reply))),
+    }
+}
+
+fn clear_error(body: &[u8]) -> CallError {
+    match serde_json::from_slice::<ClearError>(body) {
+        Ok(error) => CallError::Refused {
+            code: error.code,
+            message: error.message,
+        },
+        Err(error) => CallError::BadReply(format!("error frame: {error}")),
+    }
+}
+
+fn unexpected_frames(frames: &[Bytes]) -> CallError {
+    match frames.split_first() {
+        Some((kind, [body])) if kind.as_ref() == label::ERROR => clear_error(body),
+        Some((kind, rest)) => CallError::BadReply(format!(
+            "unexpected {:?} with {} frames",
+            String::from_utf8_lossy(&kind[..kind.len().min(16)]),
+            rest.len()
+        )),
+        None => CallError::BadReply("empty reply".into()),
+    }
+}
+
+/// Sends one message and receives the answer within `deadline`.
+async fn round_trip(
+    socket: &mut zeromq::ReqSocket,
+    frames: Vec<Bytes>,
+    deadline: Instant,
+) -> Result<Vec<Bytes>, Failed> {
+    let message = ZmqMessage::try_from(frames).expect("a request has frames");
+    let exchange = async {
+        socket
+            .send(message)
+            .await
+            .map_err(|error| Failed::Stale(CallError::Transport(error.to_string())))?;
+        socket
+            .recv()
+            .await
+            .map_err(|error| Failed::Stale(CallError::Transport(error.to_string())))
     };
-    let frames = tokio::select! {
-        biased;
-        result = exchange => result?,
-        () = timer.as_mut() => return Err(RoundTrip::Timeout),
-    };
-    // A REQ socket drops the empty delimiter and hands on the rest.
-    match <[bytes::Bytes; 2]>::try_from(frames) {
-        Ok([delimiter, body]) if delimiter.is_empty() => Ok(body),
-        Ok(_) => Err(RoundTrip::Transport("reply without delimiter".into())),
-        Err(frames) => Err(RoundTrip::Transport(format!(
-            "reply has {} frames, expected 1",
-            frames.len().saturating_sub(1)
-        ))),
+    match timeout_at(deadline, exchange).await {
+        Ok(reply) => Ok(reply?.into_vec()),
+        Err(_) => Err(Failed::Timeout),
     }
 }
 
@@ -386,10 +490,13 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(directory: PeerDirectory, key: ClusterKey, timeout: Duration) -> PeerClient {
-        let node = directory.this_node().id;
+    pub fn new(
+        directory: PeerDirectory,
+        trust: Arc<dyn SessionTrust>,
+        timeout: Duration,
+    ) -> PeerClient {
         PeerClient {
-            requester: Requester::new(node, key, timeout),
+            requester: Requester::new(trust, timeout),
             directory,
             capabilities: Mutex::new(HashMap::new()),
         }
@@ -442,7 +549,11 @@ impl PeerClient {
             reason: "the node announces no address".into(),
         };
         for endpoint in endpoints.iter().take(3) {
-            match self.requester.call_within(endpoint, request, timeout).await {
+            match self
+                .requester
+                .call_within(endpoint, node, request, timeout)
+                .await
+            {
                 Ok(reply) => return Ok(reply),
                 Err(error @ CallError::Connect(_)) => {
                     last = remote_error(node, error);
@@ -500,6 +611,20 @@ fn remote_error(node: &NodeId, error: CallError) -> RemoteError {
                 reason: error.to_string(),
             }
         }
+        CallError::Refused {
+            code: ErrorCode::NotFound,
+            message,
+        } => RemoteError::NotFound {
+            node,
+            reason: message,
+        },
+        CallError::Refused {
+            code: ErrorCode::Decommissioning,
+            message,
+        } => RemoteError::Decommissioning {
+            node,
+            reason: message,
+        },
         CallError::Refused {
             code: ErrorCode::Refused,
             message,

@@ -267,12 +267,15 @@ impl Request {
     }
 }
 
-/// Why an error reply was sent.
+/// Why an error reply was sent: the requester acts on the code, never on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The request was not signed with the cluster key, was altered, stale or replayed.
+    /// No session, a handshake proof not believed, a sender other than the session's
+    /// node, a node no longer trusted, or a stale or replayed message.
     Unauthorized,
+    /// The message is for another node than this one (`to`).
+    Misdirected,
     /// The envelope or its payload could not be understood.
     BadRequest,
     /// The envelope version is not spoken by this node.
@@ -281,23 +284,64 @@ pub enum ErrorCode {
     UnknownType,
     /// The node understood the request and declined it (the message says why).
     Refused,
+    /// The image asked about is not on this node (any more).
+    NotFound,
+    /// The node is decommissioning: its images are to be placed elsewhere.
+    Decommissioning,
     /// Too many requests are in progress on this node.
     Busy,
     /// The node failed while handling the request.
     Internal,
+    /// A code of a newer version of the protocol.
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Misdirected => "misdirected",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::Refused => "refused",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Decommissioning => "decommissioning",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
+            ErrorCode::Other => "other",
         }
+    }
+}
+
+/// A handler's refusal of a request: the code and the message the requester gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PeerRefusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl PeerRefusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> PeerRefusal {
+        PeerRefusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A refusal that names no more specific code.
+impl From<String> for PeerRefusal {
+    fn from(message: String) -> PeerRefusal {
+        PeerRefusal::new(ErrorCode::Refused, message)
+    }
+}
+
+impl From<&str> for PeerRefusal {
+    fn from(message: &str) -> PeerRefusal {
+        PeerRefusal::new(ErrorCode::Refused, message)
     }
 }
 

@@ -1,37 +1,45 @@
 //! The peer protocol: what one node asks of another over ZeroMQ request-reply on TCP
 //! (Motey, section 5.4.4) — its capabilities, deploying an image, an image's status,
-//! terminating an image. Every message is a versioned JSON envelope signed with the
-//! cluster key (HMAC-SHA256, timestamp and nonce against replay); see `PROTOCOL.md` beside
-//! this file for the format with examples.
+//! terminating an image, device access. Version 2: each connection is a Noise session
+//! (`noise`) whose handshake proves both nodes through [`SessionTrust`]; every request and
+//! reply is a JSON envelope naming sender and recipient, sealed in that session. See
+//! `PROTOCOL.md` beside this file for the construction and the framing.
 //!
 //! Wiring:
 //!
 //! ```no_run
 //! # async fn wire(config: motey::config::Config, directory: motey::discovery::PeerDirectory, handler: std::sync::Arc<dyn motey::peer::PeerHandler>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use motey::peer::{load_or_generate_key, PeerClient, PeerServer};
+//! use std::sync::Arc;
+//! use motey::peer::{load_or_generate_key, ClusterKeyTrust, PeerClient, PeerServer, SessionTrust};
 //! let key = load_or_generate_key(config.cluster.key.as_deref(), &config.general.data_dir)?;
 //! let this_node = directory.this_node().id;
+//! let trust: Arc<dyn SessionTrust> =
+//!     Arc::new(ClusterKeyTrust::load(this_node, key, &config.general.data_dir)?);
 //! let endpoint = format!("tcp://0.0.0.0:{}", config.zeromq.peer_port);
-//! let server = PeerServer::bind(&endpoint, this_node, key.clone(), handler).await?;
-//! let remote = PeerClient::new(directory, key, Duration::from_millis(config.cluster.request_timeout_ms));
+//! let server = PeerServer::bind(&endpoint, trust.clone(), handler).await?;
+//! let remote = PeerClient::new(directory, trust, Duration::from_millis(config.cluster.request_timeout_ms));
 //! // `remote` is the orchestrator's `RemoteNodes`.
 //! # Ok(()) }
 //! ```
 
 mod client;
+mod cluster_key_trust;
 pub mod envelope;
 pub mod messages;
+pub mod noise;
 mod server;
-mod zmtp;
+mod session_trust;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use client::{endpoints_of, CallError, PeerClient, Requester};
+pub use cluster_key_trust::{ClusterKeyTrust, STATIC_KEY_FILE};
 pub use envelope::{canonical_json, AuthError, ClusterKey, Envelope, Received, ReplayGuard};
-pub use messages::{ErrorCode, Reply, Request};
+pub use messages::{ErrorCode, PeerRefusal, Reply, Request};
 pub use server::{PeerHandler, PeerServer, ServerOptions, ServerStats};
+pub use session_trust::{SessionTrust, TrustRefusal};
 
 /// Name of the generated key file in the data directory.
 pub const KEY_FILE: &str = "cluster-key";
@@ -41,7 +49,7 @@ pub const KEY_FILE: &str = "cluster-key";
 pub enum PeerError {
     #[error("peer server cannot listen on {endpoint}: {reason}")]
     Bind { endpoint: String, reason: String },
-    #[error("cluster key file {path}: {reason}")]
+    #[error("key file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
 }
 

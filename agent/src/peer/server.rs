@@ -1,31 +1,34 @@
-//! The answering side of the peer protocol: a ZeroMQ ROUTER socket (a REQ client sees it
-//! as a REP socket; ZMTP spoken by [`super::zmtp`]) that authenticates every request
-//! before handing it to the orchestrator's [`PeerHandler`]. ROUTER rather than REP lets
-//! slow requests (a deploy that pulls an image) run concurrently instead of holding up
-//! everyone else's: each connection has its own task, and a slow handler its own too.
+//! The answering side of the peer protocol: a ROUTER socket of the `zeromq` crate (a REQ
+//! client sees it as a REP socket) that makes a Noise session with each connection, opens
+//! every request in its session and checks it before handing it to the orchestrator's
+//! [`PeerHandler`]. ROUTER rather than REP lets slow requests (a deploy that pulls an
+//! image) run concurrently instead of holding up everyone else's: a slow handler answers
+//! from a task of its own.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use snow::TransportState;
+use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::envelope::{
-    canonical_json, now_ms, AuthError, ClusterKey, Envelope, Received, ReplayGuard,
+    canonical_json, now_ms, peer_message, version_of, AuthError, Envelope, Received, ReplayGuard,
+    MAX_MESSAGE_BYTES, PEER_PROTOCOL_VERSION,
 };
-use super::messages::{kinds, ErrorCode, Reply, Request};
-use super::zmtp::{self, FrameReader, Incoming, ReadBudget, SocketType};
+use super::messages::{kinds, ErrorCode, PeerRefusal, Reply, Request};
+use super::noise::{self, label, NoiseError, Responder};
+use super::session_trust::SessionTrust;
 use super::PeerError;
 use crate::discovery::capabilities_digest;
 use crate::domain::{Capability, ImageDeployment, ImageStatus, NodeId, ServiceId};
@@ -48,26 +51,26 @@ pub trait PeerHandler: Send + Sync {
         &self,
         sender: &NodeId,
         deployment: ImageDeployment,
-    ) -> Result<ImageStatus, String>;
+    ) -> Result<ImageStatus, PeerRefusal>;
     async fn image_status(
         &self,
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<ImageStatus, String>;
+    ) -> Result<ImageStatus, PeerRefusal>;
     async fn terminate_image(
         &self,
         sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), PeerRefusal>;
     /// Whether this node, as the service's owner, still places the image on `node`.
     async fn image_assignment(
         &self,
         service: &ServiceId,
         image_id: &str,
         node: &NodeId,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerRefusal> {
         let _ = (service, image_id, node);
         Err("this node does not answer image assignments".into())
     }
@@ -79,7 +82,7 @@ pub trait PeerHandler: Send + Sync {
         service: &ServiceId,
         image_id: &str,
         query: LogQuery,
-    ) -> Result<Vec<LogLine>, String> {
+    ) -> Result<Vec<LogLine>, PeerRefusal> {
         let _ = (requester, service, image_id, query);
         Err("this node does not give access to logs".into())
     }
@@ -91,34 +94,36 @@ pub trait PeerHandler: Send + Sync {
         service: &ServiceId,
         image_id: &str,
         exec: ExecRequest,
-    ) -> Result<ExecOutput, String> {
+    ) -> Result<ExecOutput, PeerRefusal> {
         let _ = (requester, service, image_id, exec);
         Err("this node does not run diagnostic commands".into())
     }
 }
 
-/// Limits of a peer server. The port is open to anyone on the node's network, so every
-/// resource a connection can hold without the cluster key is bounded here.
+/// Limits of a peer server. The port is open to anyone on the node's network, so what a
+/// connection can hold before it proves its node is bounded here, as far as the `zeromq`
+/// crate lets a server see its connections (see PROTOCOL.md, Limits).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// How far a request's timestamp may be from this node's clock.
     pub replay_window: Duration,
     /// Requests handled at the same time; more are answered `busy`.
     pub max_in_flight: usize,
-    /// Requests of one connection handled at the same time (a client pipelining without
+    /// Requests of one session handled at the same time (a client pipelining without
     /// waiting for answers); more are answered `busy`.
     pub max_in_flight_per_connection: usize,
-    /// Connections open at the same time; more are closed at once.
+    /// Sessions (and handshakes in progress) kept at the same time; a hello beyond is
+    /// answered `busy`.
     pub max_connections: usize,
-    /// Connections from one remote address open at the same time; more are closed at once.
+    /// Not enforced: the `zeromq` crate does not tell a server a connection's remote
+    /// address, nor let it close one connection (see PROTOCOL.md, Limits).
     pub max_connections_per_address: usize,
-    /// Bytes that all connections together may hold of messages that have not arrived
-    /// whole, beyond 16 KiB each; a connection that would hold more is closed.
+    /// Not enforced: the `zeromq` crate reads a message whole before handing it on.
     pub max_buffered_bytes: usize,
-    /// How long a new connection may take to greet (a port scanner, a stuck client).
+    /// How long a handshake may take between hello and finish.
     pub handshake_timeout: Duration,
-    /// How long a connection may stay without a complete message while none of its
-    /// requests is in progress before it is closed.
+    /// How long a session may go without a request while none of its requests is in
+    /// progress before it is forgotten (its client then makes a new one).
     pub idle_timeout: Duration,
     /// At most one warning per kind of refusal in this time; the others are counted.
     pub refusal_log_interval: Duration,
@@ -156,24 +161,24 @@ impl ServerStats {
         self.handled.load(Ordering::Relaxed)
     }
 
-    /// Messages refused as badly framed, unsigned, forged, stale, replayed, malformed or
-    /// over the requests in flight.
+    /// Messages refused: badly framed, no session, handshake not believed, unreadable in
+    /// their session, malformed, from another sender, for another node, stale, replayed,
+    /// not understood or over the requests in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Connections open now (greeted or not).
+    /// Sessions (and handshakes in progress) kept now.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once for being over a connection cap, or closed for
-    /// breaking the transport protocol (no greeting in time, an oversized frame...).
+    /// Handshakes refused for being over the session cap or for a proof not believed.
     pub fn connections_refused(&self) -> u64 {
         self.connections_refused.load(Ordering::Relaxed)
     }
 
-    /// Connections closed for staying idle longer than the idle timeout.
+    /// Sessions forgotten for staying idle longer than the idle timeout.
     pub fn closed_idle(&self) -> u64 {
         self.closed_idle.load(Ordering::Relaxed)
     }
@@ -182,11 +187,11 @@ impl ServerStats {
 /// The kinds of refusal, each logged at most once per [`ServerOptions::refusal_log_interval`].
 #[derive(Debug, Clone, Copy)]
 enum Refusal {
-    /// Over a connection cap.
+    /// Over the session cap.
     Connection,
-    /// Not ZMTP as the protocol speaks it: no greeting in time, an oversized frame.
-    Transport,
-    /// Frames other than a REQ client's delimiter and body.
+    /// A handshake that failed or whose proof was not believed.
+    Handshake,
+    /// Frames other than the protocol's, or a message without a session.
     Framing,
     Malformed,
     Unauthorized,
@@ -209,37 +214,6 @@ impl RefusalLog {
     }
 }
 
-/// Connections open, in all and per remote address.
-#[derive(Default)]
-struct OpenConnections {
-    total: usize,
-    per_address: HashMap<IpAddr, usize>,
-}
-
-/// One admitted connection's place under the caps, given back when it is dropped
-/// (whichever way its task ends).
-struct Admitted {
-    state: Arc<State>,
-    address: IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut open = self.state.open_connections();
-        open.total -= 1;
-        if let Some(count) = open.per_address.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_address.remove(&self.address);
-            }
-        }
-        self.state
-            .stats
-            .connections
-            .store(open.total, Ordering::Relaxed);
-    }
-}
-
 /// A running peer server; it stops when dropped or shut down.
 pub struct PeerServer {
     endpoint: String,
@@ -248,26 +222,23 @@ pub struct PeerServer {
     task: Option<JoinHandle<()>>,
 }
 
-/// Largest message a connection reads before it is closed: oversized envelopes up to
-/// this are answered `bad_request`, larger ones are not read at all.
-const MAX_READ_BYTES: usize = 2 * super::envelope::MAX_MESSAGE_BYTES;
+/// Largest message (all frames) a server opens; a larger one is answered `bad_request`.
+const MAX_READ_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
 impl PeerServer {
     /// Binds `endpoint` (e.g. `tcp://0.0.0.0:5091`; port 0 picks a free port) and answers
-    /// requests signed with `key` on behalf of node `node`.
+    /// requests in sessions with the nodes `trust` believes, on behalf of its node.
     pub async fn bind(
         endpoint: &str,
-        node: NodeId,
-        key: ClusterKey,
+        trust: Arc<dyn SessionTrust>,
         handler: Arc<dyn PeerHandler>,
     ) -> Result<PeerServer, PeerError> {
-        PeerServer::bind_with(endpoint, node, key, handler, ServerOptions::default()).await
+        PeerServer::bind_with(endpoint, trust, handler, ServerOptions::default()).await
     }
 
     pub async fn bind_with(
         endpoint: &str,
-        node: NodeId,
-        key: ClusterKey,
+        trust: Arc<dyn SessionTrust>,
         handler: Arc<dyn PeerHandler>,
         options: ServerOptions,
     ) -> Result<PeerServer, PeerError> {
@@ -275,35 +246,32 @@ impl PeerServer {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        let address = endpoint
-            .strip_prefix("tcp://")
-            .ok_or_else(|| bind_error("only tcp:// endpoints are supported".into()))?;
-        let listener = TcpListener::bind(address)
+        if !endpoint.starts_with("tcp://") {
+            return Err(bind_error("only tcp:// endpoints are supported".into()));
+        }
+        let mut socket = zeromq::RouterSocket::new();
+        let bound = socket
+            .bind(endpoint)
             .await
-            .map_err(|error| bind_error(error.to_string()))?;
-        let bound = format!(
-            "tcp://{}",
-            listener
-                .local_addr()
-                .map_err(|error| bind_error(error.to_string()))?
-        );
-        tracing::info!(endpoint = %bound, key = key.fingerprint(), "peer server listening");
+            .map_err(|error| bind_error(error.to_string()))?
+            .to_string();
+        let node = trust.node_id();
+        tracing::info!(endpoint = %bound, %node, noise = noise::NOISE_PARAMS, "peer server listening");
         let stats = Arc::new(ServerStats::default());
         let stop = CancellationToken::new();
         let state = Arc::new(State {
             node: node.to_string(),
-            key,
+            trust,
             guard: ReplayGuard::new(options.replay_window),
             handler,
             stats: stats.clone(),
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
-            last_capabilities: std::sync::Mutex::new(None),
+            last_capabilities: Mutex::new(None),
             refusals: RefusalLog::new(options.refusal_log_interval),
-            open: std::sync::Mutex::new(OpenConnections::default()),
-            read_budget: ReadBudget::new(options.max_buffered_bytes),
+            peers: Mutex::new(HashMap::new()),
             options,
         });
-        let task = tokio::spawn(serve(listener, state, stop.clone()));
+        let task = tokio::spawn(serve(socket, state, stop.clone()));
         Ok(PeerServer {
             endpoint: bound,
             stats,
@@ -330,7 +298,7 @@ impl PeerServer {
         &self.stats
     }
 
-    /// Stops answering, closes every connection and releases the endpoint.
+    /// Stops answering and releases the endpoint.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -345,20 +313,37 @@ impl Drop for PeerServer {
     }
 }
 
+/// A connection as the server knows it: by the identity the ROUTER socket gave it.
+enum Peer {
+    /// Between welcome and finish.
+    Handshaking {
+        responder: Box<Responder>,
+        since: Instant,
+    },
+    Established(Arc<Session>),
+}
+
+/// The Noise session of one connection, with the node its handshake proved.
+struct Session {
+    node: NodeId,
+    transport: Mutex<TransportState>,
+    /// When its last request arrived, as milliseconds since the server's start.
+    last_request: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
 struct State {
     node: String,
-    key: ClusterKey,
+    trust: Arc<dyn SessionTrust>,
     guard: ReplayGuard,
     handler: Arc<dyn PeerHandler>,
     stats: Arc<ServerStats>,
     permits: Arc<Semaphore>,
-    /// The capabilities last answered, with their digest and the reply's payload in
-    /// canonical form: they rarely change, and the digest (sorting, formatting, hashing)
-    /// and the payload (converting, sorting keys) were a visible part of answering.
-    last_capabilities: std::sync::Mutex<Option<Arc<CapabilitiesAnswer>>>,
+    /// The capabilities last answered, with the reply's payload in canonical form: they
+    /// rarely change, and the digest and payload were a visible part of answering.
+    last_capabilities: Mutex<Option<Arc<CapabilitiesAnswer>>>,
     refusals: RefusalLog,
-    open: std::sync::Mutex<OpenConnections>,
-    read_budget: Arc<ReadBudget>,
+    peers: Mutex<HashMap<Bytes, Peer>>,
     options: ServerOptions,
 }
 
@@ -367,38 +352,11 @@ struct CapabilitiesAnswer {
     payload: Arc<[u8]>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 impl State {
-    /// A place under the connection caps for a connection from `address`, or the cap it
-    /// is over.
-    fn admit_connection(self: &Arc<State>, address: IpAddr) -> Result<Admitted, String> {
-        let mut open = self.open_connections();
-        if open.total >= self.options.max_connections {
-            return Err(format!(
-                "{} connections are open, the most allowed",
-                open.total
-            ));
-        }
-        let from_address = open.per_address.entry(address).or_default();
-        if *from_address >= self.options.max_connections_per_address {
-            return Err(format!(
-                "{from_address} connections from this address are open, the most allowed"
-            ));
-        }
-        *from_address += 1;
-        open.total += 1;
-        self.stats.connections.store(open.total, Ordering::Relaxed);
-        Ok(Admitted {
-            state: self.clone(),
-            address,
-        })
-    }
-
-    fn open_connections(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
-        self.open
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
     /// Counts a refused message.
     fn refuse(&self, kind: Refusal) -> Option<crate::logging::Suppressed> {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -406,10 +364,7 @@ impl State {
     }
 
     fn capabilities_answer(&self, capabilities: &[Capability]) -> Arc<CapabilitiesAnswer> {
-        let mut last = self
-            .last_capabilities
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut last = lock(&self.last_capabilities);
         match &*last {
             Some(answer) if answer.capabilities.as_slice() == capabilities => answer.clone(),
             _ => {
@@ -426,299 +381,417 @@ impl State {
             }
         }
     }
+
+    /// Forgets handshakes older than the handshake timeout and sessions idle longer than
+    /// the idle timeout with none of their requests in progress.
+    fn forget_stale(&self, started: Instant) {
+        let now = Instant::now();
+        let now_ms = elapsed_ms(started);
+        let idle_ms = self.options.idle_timeout.as_millis() as u64;
+        let mut peers = lock(&self.peers);
+        let before = peers.len();
+        let mut idle = 0;
+        peers.retain(|_, peer| match peer {
+            Peer::Handshaking { since, .. } => now - *since < self.options.handshake_timeout,
+            Peer::Established(session) => {
+                let busy = session.in_flight.load(Ordering::Relaxed) > 0;
+                let recent =
+                    now_ms.saturating_sub(session.last_request.load(Ordering::Relaxed)) < idle_ms;
+                let keep = busy || recent;
+                idle += u64::from(!keep);
+                keep
+            }
+        });
+        if peers.len() != before {
+            tracing::debug!(
+                forgotten = before - peers.len(),
+                "stale peer sessions forgotten"
+            );
+        }
+        self.stats.closed_idle.fetch_add(idle, Ordering::Relaxed);
+        self.stats.connections.store(peers.len(), Ordering::Relaxed);
+    }
 }
 
-/// Accepts connections, each served by a task of its own, until `stop`; then waits for
-/// the connections to close.
-async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
-    let mut connections = JoinSet::new();
+fn elapsed_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+/// Receives messages until `stop`, answering each in turn; slow handlers answer from
+/// tasks of their own, whose replies this task sends. The socket is this task's alone,
+/// so the endpoint is released when it ends, even while a handler still runs.
+async fn serve(mut socket: RouterSocket, state: Arc<State>, stop: CancellationToken) {
+    let started = Instant::now();
+    let sweep_every = (state
+        .options
+        .idle_timeout
+        .min(state.options.handshake_timeout)
+        / 4)
+    .max(Duration::from_millis(50));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded by the requests in flight.
+    let (replies, mut answered) = mpsc::unbounded_channel::<(Bytes, Vec<Bytes>)>();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match state.admit_connection(peer.ip().to_canonical()) {
-                    Ok(admitted) => {
-                        connections.spawn(connection(stream, peer, admitted, stop.clone()));
-                    }
-                    Err(cap) => refuse_connection(&state, stream, peer, &cap),
-                },
-                Err(error) => {
-                    // Out of file descriptors, typically: wait instead of spinning.
-                    tracing::warn!(%error, "peer connection not accepted");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    let closing = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(2), closing)
-        .await
-        .is_err()
-    {
-        connections.shutdown().await;
-    }
-}
-
-/// Closes a connection over a cap at once: it holds nothing, and the client sees the
-/// connection end before its greeting.
-fn refuse_connection(state: &State, stream: TcpStream, peer: SocketAddr, cap: &str) {
-    drop(stream);
-    state
-        .stats
-        .connections_refused
-        .fetch_add(1, Ordering::Relaxed);
-    if let Some(suppressed) = state.refusals.admit(Refusal::Connection) {
-        tracing::warn!(%peer, "peer connection refused: {cap}{suppressed}");
-    }
-}
-
-/// A connection that broke the transport protocol is closed; the first of each interval
-/// says why.
-fn refuse_transport(state: &State, peer: SocketAddr, error: &dyn std::fmt::Display) {
-    state
-        .stats
-        .connections_refused
-        .fetch_add(1, Ordering::Relaxed);
-    if let Some(suppressed) = state.refusals.admit(Refusal::Transport) {
-        tracing::warn!(%peer, "peer connection closed: {error}{suppressed}");
-    }
-}
-
-/// The writing half of a connection, shared with the tasks of its slow requests, and
-/// the number of those still running.
-struct Link {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    in_flight: AtomicUsize,
-}
-
-/// Serves one client connection: reads a request, checks it and answers it on this task
-/// when the handler answers at once (one write); slow handlers answer from a task of their
-/// own, so a REQ client's next request waits only for its own previous one.
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    admitted: Admitted,
-    stop: CancellationToken,
-) {
-    let state = admitted.state.clone();
-    let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
-    let mut frames = FrameReader::with_budget(MAX_READ_BYTES, state.read_budget.clone());
-    let greeted = async {
-        let mut both = tokio::io::join(&mut read, &mut write);
-        zmtp::handshake(&mut both, &mut frames, SocketType::Router).await
-    };
-    match tokio::time::timeout(state.options.handshake_timeout, greeted).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
-            refuse_transport(&state, peer, &format_args!("handshake refused: {error}"));
-            return;
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "peer connection ended at the handshake");
-            return;
-        }
-        Err(_) => {
-            refuse_transport(&state, peer, &"no ZeroMQ greeting in time");
-            return;
-        }
-    }
-    let link = Arc::new(Link {
-        writer: tokio::sync::Mutex::new(write),
-        in_flight: AtomicUsize::new(0),
-    });
-    // Registered once, not once per request.
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    let idle_timeout = state.options.idle_timeout;
-    // Armed once and moved only when it fires: a message costs a clock reading, not a
-    // timer registration.
-    let mut last_message = tokio::time::Instant::now();
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        let incoming = tokio::select! {
+        let message = tokio::select! {
             biased;
-            _ = &mut stopped => break,
-            incoming = frames.message(&mut read) => incoming,
-            () = &mut idle => {
-                let now = tokio::time::Instant::now();
-                if link.in_flight.load(Ordering::Relaxed) > 0 {
-                    // Waiting for its own answer is not idling.
-                    idle.as_mut().reset(now + idle_timeout);
-                    continue;
-                }
-                if now < last_message + idle_timeout {
-                    idle.as_mut().reset(last_message + idle_timeout);
-                    continue;
-                }
-                state.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, "idle peer connection closed");
-                break;
+            _ = stop.cancelled() => break,
+            Some((identity, frames)) = answered.recv() => {
+                send(&mut socket, identity, frames).await;
+                continue;
             }
+            _ = sweep.tick() => {
+                state.forget_stale(started);
+                continue;
+            }
+            message = socket.recv() => message,
         };
-        let out = match incoming {
-            Ok(Incoming::Message(message)) => {
-                last_message = tokio::time::Instant::now();
-                match accept(&state, message, &link) {
-                    Answer::Now(reply) => reply,
-                    Answer::Later(answer) => {
-                        answer_later(link.clone(), answer);
-                        continue;
-                    }
-                    Answer::Nothing => continue,
-                }
-            }
-            Ok(Incoming::Pong(pong)) => pong,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::OutOfMemory
-                ) =>
-            {
-                refuse_transport(&state, peer, &error);
-                break;
-            }
+        let frames = match message {
+            Ok(message) => message.into_vec(),
             Err(error) => {
-                if error.kind() != std::io::ErrorKind::UnexpectedEof {
-                    tracing::debug!(%peer, %error, "peer connection closed");
-                }
-                break;
+                tracing::debug!(%error, "peer socket receive failed");
+                continue;
             }
         };
-        if let Err(error) = link.writer.lock().await.write_all(&out).await {
-            tracing::debug!(%peer, %error, "peer reply not delivered");
-            break;
+        let Some((identity, answer)) = accept(&state, frames, started) else {
+            continue;
+        };
+        match answer {
+            Answer::Now(frames) => send(&mut socket, identity, frames).await,
+            Answer::Later(answer) => {
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    // Nobody to send it once the server stopped.
+                    let _ = replies.send((identity, answer.await));
+                });
+            }
         }
     }
-    // Tell the client at once, even if a slow handler still holds the writer.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        link.writer.lock().await.shutdown().await
-    })
-    .await;
-    drop(admitted);
+    socket.close().await;
 }
 
-/// Answers a slow request from a task of its own, counted as in flight on its
-/// connection until its reply is written.
-fn answer_later(link: Arc<Link>, answer: Pin<Box<dyn Future<Output = Vec<u8>> + Send>>) {
-    link.in_flight.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(async move {
-        let reply = answer.await;
-        if let Err(error) = link.writer.lock().await.write_all(&reply).await {
-            // The requester went away before its answer was ready.
-            tracing::debug!(%error, "peer reply not delivered");
-        }
-        link.in_flight.fetch_sub(1, Ordering::Relaxed);
-    });
+/// Sends `frames` to the connection `identity`, as a REQ client expects them (after the
+/// empty delimiter).
+async fn send(socket: &mut RouterSocket, identity: Bytes, frames: Vec<Bytes>) {
+    let mut message = ZmqMessage::from(identity);
+    message.push_back(Bytes::new());
+    for frame in frames {
+        message.push_back(frame);
+    }
+    if let Err(error) = socket.send(message).await {
+        // The requester went away before its answer was ready.
+        tracing::debug!(%error, "peer reply not delivered");
+    }
 }
 
 /// What becomes of one incoming message.
 enum Answer {
-    /// The reply (framed), ready now.
-    Now(Vec<u8>),
-    /// The reply once the handler is done.
-    Later(Pin<Box<dyn Future<Output = Vec<u8>> + Send>>),
-    /// Not ours (bad framing): dropped without an answer.
-    Nothing,
+    /// The reply's frames, ready now.
+    Now(Vec<Bytes>),
+    /// The reply's frames once the handler is done.
+    Later(Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>),
 }
 
-/// Checks one incoming message and, if it deserves it, runs its handler. Refusals are
-/// warned about at most once per interval and kind: anyone who reaches the port can
-/// send them by the thousand.
-fn accept(state: &Arc<State>, frames: Vec<Bytes>, link: &Link) -> Answer {
-    // A REQ client sends [empty delimiter, body]; anything else is not ours.
-    let body = match <[Bytes; 2]>::try_from(frames) {
-        Ok([delimiter, body]) if delimiter.is_empty() => body,
-        Ok(_) => return drop_misframed(state, "the first of its two frames is not empty"),
-        Err(frames) => {
-            let framing = format!("{} frames, not a delimiter and a body", frames.len());
-            return drop_misframed(state, &framing);
+/// A refusal outside any session, in the clear: `error` and a JSON object with the code
+/// and the reason.
+fn clear_error(code: ErrorCode, message: &str) -> Answer {
+    let body = serde_json::json!({"code": code, "message": message});
+    Answer::Now(vec![
+        Bytes::from_static(label::ERROR),
+        Bytes::from(serde_json::to_vec(&body).expect("JSON serializes")),
+    ])
+}
+
+/// Checks one incoming message and answers it. Refusals are warned about at most once
+/// per interval and kind: anyone who reaches the port can send them by the thousand.
+fn accept(state: &Arc<State>, frames: Vec<Bytes>, started: Instant) -> Option<(Bytes, Answer)> {
+    let mut frames = frames.into_iter();
+    let identity = frames.next()?;
+    // A REQ client sends the empty delimiter, then the message; anything else is not
+    // ours and could not read an answer.
+    let body: Vec<Bytes> = match frames.next() {
+        Some(delimiter) if delimiter.is_empty() => frames.collect(),
+        _ => {
+            if let Some(suppressed) = state.refuse(Refusal::Framing) {
+                tracing::warn!(
+                    "peer message dropped: not a REQ client's (no empty delimiter){suppressed}"
+                );
+            }
+            return None;
         }
     };
-    let respond = |reply: Reply, id: String| {
-        Answer::Now(frame_reply(sign_reply(state, Outgoing::Reply(reply), id)))
+    let size: usize = body.iter().map(Bytes::len).sum();
+    if size > MAX_READ_BYTES {
+        if let Some(suppressed) = state.refuse(Refusal::Malformed) {
+            tracing::warn!(bytes = size, "oversized peer message refused{suppressed}");
+        }
+        let reason = format!("{size} bytes, more than the {MAX_READ_BYTES} allowed");
+        return Some((identity, clear_error(ErrorCode::BadRequest, &reason)));
+    }
+    let answer = match body.split_first() {
+        Some((first, [])) if first.first() == Some(&b'{') => refuse_older_version(state, first),
+        Some((kind, rest)) if kind.as_ref() == label::HELLO => hello(state, &identity, rest),
+        Some((kind, [finish, sealed @ ..])) if kind.as_ref() == label::FINISH => {
+            match finish_handshake(state, &identity, finish) {
+                Ok(session) => request(state, &session, sealed, started),
+                Err(answer) => answer,
+            }
+        }
+        Some((kind, sealed)) if kind.as_ref() == label::REQUEST => {
+            match established(state, &identity) {
+                Some(session) => request(state, &session, sealed, started),
+                None => {
+                    if let Some(suppressed) = state.refuse(Refusal::Framing) {
+                        tracing::warn!("peer request without a session refused{suppressed}");
+                    }
+                    clear_error(
+                        ErrorCode::Unauthorized,
+                        "no session on this connection; start one with hello",
+                    )
+                }
+            }
+        }
+        _ => {
+            if let Some(suppressed) = state.refuse(Refusal::Framing) {
+                tracing::warn!(
+                    frames = body.len(),
+                    "peer message with unknown framing refused{suppressed}"
+                );
+            }
+            clear_error(
+                ErrorCode::BadRequest,
+                "unknown framing: expected hello, finish or request",
+            )
+        }
     };
-    let envelope = match Received::parse(&body) {
+    Some((identity, answer))
+}
+
+/// A version 1 request (one frame of signed JSON): answered in version 1's shape,
+/// unsigned, so that an older node reads why and what to do.
+fn refuse_older_version(state: &State, body: &[u8]) -> Answer {
+    if let Some(suppressed) = state.refuse(Refusal::Malformed) {
+        tracing::warn!(
+            version = ?version_of(body),
+            "peer request of an older protocol version refused{suppressed}"
+        );
+    }
+    let id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| value.get("id")?.as_str().map(str::to_owned))
+        .filter(|id| id.len() <= 128)
+        .unwrap_or_default();
+    let message = format!(
+        "this node speaks peer protocol version {PEER_PROTOCOL_VERSION} only (Noise sessions); \
+         upgrade motey on the requesting node"
+    );
+    let reply = Envelope::new(
+        kinds::ERROR,
+        id,
+        state.node.clone(),
+        serde_json::json!({"code": ErrorCode::UnsupportedVersion, "message": message}),
+    );
+    Answer::Now(vec![Bytes::from(reply.to_bytes())])
+}
+
+/// A hello: a new handshake on this connection (replacing any session it had).
+fn hello(state: &State, identity: &Bytes, frames: &[Bytes]) -> Answer {
+    let [hello] = frames else {
+        return clear_error(ErrorCode::BadRequest, "hello carries one frame");
+    };
+    let mut peers = lock(&state.peers);
+    if peers.len() >= state.options.max_connections && !peers.contains_key(identity) {
+        drop(peers);
+        state
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = state.refuse(Refusal::Connection) {
+            tracing::warn!(
+                "peer handshake refused: {} sessions are kept, the most allowed{suppressed}",
+                state.options.max_connections
+            );
+        }
+        return clear_error(ErrorCode::Busy, "too many sessions; try again later");
+    }
+    match Responder::welcome(state.trust.as_ref(), hello) {
+        Ok((responder, welcome)) => {
+            peers.insert(
+                identity.clone(),
+                Peer::Handshaking {
+                    responder: Box::new(responder),
+                    since: Instant::now(),
+                },
+            );
+            state
+                .stats
+                .connections
+                .store(peers.len(), Ordering::Relaxed);
+            Answer::Now(vec![
+                Bytes::from_static(label::WELCOME),
+                Bytes::from(welcome),
+            ])
+        }
+        Err(error) => {
+            drop(peers);
+            refuse_handshake(state, &error)
+        }
+    }
+}
+
+fn refuse_handshake(state: &State, error: &NoiseError) -> Answer {
+    state
+        .stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = state.refuse(Refusal::Handshake) {
+        tracing::warn!(%error, "peer handshake refused{suppressed}");
+    }
+    clear_error(ErrorCode::Unauthorized, &error.to_string())
+}
+
+/// A finish: the client's proof; the session is made if it is believed.
+fn finish_handshake(
+    state: &State,
+    identity: &Bytes,
+    finish: &[u8],
+) -> Result<Arc<Session>, Answer> {
+    let pending = lock(&state.peers).remove(identity);
+    let Some(Peer::Handshaking { responder, .. }) = pending else {
+        return Err(clear_error(
+            ErrorCode::Unauthorized,
+            "no handshake in progress on this connection; start one with hello",
+        ));
+    };
+    let (transport, node) = responder
+        .finish(state.trust.as_ref(), finish)
+        .map_err(|error| refuse_handshake(state, &error))?;
+    tracing::debug!(%node, "peer session made");
+    let session = Arc::new(Session {
+        node,
+        transport: Mutex::new(transport),
+        last_request: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let mut peers = lock(&state.peers);
+    peers.insert(identity.clone(), Peer::Established(session.clone()));
+    state
+        .stats
+        .connections
+        .store(peers.len(), Ordering::Relaxed);
+    Ok(session)
+}
+
+fn established(state: &State, identity: &Bytes) -> Option<Arc<Session>> {
+    match lock(&state.peers).get(identity) {
+        Some(Peer::Established(session)) => Some(session.clone()),
+        _ => None,
+    }
+}
+
+/// The reply to a request of `session`, sealed in it.
+fn sealed(session: &Session, reply: &[u8]) -> Vec<Bytes> {
+    let mut frames = vec![Bytes::from_static(label::REPLY)];
+    frames.extend(noise::seal(&mut lock(&session.transport), reply));
+    frames
+}
+
+/// Opens a request in its session, checks it and, if it deserves it, runs its handler.
+fn request(
+    state: &Arc<State>,
+    session: &Arc<Session>,
+    frames: &[Bytes],
+    started: Instant,
+) -> Answer {
+    session
+        .last_request
+        .store(elapsed_ms(started), Ordering::Relaxed);
+    let plaintext = match noise::open(&mut lock(&session.transport), frames, MAX_MESSAGE_BYTES) {
+        Ok(plaintext) => plaintext,
+        Err(error) => {
+            if let Some(suppressed) = state.refuse(Refusal::Unauthorized) {
+                tracing::warn!(node = %session.node, %error, "peer request refused, not executed{suppressed}");
+            }
+            // Its nonces are out of step now: the client must make a new session.
+            lock(&state.peers).retain(
+                |_, peer| !matches!(peer, Peer::Established(other) if Arc::ptr_eq(other, session)),
+            );
+            return clear_error(ErrorCode::Unauthorized, &error.to_string());
+        }
+    };
+    let respond = |reply: Reply, id: &str| {
+        Answer::Now(sealed(
+            session,
+            &reply_bytes(state, &session.node, Outgoing::Reply(reply), id),
+        ))
+    };
+    let envelope = match Received::parse(&plaintext) {
         Ok(envelope) => envelope,
         Err(error) => {
             if let Some(suppressed) = state.refuse(Refusal::Malformed) {
-                tracing::warn!(%error, bytes = body.len(), "malformed peer message refused{suppressed}");
+                tracing::warn!(node = %session.node, %error, bytes = plaintext.len(), "malformed peer message refused{suppressed}");
             }
             let code = match error {
-                AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+                AuthError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadRequest,
             };
-            return respond(Reply::error(code, error.to_string()), best_effort_id(&body));
+            return respond(Reply::error(code, error.to_string()), "");
         }
     };
-    let checked = envelope
-        .verify(&body, &state.key)
-        .and_then(|()| state.guard.check(&envelope, now_ms()));
-    if let Err(error) = checked {
+    if let Err((code, reason)) = check_request(state, session, &envelope) {
         if let Some(suppressed) = state.refuse(Refusal::Unauthorized) {
             tracing::warn!(
+                node = %session.node,
                 sender = %envelope.sender,
+                to = %envelope.to,
                 kind = %envelope.kind,
                 id = %envelope.id,
-                reason = %error,
+                %reason,
                 "peer message refused, not executed{suppressed}"
             );
         }
-        return respond(
-            Reply::error(ErrorCode::Unauthorized, error.to_string()),
-            envelope.id.into_owned(),
-        );
+        return respond(Reply::error(code, reason), &envelope.id);
     }
     let request = match Request::from_parts(&envelope.kind, envelope.payload()) {
         Ok(request) => request,
         Err(error) => {
             if let Some(suppressed) = state.refuse(Refusal::NotUnderstood) {
-                tracing::warn!(sender = %envelope.sender, %error, "peer request not understood{suppressed}");
+                tracing::warn!(node = %session.node, %error, "peer request not understood{suppressed}");
             }
             let code = match error {
                 super::messages::DecodeError::UnknownType(_) => ErrorCode::UnknownType,
                 _ => ErrorCode::BadRequest,
             };
-            return respond(
-                Reply::error(code, error.to_string()),
-                envelope.id.into_owned(),
-            );
+            return respond(Reply::error(code, error.to_string()), &envelope.id);
         }
     };
-    // Only this connection's task adds to its requests in flight, so the count read
-    // here cannot grow before this request is counted.
-    let over_connection =
-        link.in_flight.load(Ordering::Relaxed) >= state.options.max_in_flight_per_connection;
-    let permit = if over_connection {
+    let over_session =
+        session.in_flight.load(Ordering::Relaxed) >= state.options.max_in_flight_per_connection;
+    let permit = if over_session {
         None
     } else {
         state.permits.clone().try_acquire_owned().ok()
     };
     let Some(permit) = permit else {
-        let reason = if over_connection {
+        let reason = if over_session {
             "too many requests of this connection in progress"
         } else {
             "too many requests in progress"
         };
         if let Some(suppressed) = state.refuse(Refusal::Busy) {
-            tracing::warn!(sender = %envelope.sender, kind = request.kind(), "peer request refused: {reason}{suppressed}");
+            tracing::warn!(node = %session.node, kind = request.kind(), "peer request refused: {reason}{suppressed}");
         }
-        return respond(
-            Reply::error(ErrorCode::Busy, reason),
-            envelope.id.into_owned(),
-        );
+        return respond(Reply::error(ErrorCode::Busy, reason), &envelope.id);
     };
     state.stats.handled.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(sender = %envelope.sender, kind = request.kind(), id = %envelope.id, "peer request");
+    tracing::debug!(node = %session.node, kind = request.kind(), id = %envelope.id, "peer request");
+    session.in_flight.fetch_add(1, Ordering::Relaxed);
     let state = state.clone();
+    let session = session.clone();
     let id = envelope.id.into_owned();
-    let sender = NodeId(envelope.sender.into_owned());
     let mut answer = Box::pin(async move {
         let kind = request.kind();
-        let reply = std::panic::AssertUnwindSafe(dispatch(&state, request, &sender))
+        let reply = std::panic::AssertUnwindSafe(dispatch(&state, request, &session.node))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -726,22 +799,53 @@ fn accept(state: &Arc<State>, frames: Vec<Bytes>, link: &Link) -> Answer {
                 Outgoing::Reply(Reply::error(ErrorCode::Internal, "the handler failed"))
             });
         drop(permit);
-        frame_reply(sign_reply(&state, reply, id))
+        let frames = sealed(&session, &reply_bytes(&state, &session.node, reply, &id));
+        session.in_flight.fetch_sub(1, Ordering::Relaxed);
+        frames
     });
     // A handler that answers without waiting (capabilities, most statuses) is answered
     // inline, saving a task; the others run in a task of their own.
     match (&mut answer).now_or_never() {
-        Some(reply) => Answer::Now(reply),
+        Some(frames) => Answer::Now(frames),
         None => Answer::Later(answer),
     }
 }
 
-/// Drops a message that is not a REQ client's (no answer: a REQ client could not read it).
-fn drop_misframed(state: &State, framing: &str) -> Answer {
-    if let Some(suppressed) = state.refuse(Refusal::Framing) {
-        tracing::warn!("peer message dropped: {framing}{suppressed}");
+/// The checks of a request opened in its session: it is from the session's node, for
+/// this node, from a node still trusted, fresh and not seen before.
+fn check_request(
+    state: &State,
+    session: &Session,
+    envelope: &Received,
+) -> Result<(), (ErrorCode, String)> {
+    if envelope.sender != session.node.0 {
+        return Err((
+            ErrorCode::Unauthorized,
+            format!(
+                "sender {} is not the node of this session ({})",
+                envelope.sender, session.node
+            ),
+        ));
     }
-    Answer::Nothing
+    if envelope.to != state.node {
+        return Err((
+            ErrorCode::Misdirected,
+            format!(
+                "the message is for node {}, this is node {}",
+                envelope.to, state.node
+            ),
+        ));
+    }
+    if !state.trust.still_trusted(&session.node) {
+        return Err((
+            ErrorCode::Unauthorized,
+            format!("node {} is no longer trusted", session.node),
+        ));
+    }
+    state
+        .guard
+        .check(envelope, now_ms())
+        .map_err(|error| (ErrorCode::Unauthorized, error.to_string()))
 }
 
 /// What a request is answered with.
@@ -753,7 +857,7 @@ enum Outgoing {
 
 async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Outgoing {
     let handler = state.handler.as_ref();
-    let refused = |reason: String| Reply::error(ErrorCode::Refused, reason);
+    let refused = |refusal: PeerRefusal| Reply::error(refusal.code, refusal.message);
     let reply = match request {
         Request::Capabilities => {
             let capabilities = handler.capabilities().await;
@@ -805,33 +909,10 @@ async fn dispatch(state: &State, request: Request, sender: &NodeId) -> Outgoing 
     Outgoing::Reply(reply)
 }
 
-fn sign_reply(state: &State, reply: Outgoing, id: String) -> Vec<u8> {
+fn reply_bytes(state: &State, to: &NodeId, reply: Outgoing, id: &str) -> Vec<u8> {
     let (kind, payload) = match reply {
         Outgoing::Capabilities(answer) => (kinds::CAPABILITY_REPLY, answer.payload.clone()),
         Outgoing::Reply(reply) => (reply.kind(), canonical_json(&reply.payload()).into()),
     };
-    Envelope::signed_bytes_with_payload(kind, &id, &state.node, &payload, &state.key)
-}
-
-/// A reply as a REQ client expects it: the empty delimiter, then the envelope.
-fn frame_reply(body: Vec<u8>) -> Vec<u8> {
-    zmtp::delimited(body)
-}
-
-/// The request id of a message that is not a valid envelope, if it has one, so that the
-/// error reply can be matched to its request.
-fn best_effort_id(body: &[u8]) -> String {
-    if body.len() > super::envelope::MAX_MESSAGE_BYTES {
-        return String::new();
-    }
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|value| {
-            value
-                .get("id")
-                .and_then(|id| id.as_str())
-                .map(str::to_owned)
-        })
-        .filter(|id| id.len() <= 128)
-        .unwrap_or_default()
+    peer_message(kind, id, &state.node, &to.0, &payload)
 }

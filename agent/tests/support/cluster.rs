@@ -16,7 +16,7 @@ use motey::discovery::{
 use motey::domain::{
     Capability, ImageDeployment, ImageState, ImageStatus, NodeId, NodeInfo, ServiceId,
 };
-use motey::peer::{ClusterKey, PeerHandler};
+use motey::peer::{ClusterKey, ClusterKeyTrust, ErrorCode, PeerHandler, PeerRefusal, SessionTrust};
 use motey::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -159,6 +159,20 @@ impl Drop for Mosquitto {
 
 pub fn key() -> ClusterKey {
     ClusterKey::from_secret("the cluster secret of the tests")
+}
+
+/// Node `node`'s identity in the peer protocol, its static key proven with `key`.
+pub fn trust_with_key(node: &str, key: ClusterKey) -> Arc<dyn SessionTrust> {
+    Arc::new(ClusterKeyTrust::new(
+        NodeId(node.into()),
+        key,
+        rand::random(),
+    ))
+}
+
+/// Node `node`'s identity in the peer protocol, in the tests' cluster.
+pub fn trust(node: &str) -> Arc<dyn SessionTrust> {
+    trust_with_key(node, key())
 }
 
 pub fn node_info(id: &str) -> NodeInfo {
@@ -339,7 +353,7 @@ impl PeerHandler for RecordingHandler {
         &self,
         _sender: &NodeId,
         deployment: ImageDeployment,
-    ) -> Result<ImageStatus, String> {
+    ) -> Result<ImageStatus, PeerRefusal> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.hang_deployments {
             std::future::pending::<()>().await;
@@ -358,10 +372,13 @@ impl PeerHandler for RecordingHandler {
         _sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<ImageStatus, String> {
+    ) -> Result<ImageStatus, PeerRefusal> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if image_id == "unknown" {
-            return Err(format!("no image {image_id} of service {service} here"));
+            return Err(PeerRefusal::new(
+                ErrorCode::NotFound,
+                format!("no image {image_id} of service {service} here"),
+            ));
         }
         Ok(self.status(service, image_id, ImageState::Running))
     }
@@ -371,7 +388,7 @@ impl PeerHandler for RecordingHandler {
         _sender: &NodeId,
         service: &ServiceId,
         image_id: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerRefusal> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.terminated
             .lock()

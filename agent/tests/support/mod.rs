@@ -41,11 +41,16 @@ impl AgentProcess {
     /// Starts an agent for a test that deploys no container (the REST server, the peer
     /// port), without building the test images first.
     pub async fn start_without_images(test: &str, env: &[(&str, &str)]) -> AgentProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let node_id = format!(
-            "agent-{test}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
+        AgentProcess::start_prepared(new_node_id(test), tempfile::tempdir().unwrap(), env).await
+    }
+
+    /// Starts an agent as `node_id` in a data directory already prepared (e.g. by
+    /// `motey join`).
+    pub async fn start_prepared(
+        node_id: String,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let mut agent = AgentProcess {
             child: None,
             node_id,
@@ -182,7 +187,10 @@ impl AgentProcess {
             .timeout(Duration::from_secs(30))
             .tls_built_in_root_certs(false);
         if let Ok(pem) = std::fs::read(self.certificate_file()) {
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            // Every certificate of the file: a node with a cluster CA serves its chain.
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+                builder = builder.add_root_certificate(certificate);
+            }
         }
         builder.build().unwrap()
     }
@@ -265,6 +273,108 @@ impl Drop for AgentProcess {
         self.kill();
         docker::remove_containers_with_label(labels::NODE_ID, &self.node_id);
     }
+}
+
+/// A fresh node id for a test.
+pub fn new_node_id(test: &str) -> String {
+    format!(
+        "agent-{test}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// Runs the `motey` CLI for the node of `data_dir`.
+pub fn motey_cli(data_dir: &Path, node_id: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_motey"))
+        .args(args)
+        .env("MOTEY_GENERAL_DATA_DIR", data_dir)
+        .env("MOTEY_GENERAL_NODE_ID", node_id)
+        .output()
+        .expect("run the motey binary")
+}
+
+/// A join token from the CA node `ca` (`motey cluster token`).
+pub fn cluster_token(ca: &AgentProcess, ttl: &str, uses: u32) -> String {
+    let uses = uses.to_string();
+    let output = motey_cli(
+        ca.data_dir(),
+        &ca.node_id,
+        &["cluster", "token", "--ttl", ttl, "--uses", &uses],
+    );
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// `motey join` of a node in `data_dir` through the CA node `ca`.
+pub fn join_cluster(
+    ca: &AgentProcess,
+    data_dir: &Path,
+    node_id: &str,
+    token: &str,
+) -> std::process::Output {
+    let server = format!("127.0.0.1:{}", ca.port);
+    motey_cli(
+        data_dir,
+        node_id,
+        &["join", "--token", token, "--server", &server],
+    )
+}
+
+/// Settings of a CA node: it makes the cluster CA at its first start and serves HTTPS,
+/// as joining needs.
+pub const CA_NODE: &[(&str, &str)] = &[
+    ("MOTEY_CLUSTER_ROLE", "init"),
+    ("MOTEY_WEBSERVER_TLS", "on"),
+];
+
+/// A fog whose nodes are members by certificate: a CA node running the broker, and
+/// `edges` nodes that joined it with a token each and use its broker.
+pub struct JoinedCluster {
+    pub ca: AgentProcess,
+    pub edges: Vec<AgentProcess>,
+}
+
+/// Starts a [`JoinedCluster`]; every node gets `env`, and waits until the CA node knows
+/// every edge as alive.
+pub async fn joined_cluster(test: &str, env: &[(&str, &str)], edges: usize) -> JoinedCluster {
+    let mut ca_env = env.to_vec();
+    ca_env.extend_from_slice(CA_NODE);
+    let ca = AgentProcess::start_without_images(&format!("{test}-ca"), &ca_env).await;
+    let broker = ca.mqtt_port.to_string();
+    let mut edge_env = env.to_vec();
+    edge_env.extend([
+        ("MOTEY_MQTT_EMBEDDED", "false"),
+        ("MOTEY_MQTT_PORT", broker.as_str()),
+    ]);
+    let mut joined = Vec::new();
+    for index in 0..edges {
+        let node_id = new_node_id(&format!("{test}-edge{index}"));
+        let dir = tempfile::tempdir().unwrap();
+        let token = cluster_token(&ca, "10m", 1);
+        let output = join_cluster(&ca, dir.path(), &node_id, &token);
+        assert!(
+            output.status.success(),
+            "join: {output:?}\nCA log:\n{}",
+            ca.log()
+        );
+        joined.push(AgentProcess::start_prepared(node_id, dir, &edge_env).await);
+    }
+    for edge in &joined {
+        system_tests::wait_for(
+            "the joined node to be known",
+            Duration::from_secs(60),
+            || async {
+                let (_, nodes) = ca.get("/v1/nodes").await;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    JoinedCluster { ca, edges: joined }
 }
 
 /// Sends `request` with `token` and gives the status and the JSON body (null if none).

@@ -1,7 +1,10 @@
-//! The signed JSON envelope every cluster message travels in (peer requests and replies
-//! over ZeroMQ, discovery announcements over MQTT), and the checks a receiver makes before
-//! it believes one: a valid HMAC-SHA256 under the cluster key, a timestamp close to its own
-//! clock and a nonce it has not seen before. See `PROTOCOL.md` beside this file.
+//! The JSON envelopes cluster messages travel in, and the checks a receiver makes before
+//! it believes one. Discovery announcements over MQTT are version 1, signed with the
+//! cluster key (HMAC-SHA256, [`Envelope`]); peer requests and replies are version 2
+//! ([`Received`], [`peer_message`]), carried inside a Noise session that encrypts and
+//! authenticates them, so they carry no MAC but name their recipient (`to`). Both carry a
+//! timestamp close to the receiver's clock and a nonce it has not seen before. See
+//! `PROTOCOL.md` beside this file.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,13 +18,16 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-mod as_written;
 mod replay;
 
 pub use replay::{ReplayGuard, Stamped};
 
-/// Version of the envelope format; a receiver refuses any other.
+/// Version of the signed envelope of discovery announcements; a receiver refuses any other.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the peer protocol's envelope (inside a Noise session); a receiver refuses
+/// any other, version 1 with a message naming the upgrade.
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest encoded envelope a node accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -75,6 +81,11 @@ impl ClusterKey {
         hex::encode(self.tag(purpose.as_bytes()).finalize().into_bytes())
     }
 
+    /// HMAC-SHA256 of `data` under the key.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        self.tag(data).finalize().into_bytes().into()
+    }
+
     fn tag(&self, data: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         mac.update(data);
@@ -93,8 +104,8 @@ impl fmt::Debug for ClusterKey {
 pub enum AuthError {
     #[error("not a valid envelope: {0}")]
     Malformed(String),
-    #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
-    UnsupportedVersion(u32),
+    #[error("unsupported protocol version {got} (this node speaks {speaks})")]
+    UnsupportedVersion { got: u32, speaks: u32 },
     #[error("message is not signed")]
     MissingMac,
     #[error("signature does not match (forged, altered or signed with another cluster key)")]
@@ -141,79 +152,10 @@ pub fn now_ms() -> i64 {
 
 /// A fresh random nonce (16 bytes, hex).
 pub fn new_nonce() -> String {
-    String::from_utf8(nonce_digits().to_vec()).expect("hex digits are ASCII")
-}
-
-/// The hex digits of a fresh random nonce, without a heap allocation (one per message).
-fn nonce_digits() -> [u8; 32] {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
-    let mut digits = [0u8; 32];
-    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
-        pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
-    }
-    digits
+    hex::encode(bytes)
 }
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Appends `bytes` as lowercase hex (the `hex` crate collects chars one by one; this is
-/// on every message's path).
-fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() * 2);
-    for byte in bytes {
-        out.push(HEX_DIGITS[usize::from(byte >> 4)]);
-        out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
-    }
-}
-
-/// Value of each byte as a hex digit (either case); `INVALID` for any other byte.
-const HEX_VALUES: [u8; 256] = {
-    let mut values = [INVALID; 256];
-    let mut digit = 0;
-    while digit < 10 {
-        values[b'0' as usize + digit] = digit as u8;
-        digit += 1;
-    }
-    let mut letter = 0;
-    while letter < 6 {
-        values[b'a' as usize + letter] = 10 + letter as u8;
-        values[b'A' as usize + letter] = 10 + letter as u8;
-        letter += 1;
-    }
-    values
-};
-const INVALID: u8 = 0x10;
-
-/// A MAC written as 64 hex digits (either case), as bytes. Through a table, without a
-/// branch per digit: the digits of a MAC are random, so per-digit branches were
-/// mispredicted about every other time, and this runs twice per round trip.
-fn decode_mac(hex: &[u8]) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut tag = [0u8; 32];
-    let mut invalid = 0u8;
-    for (byte, pair) in tag.iter_mut().zip(hex.chunks_exact(2)) {
-        let (high, low) = (
-            HEX_VALUES[usize::from(pair[0])],
-            HEX_VALUES[usize::from(pair[1])],
-        );
-        invalid |= high | low;
-        *byte = high << 4 | (low & 0x0f);
-    }
-    (invalid & INVALID == 0).then_some(tag)
-}
-
-/// How a signed message written by [`Envelope::signed_bytes`] ends: the MAC as the last
-/// field, after the canonical form's fields.
-const MAC_FIELD: &str = ",\"mac\":\"";
-const SIGNED_TAIL_LEN: usize = MAC_FIELD.len() + 64 + 2;
-
-/// Room left in a message's buffer for a transport to put its framing in front of it
-/// without another buffer (ZMTP adds up to 11 bytes).
-const TRANSPORT_ROOM: usize = 16;
 
 impl Envelope {
     /// A new, unsigned message stamped with the current time and a fresh nonce.
@@ -244,7 +186,8 @@ impl Envelope {
     }
 
     fn check_shape(&self) -> Result<(), AuthError> {
-        check_shape(self.v, &self.kind, &self.id, &self.sender, &self.nonce)
+        check_version(self.v, PROTOCOL_VERSION)?;
+        check_shape(&self.kind, &self.id, &self.sender, &self.nonce)
     }
 
     /// The bytes the MAC covers: the envelope without `mac`, keys in the fixed order
@@ -266,40 +209,13 @@ impl Envelope {
 
     /// Signs the message with the cluster key (replacing any earlier MAC).
     pub fn sign(&mut self, key: &ClusterKey) {
-        let tag = key.tag(&self.canonical_bytes()).finalize().into_bytes();
-        let mut hex = Vec::with_capacity(64);
-        push_hex(&tag, &mut hex);
-        self.mac = Some(String::from_utf8(hex).expect("hex digits are ASCII"));
+        self.mac = Some(hex::encode(key.mac(&self.canonical_bytes())));
     }
 
-    /// The message signed, as the bytes to send: its canonical form with the MAC added as
-    /// the last field. That is valid JSON of the envelope like any other layout, and it
-    /// spares a second serialization here and, at a receiver of this project, writing the
-    /// canonical form again (see [`Received::verify`]).
-    pub fn signed_bytes(self, key: &ClusterKey) -> Vec<u8> {
-        append_mac(self.canonical_bytes(), key)
-    }
-
-    /// A new message signed, as the bytes to send, with a payload already in canonical
-    /// form (see [`canonical_json`]): a reply that stays the same for many requests (a
-    /// node's capabilities) is not converted and sorted again for each of them.
-    pub fn signed_bytes_with_payload(
-        kind: &str,
-        id: &str,
-        sender: &str,
-        canonical_payload: &[u8],
-        key: &ClusterKey,
-    ) -> Vec<u8> {
-        let canonical = canonical_form(
-            PROTOCOL_VERSION,
-            kind,
-            id,
-            sender,
-            now_ms(),
-            std::str::from_utf8(&nonce_digits()).expect("hex digits are ASCII"),
-            canonical_payload,
-        );
-        append_mac(canonical, key)
+    /// The message signed, as the bytes to send.
+    pub fn signed_bytes(mut self, key: &ClusterKey) -> Vec<u8> {
+        self.sign(key);
+        self.to_bytes()
     }
 
     /// The message as JSON, as it is (signed or not).
@@ -310,17 +226,16 @@ impl Envelope {
     /// Checks the MAC in constant time.
     pub fn verify(&self, key: &ClusterKey) -> Result<(), AuthError> {
         let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
-        let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
+        let tag = hex::decode(mac).map_err(|_| AuthError::Forged)?;
         key.tag(&self.canonical_bytes())
             .verify_slice(&tag)
             .map_err(|_| AuthError::Forged)
     }
 }
 
-/// An envelope as it arrived, borrowing its fields from the received bytes and keeping
-/// the payload as raw JSON: a receiver checks it first and then decodes the payload
-/// straight into the request or reply it carries, without building a JSON tree (which
-/// was the larger part of reading a message).
+/// A peer message (version 2) as it arrived out of its Noise session, borrowing its
+/// fields from the decrypted bytes and keeping the payload as raw JSON: a receiver checks
+/// it first and then decodes the payload straight into the request or reply it carries.
 #[derive(Debug, Deserialize)]
 pub struct Received<'a> {
     pub v: u32,
@@ -328,59 +243,85 @@ pub struct Received<'a> {
     pub kind: Cow<'a, str>,
     #[serde(borrow)]
     pub id: Cow<'a, str>,
+    /// The sending node; a receiver believes it only if it is the session's node.
     #[serde(borrow)]
     pub sender: Cow<'a, str>,
+    /// The node the message is for; any other node refuses it. Read as optional so that
+    /// a message of another version is refused for its version, not for lacking it.
+    #[serde(borrow, default)]
+    pub to: Cow<'a, str>,
     pub ts: i64,
     #[serde(borrow)]
     pub nonce: Cow<'a, str>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub mac: Option<Cow<'a, str>>,
 }
 
 impl<'a> Received<'a> {
-    /// Parses received bytes, refusing anything oversized or out of shape, as
-    /// [`Envelope::parse`] does. The MAC is not checked here: see [`Received::verify`].
+    /// Parses a decrypted peer message, refusing anything oversized, out of shape or of
+    /// another version.
     pub fn parse(bytes: &'a [u8]) -> Result<Received<'a>, AuthError> {
-        let as_written = (bytes.len() <= MAX_MESSAGE_BYTES)
-            .then(|| as_written::read(bytes))
-            .flatten();
-        let received = match as_written {
-            Some(received) => received,
-            None => decode(bytes)?,
-        };
+        let received: Received = decode(bytes)?;
+        check_version(received.v, PEER_PROTOCOL_VERSION)?;
         check_shape(
-            received.v,
             &received.kind,
             &received.id,
             &received.sender,
             &received.nonce,
         )?;
-        Ok(received)
-    }
-
-    /// [`Envelope::verify`] for the message parsed from `bytes`, trying the received
-    /// bytes first: when they end in the MAC field, as [`Envelope::signed_bytes`] writes
-    /// them, the MAC is checked over the bytes before that field (closed with `}`), which
-    /// spares writing the canonical form again. This is as strict: a matching MAC proves
-    /// that a holder of the key signed exactly these bytes as a canonical form, and the
-    /// message was parsed from exactly them (plus the MAC). Any other layout (another JSON
-    /// library's key order, whitespace) falls back to the canonical form.
-    pub fn verify(&self, bytes: &[u8], key: &ClusterKey) -> Result<(), AuthError> {
-        let mac = self.mac.as_deref().ok_or(AuthError::MissingMac)?;
-        let tag = decode_mac(mac.as_bytes()).ok_or(AuthError::Forged)?;
-        if verifies_as_sent(bytes, mac, &tag, key) {
-            return Ok(());
+        if received.to.is_empty() {
+            return Err(AuthError::Malformed("field to is missing".into()));
         }
-        // Another layout than this project writes: check the canonical form.
-        Envelope::parse(bytes)?.verify(key)
+        if received.to.len() > MAX_SENDER_LEN {
+            return Err(AuthError::Malformed(format!(
+                "field to is longer than {MAX_SENDER_LEN} bytes"
+            )));
+        }
+        Ok(received)
     }
 
     /// The payload, as raw JSON (`null` when the message has none).
     pub fn payload(&self) -> &'a RawValue {
         self.payload.unwrap_or(RawValue::NULL)
     }
+}
+
+/// The version of a message that did not parse, if it names one, so that a refusal can
+/// tell an older node what to upgrade.
+pub fn version_of(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u64,
+    }
+    serde_json::from_slice::<Versioned>(bytes)
+        .ok()
+        .map(|versioned| versioned.v)
+}
+
+/// A peer message (version 2) as the bytes to encrypt and send, stamped with the current
+/// time and a fresh nonce, with a payload already in canonical form (see
+/// [`canonical_json`]): a reply that stays the same for many requests (a node's
+/// capabilities) is not converted again for each of them.
+pub fn peer_message(kind: &str, id: &str, sender: &str, to: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + payload.len());
+    out.extend_from_slice(b"{\"v\":");
+    write_integer(i64::from(PEER_PROTOCOL_VERSION), &mut out);
+    out.extend_from_slice(b",\"type\":");
+    write_json_string(kind, &mut out);
+    out.extend_from_slice(b",\"id\":");
+    write_json_string(id, &mut out);
+    out.extend_from_slice(b",\"sender\":");
+    write_json_string(sender, &mut out);
+    out.extend_from_slice(b",\"to\":");
+    write_json_string(to, &mut out);
+    out.extend_from_slice(b",\"ts\":");
+    write_integer(now_ms(), &mut out);
+    out.extend_from_slice(b",\"nonce\":");
+    write_json_string(&new_nonce(), &mut out);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload);
+    out.push(b'}');
+    out
 }
 
 /// The JSON of a message, refusing oversized ones before reading them.
@@ -394,10 +335,15 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AuthError> {
     serde_json::from_slice(bytes).map_err(|error| AuthError::Malformed(error.to_string()))
 }
 
-fn check_shape(v: u32, kind: &str, id: &str, sender: &str, nonce: &str) -> Result<(), AuthError> {
-    if v != PROTOCOL_VERSION {
-        return Err(AuthError::UnsupportedVersion(v));
+fn check_version(got: u32, speaks: u32) -> Result<(), AuthError> {
+    if got == speaks {
+        Ok(())
+    } else {
+        Err(AuthError::UnsupportedVersion { got, speaks })
     }
+}
+
+fn check_shape(kind: &str, id: &str, sender: &str, nonce: &str) -> Result<(), AuthError> {
     let fields = [
         ("type", kind, MAX_KIND_LEN),
         ("id", id, MAX_ID_LEN),
@@ -431,8 +377,7 @@ fn canonical_form(
     nonce: &str,
     canonical_payload: &[u8],
 ) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(128 + canonical_payload.len() + SIGNED_TAIL_LEN + TRANSPORT_ROOM);
+    let mut out = Vec::with_capacity(128 + canonical_payload.len());
     out.extend_from_slice(b"{\"v\":");
     write_integer(i64::from(v), &mut out);
     out.extend_from_slice(b",\"type\":");
@@ -463,41 +408,6 @@ fn needs_escape(bytes: &[u8]) -> bool {
 fn write_integer(value: i64, out: &mut Vec<u8>) {
     use std::io::Write;
     write!(out, "{value}").expect("writing to a Vec cannot fail");
-}
-
-/// A canonical form with the MAC added as the last field: the bytes to send.
-fn append_mac(mut canonical: Vec<u8>, key: &ClusterKey) -> Vec<u8> {
-    let tag = key.tag(&canonical).finalize().into_bytes();
-    canonical.pop(); // the closing brace
-    canonical.reserve(SIGNED_TAIL_LEN);
-    canonical.extend_from_slice(MAC_FIELD.as_bytes());
-    push_hex(&tag, &mut canonical);
-    canonical.extend_from_slice(b"\"}");
-    canonical
-}
-
-/// Whether `received` ends in the MAC field `mac`, as [`Envelope::signed_bytes`] writes
-/// it, and the MAC matches the bytes before that field (closed with `}`). This is as
-/// strict as checking the canonical form: a matching MAC proves that a holder of the key
-/// signed exactly these bytes as a canonical form, and the message was parsed from
-/// exactly them (plus the MAC).
-fn verifies_as_sent(received: &[u8], mac: &str, tag: &[u8; 32], key: &ClusterKey) -> bool {
-    let Some((signed, tail)) = received
-        .len()
-        .checked_sub(SIGNED_TAIL_LEN)
-        .map(|end| received.split_at(end))
-    else {
-        return false;
-    };
-    if !(tail.starts_with(MAC_FIELD.as_bytes())
-        && tail.ends_with(b"\"}")
-        && tail[MAC_FIELD.len()..MAC_FIELD.len() + 64] == *mac.as_bytes())
-    {
-        return false;
-    }
-    let mut check = key.tag(signed);
-    check.update(b"}");
-    check.verify_slice(tag).is_ok()
 }
 
 /// A JSON value in canonical form: object keys sorted, no whitespace.
@@ -622,7 +532,7 @@ mod tests {
         envelope.v = 2;
         assert_eq!(
             Envelope::parse(&envelope.to_bytes()),
-            Err(AuthError::UnsupportedVersion(2))
+            Err(AuthError::UnsupportedVersion { got: 2, speaks: 1 })
         );
         let mut envelope = signed();
         envelope.nonce = "n".repeat(1000);
@@ -637,7 +547,7 @@ mod tests {
         ));
     }
 
-    /// The example of PROTOCOL.md, computed independently (Python's hmac and json).
+    /// The discovery example of PROTOCOL.md, computed independently (Python's hmac and json).
     #[test]
     fn known_answer_of_the_protocol_document() {
         let key = ClusterKey::from_secret("example cluster key, 32 chars ok");
@@ -661,14 +571,6 @@ mod tests {
         )
         .unwrap();
         reply.verify(&key).unwrap();
-        // The reply's payload keys are not in canonical order: the received bytes cannot
-        // be checked as they are, the canonical form is written again.
-        let received = br#"{"v":1,"type":"capability_reply","id":"6f1c2a9e-8a47-4c1e-9a59-0e4f2b7d1c3a","sender":"node-b","ts":1700000000004,"nonce":"0a1b2c3d4e5f60718293a4b5c6d7e8f9","payload":{"digest":"5d1f0c3e8b2a4f6d","capabilities":[{"capability_type":"hardware","capability":"optical-probe"}]},"mac":"c56dc8b23bd297a546b57de4242866ca0dc091e6a3b958054cc4d9138873def1"}"#;
-        Received::parse(received)
-            .unwrap()
-            .verify(received, &key)
-            .unwrap();
-        // What this node sends is the document's request byte for byte.
         request.mac = None;
         assert_eq!(
             String::from_utf8(request.signed_bytes(&key)).unwrap(),
@@ -677,38 +579,34 @@ mod tests {
     }
 
     #[test]
-    fn received_bytes_altered_anywhere_are_refused() {
-        let bytes = Envelope::new(
+    fn a_peer_message_reads_back_with_its_recipient() {
+        let bytes = peer_message(
             "image_status",
             "0f0e",
-            "node-a",
-            json!({"service_id": "s1", "image_id": "web"}),
-        )
-        .signed_bytes(&key());
-        let text = String::from_utf8(bytes.clone()).unwrap();
-        Envelope::parse(&bytes).unwrap().verify(&key()).unwrap();
-        let parsed = Received::parse(&bytes).unwrap();
-        parsed.verify(&bytes, &key()).unwrap();
-        for altered in [
-            text.replace("node-a", "node-b"),
-            text.replace("\"web\"", "\"db\""),
-            text.replace("\"s1\"", "\"s1\",\"x\":1"),
-        ] {
-            let received = Received::parse(altered.as_bytes()).unwrap();
-            assert_eq!(
-                received.verify(altered.as_bytes(), &key()),
-                Err(AuthError::Forged),
-                "{altered}"
-            );
-        }
-        let other = ClusterKey::from_secret("another cluster's secret");
-        assert_eq!(parsed.verify(&bytes, &other), Err(AuthError::Forged));
-        // Whitespace or another key order on the wire: still authentic.
-        let spaced = text.replace(",\"mac\"", ", \"mac\"");
-        Received::parse(spaced.as_bytes())
-            .unwrap()
-            .verify(spaced.as_bytes(), &key())
-            .unwrap();
+            "node \"a\"",
+            "node-b",
+            &canonical_json(&json!({"service_id": "s1", "image_id": "web"})),
+        );
+        let received = Received::parse(&bytes).unwrap();
+        assert_eq!(received.v, PEER_PROTOCOL_VERSION);
+        assert_eq!(received.sender, "node \"a\"");
+        assert_eq!(received.to, "node-b");
+        assert_eq!(
+            received.payload().get(),
+            r#"{"image_id":"web","service_id":"s1"}"#
+        );
+        assert!((received.ts - now_ms()).abs() < 60_000);
+    }
+
+    #[test]
+    fn a_version_1_message_is_not_a_peer_message() {
+        let bytes = signed().to_bytes();
+        assert_eq!(
+            Received::parse(&bytes).unwrap_err(),
+            AuthError::UnsupportedVersion { got: 1, speaks: 2 }
+        );
+        assert_eq!(version_of(&bytes), Some(1));
+        assert_eq!(version_of(b"garbage"), None);
     }
 
     #[test]
@@ -717,6 +615,7 @@ mod tests {
         assert!(!shown.contains("horse"), "{shown}");
         assert_eq!(key().fingerprint().len(), 12);
         assert_eq!(ClusterKey::generate_secret().len(), 64);
+        assert_eq!(new_nonce().len(), 32);
     }
 
     proptest! {
@@ -729,7 +628,6 @@ mod tests {
                 let _ = ReplayGuard::default().check(&envelope, now_ms());
             }
             if let Ok(received) = Received::parse(&bytes) {
-                let _ = received.verify(&bytes, &key());
                 let _ = ReplayGuard::default().check(&received, now_ms());
             }
         }
@@ -739,133 +637,28 @@ mod tests {
             if let Ok(envelope) = Envelope::parse(text.as_bytes()) {
                 prop_assert!(envelope.verify(&key()).is_err());
             }
+            let _ = Received::parse(text.as_bytes());
         }
 
         #[test]
         fn any_signed_payload_verifies(value in arbitrary_json()) {
-            let mut envelope = Envelope::new("capability_request", "id", "node", value);
-            envelope.sign(&key());
-            let parsed = Envelope::parse(&envelope.to_bytes()).unwrap();
-            prop_assert_eq!(parsed.verify(&key()), Ok(()));
-            // The bytes sent check as the canonical form (and as they are: below).
-            envelope.mac = None;
-            let sent = envelope.clone().signed_bytes(&key());
+            let envelope = Envelope::new("capability_request", "id", "node", value.clone());
+            let sent = envelope.signed_bytes(&key());
             let parsed = Envelope::parse(&sent).unwrap();
             prop_assert_eq!(parsed.verify(&key()), Ok(()));
-            envelope.sign(&key());
-            prop_assert_eq!(parsed, envelope.clone());
-            // As received: the same fields, the payload kept as raw JSON, the same verdict
-            // on the bytes as sent and on another layout of them.
-            let received = Received::parse(&sent).unwrap();
-            prop_assert_eq!(received.verify(&sent, &key()), Ok(()));
+            prop_assert_eq!(&parsed.payload, &value);
+        }
+
+        #[test]
+        fn any_peer_message_reads_back(kind in "[a-z_]{1,12}", sender in ".{0,16}", to in ".{1,16}", value in arbitrary_json()) {
+            let bytes = peer_message(&kind, "id", &sender, &to, &canonical_json(&value));
+            let received = Received::parse(&bytes).unwrap();
+            prop_assert_eq!(received.kind.as_ref(), kind.as_str());
+            prop_assert_eq!(received.sender.as_ref(), sender.as_str());
+            prop_assert_eq!(received.to.as_ref(), to.as_str());
             let payload: Value = serde_json::from_str(received.payload().get()).unwrap();
-            prop_assert_eq!(&payload, &envelope.payload);
-            let relaid = envelope.to_bytes();
-            prop_assert_eq!(Received::parse(&relaid).unwrap().verify(&relaid, &key()), Ok(()));
+            prop_assert_eq!(payload, value);
         }
-
-        #[test]
-        fn a_received_message_altered_anywhere_is_refused_or_unchanged(value in arbitrary_json(), at in any::<usize>()) {
-            let sent = Envelope::new("image_status", "id", "node", value).signed_bytes(&key());
-            let mut altered = sent.clone();
-            let at = at % altered.len();
-            altered[at] ^= 0x01;
-            // Believed only if it still says the same (a float's last digit beyond its
-            // precision, say): what a receiver acts on is never altered.
-            if let Ok(received) = Received::parse(&altered) {
-                if received.verify(&altered, &key()).is_ok() {
-                    prop_assert_eq!(Envelope::parse(&altered), Envelope::parse(&sent));
-                }
-            }
-        }
-    }
-
-    /// What a receiver reads of a message, comparable.
-    fn fields(
-        received: &Received,
-    ) -> (
-        u32,
-        String,
-        String,
-        String,
-        i64,
-        String,
-        String,
-        Option<String>,
-    ) {
-        (
-            received.v,
-            received.kind.to_string(),
-            received.id.to_string(),
-            received.sender.to_string(),
-            received.ts,
-            received.nonce.to_string(),
-            received.payload().get().to_owned(),
-            received.mac.as_deref().map(str::to_owned),
-        )
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1024))]
-
-        /// The reader of this project's layout and the JSON parser read every message
-        /// alike: signed messages with any fields, and the same with any byte changed
-        /// or cut off (the layout reader may pass a message on to the JSON parser, never
-        /// read it otherwise).
-        #[test]
-        fn the_layout_reader_reads_as_the_json_parser(
-            kind in "[a-z_]{1,12}|.{0,12}",
-            id in "[0-9a-f-]{0,36}|.{0,12}",
-            sender in ".{0,16}",
-            ts in any::<i64>(),
-            value in arbitrary_json(),
-            at in any::<usize>(),
-            byte in any::<u8>(),
-            cut in any::<bool>(),
-        ) {
-            let plain = [&kind, &id, &sender]
-                .iter()
-                .all(|text| !text.chars().any(|c| c == '"' || c == '\\' || c < ' '));
-            let mut envelope = Envelope::new(kind, id, sender, value);
-            envelope.ts = ts;
-            let sent = envelope.signed_bytes(&key());
-            let mut altered = sent.clone();
-            let at = at % altered.len();
-            if cut {
-                altered.truncate(at);
-            } else {
-                altered[at] = byte;
-            }
-            for bytes in [&sent, &altered] {
-                if let Some(read) = as_written::read(bytes) {
-                    let parsed: Received = decode(bytes).expect("the JSON parser reads it too");
-                    prop_assert_eq!(fields(&read), fields(&parsed));
-                }
-            }
-            // Messages this project writes take the short way whenever they can.
-            prop_assert_eq!(as_written::read(&sent).is_some(), plain);
-        }
-
-        #[test]
-        fn macs_decode_as_hex_does(bytes in proptest::collection::vec(any::<u8>(), 32), at in 0usize..64, byte in any::<u8>()) {
-            let mut hex = hex::encode(&bytes).into_bytes();
-            prop_assert_eq!(decode_mac(&hex).map(|tag| tag.to_vec()), Some(bytes.clone()));
-            prop_assert_eq!(decode_mac(&hex.to_ascii_uppercase()).map(|tag| tag.to_vec()), Some(bytes));
-            hex[at] = byte;
-            prop_assert_eq!(decode_mac(&hex).map(|tag| tag.to_vec()), hex::decode(&hex).ok());
-        }
-    }
-
-    #[test]
-    fn a_received_message_without_payload_has_a_null_one() {
-        let mut envelope = Envelope::new("capability_request", "1", "node-a", Value::Null);
-        envelope.sign(&key());
-        let mut text = String::from_utf8(envelope.to_bytes()).unwrap();
-        text = text.replace(",\"payload\":null", "");
-        let received = Received::parse(text.as_bytes()).unwrap();
-        assert_eq!(received.payload().get(), "null");
-        received.verify(text.as_bytes(), &key()).unwrap();
-        assert_eq!(received.sender, "node-a");
     }
 
     fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -873,7 +666,6 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
-            (-1.0e6f64..1.0e6).prop_map(|n| json!(n)),
             ".{0,16}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 32, 6, |inner| {

@@ -1,33 +1,42 @@
-//! The embedded broker beyond loopback. rumqttd runs its TLS handshake inside its accept
-//! loop without a deadline (one silent client would stop every further connection) and
-//! counts connections only in all, so it keeps listening on loopback and this front
-//! faces the network: it admits a connection under the caps (in all and per remote
-//! address), completes the TLS handshake within [`CONNECT_TIMEOUT`] in the connection's
-//! own task, and then relays bytes to the broker, which still requires the login.
+//! A front for a server whose own listener cannot defend itself on a household network:
+//! it admits a connection under caps (in all and per remote address), completes a TLS
+//! handshake within a deadline in the connection's own task if it has a certificate,
+//! and relays bytes to the server on loopback. Used by the embedded MQTT broker (rumqttd
+//! runs its TLS handshake inside its accept loop without a deadline and counts
+//! connections only in all) and by the peer port (the `zeromq` crate's ROUTER neither
+//! sees nor closes single connections).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::embedded_broker::{BrokerError, CONNECT_TIMEOUT};
 use crate::logging::RateLimit;
 
-/// What the front listens on and how much it admits.
+/// What a front listens on and how much it admits.
 #[derive(Clone)]
-pub struct TlsFront {
+pub struct Front {
+    /// Named in its log lines ("embedded MQTT broker", "peer port").
+    pub name: &'static str,
+    /// Where to say the limits are set, e.g. "[MQTT] max_connections, max_connections_per_address".
+    pub settings: &'static str,
     pub listen: SocketAddr,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// TLS the front terminates; `None` relays the bytes as they come.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
 }
 
-impl std::fmt::Debug for TlsFront {
+impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsFront")
+        f.debug_struct("Front")
+            .field("name", &self.name)
             .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
             .field("max_connections", &self.max_connections)
             .field(
                 "max_connections_per_address",
@@ -37,80 +46,79 @@ impl std::fmt::Debug for TlsFront {
     }
 }
 
-impl TlsFront {
-    /// Binds the front and relays what it admits to `broker` (on loopback); returns the
+impl Front {
+    /// Binds the front and relays what it admits to `backend` (on loopback); returns the
     /// bound address.
-    pub(super) async fn start(self, broker: SocketAddr) -> Result<SocketAddr, BrokerError> {
-        let listen_error = |reason: String| BrokerError::Listen {
-            addr: self.listen,
-            reason,
-        };
-        let listener = TcpListener::bind(self.listen)
-            .await
-            .map_err(|error| listen_error(error.to_string()))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|error| listen_error(error.to_string()))?;
+    pub async fn start(self, backend: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(self.listen).await?;
+        let bound = listener.local_addr()?;
         let caps = Arc::new(Caps::new(
             self.max_connections,
             self.max_connections_per_address,
         ));
-        let acceptor = TlsAcceptor::from(self.tls);
-        tokio::spawn(accept_loop(listener, acceptor, caps, broker));
+        tokio::spawn(accept_loop(listener, self, caps, backend));
         Ok(bound)
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    caps: Arc<Caps>,
-    broker: SocketAddr,
-) {
-    let refusals = RateLimit::new(std::time::Duration::from_secs(10));
+async fn accept_loop(listener: TcpListener, front: Front, caps: Arc<Caps>, backend: SocketAddr) {
+    let refusals = RateLimit::new(Duration::from_secs(10));
+    let acceptor = front.tls.clone().map(TlsAcceptor::from);
+    let (name, settings) = (front.name, front.settings);
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(%error, "embedded MQTT broker: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tracing::warn!(%error, "{name}: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Some(admitted) = caps.admit(remote.ip()) else {
             if let Some(suppressed) = refusals.admit() {
-                tracing::warn!(
-                    %remote,
-                    "embedded MQTT broker: connection over the caps closed \
-                     ([MQTT] max_connections, max_connections_per_address){suppressed}"
-                );
+                tracing::warn!(%remote, "{name}: connection over the caps closed ({settings}){suppressed}");
             }
             continue;
         };
         let acceptor = acceptor.clone();
+        let handshake_timeout = front.handshake_timeout;
         tokio::spawn(async move {
             let _admitted = admitted;
-            if let Err(reason) = relay(stream, &acceptor, broker).await {
-                tracing::debug!(%remote, reason, "embedded MQTT broker: connection ended");
+            let relayed = match acceptor {
+                Some(acceptor) => relay_tls(stream, &acceptor, handshake_timeout, backend).await,
+                None => relay(stream, backend).await,
+            };
+            if let Err(reason) = relayed {
+                tracing::debug!(%remote, reason, "{name}: connection ended");
             }
         });
     }
 }
 
-async fn relay(
+async fn relay_tls(
     stream: TcpStream,
     acceptor: &TlsAcceptor,
-    broker: SocketAddr,
+    handshake_timeout: Duration,
+    backend: SocketAddr,
 ) -> Result<(), String> {
-    let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream))
+    let tls = tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
         .await
         .map_err(|_| "no TLS handshake in time".to_owned())?
         .map_err(|error| format!("TLS handshake: {error}"))?;
-    let mut upstream = TcpStream::connect(broker)
+    relay(tls, backend).await
+}
+
+async fn relay<S>(mut stream: S, backend: SocketAddr) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut upstream = TcpStream::connect(backend)
         .await
-        .map_err(|error| format!("broker on loopback: {error}"))?;
-    tokio::io::copy_bidirectional(&mut tls, &mut upstream)
+        .map_err(|error| format!("server on loopback: {error}"))?;
+    // Requests and replies are small and wait for each other: no Nagle delay.
+    let _ = upstream.set_nodelay(true);
+    tokio::io::copy_bidirectional(&mut stream, &mut upstream)
         .await
         .map(|_| ())
         .map_err(|error| error.to_string())
