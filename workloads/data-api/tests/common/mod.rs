@@ -2,6 +2,8 @@
 //! on a real PostgreSQL server, and HTTPS clients with and without client certificates.
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
