@@ -13,7 +13,8 @@
 //! connection on the calling thread, so a query costs no hand-off to another task and no
 //! async worker can ever wait on a network round trip. (Its internal per-connection
 //! runtime must not be entered from an async worker: every caller goes through
-//! `AppState::blocking`.)
+//! `AppState::blocking`.) The statements of every request are sent with `query_typed`,
+//! which parses, binds and executes in one round trip instead of preparing first.
 //!
 //! Replicas are correct together because every rule is decided inside the database:
 //! - consent transitions and anonymization lock the household row (`SELECT … FOR UPDATE`)
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use uuid::Uuid;
@@ -79,6 +80,9 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
+            // A broken connection is noticed when it is returned; checking each one out
+            // with a round trip would cost every request a query.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
             .build(manager)?;
         let store = PgStore {
@@ -247,7 +251,7 @@ fn insert_measurements(
     let meters: Vec<Uuid> = batch.iter().map(|m| m.meter).collect();
     let times: Vec<DateTime<Utc>> = batch.iter().map(|m| m.measured_at).collect();
     let data: Vec<Vec<u8>> = batch.iter().map(|m| encode_data(&m.data)).collect();
-    let rows = tx.query(
+    let rows = tx.query_typed(
         "WITH batch AS ( \
              SELECT DISTINCT ON (uuid) uuid, meter, measured_at, data \
              FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bytea[]) \
@@ -261,7 +265,12 @@ fn insert_measurements(
          INSERT INTO measurements (meter, measured_at, uuid, data) \
          SELECT b.meter, b.measured_at, b.uuid, b.data FROM batch b JOIN claimed USING (uuid) \
          RETURNING uuid",
-        &[&uuids, &meters, &times, &data],
+        &[
+            (&uuids, Type::UUID_ARRAY),
+            (&meters, Type::UUID_ARRAY),
+            (&times, Type::TIMESTAMPTZ_ARRAY),
+            (&data, Type::BYTEA_ARRAY),
+        ],
     )?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
@@ -365,9 +374,10 @@ impl Store for PgStore {
     }
 
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError> {
-        let row = self
-            .client()?
-            .query_opt("SELECT document FROM households WHERE id = $1", &[&id])?;
+        let row = self.client()?.query_typed_opt(
+            "SELECT document FROM households WHERE id = $1",
+            &[(&id, Type::UUID)],
+        )?;
         row.map(|row| decode_household(row.get(0))).transpose()
     }
 
@@ -416,9 +426,9 @@ impl Store for PgStore {
     }
 
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError> {
-        let row = self.client()?.query_opt(
+        let row = self.client()?.query_typed_opt(
             "SELECT household FROM certificate_bindings WHERE fingerprint = $1",
-            &[&fingerprint.as_slice()],
+            &[(&fingerprint.as_slice(), Type::BYTEA)],
         )?;
         Ok(row.map(|row| row.get(0)))
     }
@@ -434,9 +444,9 @@ impl Store for PgStore {
     }
 
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError> {
-        let row = self.client()?.query_opt(
+        let row = self.client()?.query_typed_opt(
             "SELECT last_activity, component_versions FROM device_status WHERE device = $1",
-            &[&device],
+            &[(&device, Type::UUID)],
         )?;
         match row {
             None => Ok(DeviceStatus::default()),
@@ -458,13 +468,17 @@ impl Store for PgStore {
         let mut tx = client.transaction()?;
         // Bookkeeping: it need not wait for the disk, a crash loses at most the last moments.
         tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO device_status (device, last_activity, component_versions) \
              VALUES ($1, $2, COALESCE($3, '{}'::jsonb)) \
              ON CONFLICT (device) DO UPDATE SET \
                  last_activity = GREATEST(device_status.last_activity, EXCLUDED.last_activity), \
                  component_versions = COALESCE($3, device_status.component_versions)",
-            &[&device, &at, &versions],
+            &[
+                (&device, Type::UUID),
+                (&at, Type::TIMESTAMPTZ),
+                (&versions, Type::JSONB),
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -476,9 +490,9 @@ impl Store for PgStore {
         let mut tx = client.transaction()?;
         // Held shared until commit: a revocation (FOR UPDATE) either committed before this
         // read, and is seen, or waits until this batch is committed.
-        let consent: Consent = match tx.query_opt(
+        let consent: Consent = match tx.query_typed_opt(
             "SELECT document->'consent' FROM households WHERE id = $1 FOR SHARE",
-            &[&household],
+            &[(&household, Type::UUID)],
         )? {
             Some(row) => serde_json::from_value(row.get(0))?,
             None => return Err(StoreError::UnknownHousehold(household)),
@@ -531,10 +545,10 @@ impl Store for PgStore {
     }
 
     fn last_measurement(&self, meter: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = self.client()?.query_opt(
+        let row = self.client()?.query_typed_opt(
             "SELECT measured_at FROM measurements WHERE meter = $1 \
              ORDER BY measured_at DESC LIMIT 1",
-            &[&meter],
+            &[(&meter, Type::UUID)],
         )?;
         Ok(row.map(|row| row.get(0)))
     }
