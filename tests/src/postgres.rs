@@ -41,6 +41,16 @@ impl Postgres {
     }
 
     pub fn start_with(durability: Durability) -> Postgres {
+        Postgres::launch(durability, None)
+    }
+
+    /// A server that accepts TCP connections only over TLS, with this certificate chain
+    /// and key (PEM).
+    pub fn start_tls_only(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::launch(Durability::Relaxed, Some((cert_pem, key_pem)))
+    }
+
+    fn launch(durability: Durability, tls: Option<(&str, &str)>) -> Postgres {
         let bin = bin_dir();
         let owner = server_account();
         let template = template(&bin, owner);
@@ -56,6 +66,19 @@ impl Postgres {
             .status()
             .expect("cp");
         assert!(status.success(), "copying the PostgreSQL template");
+        if let Some((cert, key)) = tls {
+            std::fs::write(data.join("server.crt"), cert).expect("certificate");
+            let key_file = data.join("server.key");
+            std::fs::write(&key_file, key).expect("key");
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+            // TCP only with TLS; the unix socket stays for psql.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+        }
         hand_over(dir.path(), owner);
         let port = crate::free_port();
         let mut command = Command::new(bin.join("postgres"));
@@ -72,6 +95,9 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).expect("log file"));
+        if tls.is_some() {
+            command.args(["-c", "ssl=on"]);
+        }
         if durability == Durability::Relaxed {
             command.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
         }
@@ -100,7 +126,8 @@ impl Postgres {
     /// Runs SQL through `psql` and gives its unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = Command::new(bin_dir().join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
             .args([
                 "-p",
                 &self.port.to_string(),
@@ -134,7 +161,8 @@ impl Postgres {
         let started = Instant::now();
         loop {
             let ready = Command::new(bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-q", "-p", &self.port.to_string(), "-h"])
+                .arg(self.dir.path())
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {

@@ -49,6 +49,8 @@ pub struct ServeOptions {
 pub struct PostgresOptions {
     pub url: String,
     pub pool_size: u32,
+    /// CA bundle to verify the database server by; connections use TLS when set.
+    pub ca: Option<PathBuf>,
 }
 
 /// The survey's report cycle (section 3.1.1): devices transfer measurements hourly.
@@ -71,12 +73,17 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let store: Arc<dyn store::Store> = match &options.postgres {
         Some(pg) => {
-            let (url, pool) = (pg.url.clone(), pg.pool_size);
+            let (url, pool, ca) = (pg.url.clone(), pg.pool_size, pg.ca.clone());
             // Connecting and migrating block on the network.
-            let opened =
-                tokio::task::spawn_blocking(move || store::postgres::PgStore::open(&url, pool))
-                    .await
-                    .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+            let opened = tokio::task::spawn_blocking(move || {
+                let transport = match &ca {
+                    Some(ca) => store::postgres::Transport::tls_with_ca(ca)?,
+                    None => store::postgres::Transport::Plain,
+                };
+                store::postgres::PgStore::open_with(&url, pool, &transport)
+            })
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
             Arc::new(opened)
         }
         None => Arc::new(store::SledStore::open(

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use data_api::model::{Location, Scope};
 use data_api::nuts::NutsIndex;
 use data_api::pki::{self, DeviceCertificate, InitOutcome};
-use data_api::store::postgres::{is_postgres_url, PgStore};
+use data_api::store::postgres::{is_postgres_url, PgStore, Transport};
 use data_api::store::SledStore;
 use data_api::tls::TlsSetup;
 use data_api::{survey_copy, PostgresOptions, ServeOptions};
@@ -43,6 +43,9 @@ enum Command {
         /// PostgreSQL connection string.
         #[arg(long, env = "DATA_API_DB")]
         db: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
     },
     /// Copy a survey from a sled directory into an empty PostgreSQL database, printing
     /// counts and a checksum of both sides.
@@ -53,6 +56,9 @@ enum Command {
         /// PostgreSQL connection string.
         #[arg(long)]
         to: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
     },
 }
 
@@ -73,6 +79,9 @@ struct ServeArgs {
     /// PostgreSQL connections per process.
     #[arg(long, env = "DATA_API_DB_POOL", default_value_t = 16)]
     db_pool: u32,
+    /// CA bundle (PEM) to verify the PostgreSQL server by: connect with TLS.
+    #[arg(long, env = "DATA_API_DB_CA")]
+    db_ca: Option<PathBuf>,
     /// Directory with ca.pem, server.pem, server-key.pem and the token files.
     #[arg(long, env = "DATA_API_PKI_DIR", default_value = "/data/pki")]
     pki_dir: PathBuf,
@@ -200,8 +209,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Pki(command) => pki_command(command),
         Command::Nuts(command) => nuts_command(command),
-        Command::Migrate { db } => migrate(&db),
-        Command::MigrateStore { from, to } => migrate_store(&from, &to),
+        Command::Migrate { db, db_ca } => migrate(&db, db_ca.as_deref()),
+        Command::MigrateStore { from, to, db_ca } => migrate_store(&from, &to, db_ca.as_deref()),
     }
 }
 
@@ -269,6 +278,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         Some(PostgresOptions {
             url: args.db.clone(),
             pool_size: args.db_pool,
+            ca: args.db_ca.clone(),
         })
     } else {
         std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db))?;
@@ -378,9 +388,17 @@ fn postgres_url(db: &str) -> Result<&str> {
     Ok(db)
 }
 
-fn migrate(db: &str) -> Result<()> {
+fn transport(ca: Option<&Path>) -> Result<Transport> {
+    Ok(match ca {
+        Some(ca) => Transport::tls_with_ca(ca)?,
+        None => Transport::Plain,
+    })
+}
+
+fn migrate(db: &str, ca: Option<&Path>) -> Result<()> {
+    let transport = transport(ca)?;
     let config: postgres::Config = postgres_url(db)?.parse()?;
-    let mut client = config.connect(postgres::NoTls).context("connecting")?;
+    let mut client = transport.connect(&config).context("connecting")?;
     let report = data_api::store::postgres::migrate(&mut client)?;
     if report.applied.is_empty() {
         println!("schema is up to date at version {}", report.version);
@@ -393,17 +411,18 @@ fn migrate(db: &str) -> Result<()> {
         );
     }
     // Opening creates the measurement partitions ahead.
-    PgStore::open(db, 1)?;
+    PgStore::open_with(db, 1, &transport)?;
     Ok(())
 }
 
-fn migrate_store(from: &Path, to: &str) -> Result<()> {
+fn migrate_store(from: &Path, to: &str, ca: Option<&Path>) -> Result<()> {
     if !from.join("conf").exists() {
         bail!("{} is not a sled database directory", from.display());
     }
     let source =
         SledStore::open(from, 64 << 20).with_context(|| format!("opening {}", from.display()))?;
-    let target = PgStore::open(postgres_url(to)?, 4).context("opening the PostgreSQL database")?;
+    let target = PgStore::open_with(postgres_url(to)?, 4, &transport(ca)?)
+        .context("opening the PostgreSQL database")?;
     let copied = survey_copy::copy_survey(&source, &target)?;
     println!(
         "copied {} households, {} certificate bindings, {} device states, {} measurements",

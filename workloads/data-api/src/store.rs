@@ -46,6 +46,8 @@ pub enum StoreError {
     Postgres(::postgres::Error),
     #[error("no PostgreSQL connection: {0}")]
     NoConnection(String),
+    #[error("database TLS: {0}")]
+    TlsSetup(String),
     #[error(
         "the database schema is version {database}, newer than the {known} this program knows"
     )]

@@ -417,3 +417,40 @@ fn stale_replacements_are_refused(store: &dyn Store) {
     ));
     assert_eq!(store.household(h.id).unwrap(), Some(first));
 }
+
+/// Managed instances want TLS: the server's certificate is verified against the given
+/// CA, and a connection string asking for TLS without one is refused, not downgraded.
+#[test]
+fn postgres_over_tls_verifies_the_server() {
+    use data_api::pki;
+    use data_api::store::postgres::Transport;
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    for pki_dir in [&ours, &theirs] {
+        pki::init(pki_dir, 30).unwrap();
+        pki::issue_server(pki_dir, &["127.0.0.1".into()], 30, false).unwrap();
+    }
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let server = Postgres::start_tls_only(
+        &read(ours.join(pki::SERVER_CERT)),
+        &read(ours.join(pki::SERVER_KEY)),
+    );
+
+    let verified = Transport::tls_with_ca(&ours.join(pki::CA_CERT)).unwrap();
+    let store = PgStore::open_with(&server.url(), 2, &verified).unwrap();
+    let h = household("tls@example.org");
+    store.create_household(&h).unwrap();
+    assert_eq!(store.household(h.id).unwrap(), Some(h));
+
+    assert!(
+        PgStore::open(&server.url(), 1).is_err(),
+        "plain TCP is refused"
+    );
+    let foreign = Transport::tls_with_ca(&theirs.join(pki::CA_CERT)).unwrap();
+    assert!(PgStore::open_with(&server.url(), 1, &foreign).is_err());
+    let asks_for_tls = format!("{}?sslmode=require", server.url());
+    assert!(matches!(
+        PgStore::open(&asks_for_tls, 1),
+        Err(StoreError::TlsSetup(_))
+    ));
+}

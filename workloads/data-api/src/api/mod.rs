@@ -200,6 +200,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Corrupt(_)
             | StoreError::Postgres(_)
             | StoreError::NoConnection(_)
+            | StoreError::TlsSetup(_)
             | StoreError::SchemaTooNew { .. } => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::internal("storage failure")

@@ -28,18 +28,17 @@
 //! Every acknowledgement follows the commit (`synchronous_commit` as the server sets it);
 //! device activity alone is committed asynchronously, as it is bookkeeping.
 
+mod connection;
 mod migrations;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
-use postgres::{GenericClient, NoTls, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -48,9 +47,8 @@ use super::{
 };
 use crate::model::{Consent, DeviceStatus, Household, Measurement};
 
+pub use connection::Transport;
 pub use migrations::{migrate, MigrationReport, MIGRATIONS};
-
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// How many months of measurement partitions exist ahead of the current one.
 const MONTHS_AHEAD: u32 = 3;
@@ -65,28 +63,28 @@ pub fn is_postgres_url(db: &str) -> bool {
 }
 
 pub struct PgStore {
-    pool: Pool,
+    pool: connection::Pool,
     /// First days of the months whose measurement partition is known to exist.
     partitions: Mutex<HashSet<(i32, u32)>>,
 }
 
 impl PgStore {
-    /// Connects, applies pending migrations and creates the partitions ahead.
+    /// Connects without TLS (loopback, a private network), applies pending migrations
+    /// and creates the partitions ahead.
     pub fn open(url: &str, pool_size: u32) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, pool_size, &Transport::Plain)
+    }
+
+    pub fn open_with(
+        url: &str,
+        pool_size: u32,
+        transport: &Transport,
+    ) -> Result<PgStore, StoreError> {
         let config: postgres::Config = url.parse()?;
-        let mut client = config.connect(NoTls)?;
+        let mut client = transport.connect(&config)?;
         migrate(&mut client)?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
-        let pool = r2d2::Pool::builder()
-            .max_size(pool_size.max(1))
-            .min_idle(Some(1))
-            // A broken connection is noticed when it is returned; checking each one out
-            // with a round trip would cost every request a query.
-            .test_on_check_out(false)
-            .connection_timeout(Duration::from_secs(10))
-            .build(manager)?;
         let store = PgStore {
-            pool,
+            pool: transport.pool(&config, pool_size)?,
             partitions: Mutex::new(existing_partitions(&mut client)?),
         };
         let now = Utc::now();
@@ -98,10 +96,8 @@ impl PgStore {
         Ok(store)
     }
 
-    fn client(
-        &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
-        Ok(self.pool.get()?)
+    fn client(&self) -> Result<connection::Connection, StoreError> {
+        self.pool.get()
     }
 
     fn ensure_partitions(&self, batch: &[Measurement]) -> Result<(), StoreError> {

@@ -117,6 +117,7 @@ impl TestServer {
             postgres: postgres.as_ref().map(|pg| PostgresOptions {
                 url: pg.url(),
                 pool_size: 8,
+                ca: None,
             }),
             tls,
             researcher_token: Some(RESEARCHER_TOKEN.into()),
