@@ -3,12 +3,13 @@
 //! image (no image can be pulled from outside, so tests build their own).
 //!
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
-//! free ports, polling with a deadline, a local image registry, the metering survey's
+//! free ports, polling with a deadline, a local image registry, a private PostgreSQL server (`postgres`), the metering survey's
 //! processes (`survey`) and a real headless Chromium for the frontends (`browser`).
 
 pub mod bench;
 pub mod browser;
 pub mod docker;
+pub mod postgres;
 pub mod registry;
 pub mod survey;
 

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::api::{ApiError, AppState};
 use crate::model::{Household, Scope};
+use crate::store::Store;
 use crate::tls::{DeviceIdentity, PeerIdentity};
 
 /// Header in which edge devices report their component versions.
@@ -178,23 +179,12 @@ impl FromRequestParts<AppState> for Participant {
                 "the client certificate has expired",
             ));
         }
-        let store = &state.store;
-        let household_id = match store.certificate_binding(&identity.fingerprint)? {
-            Some(id) => id,
-            None => {
-                let id = store.household_by_email(&identity.email)?.ok_or_else(|| {
-                    ApiError::unauthorized(
-                        "unknown_participant",
-                        format!("no participant is registered with {}", identity.email),
-                    )
-                })?;
-                store.bind_certificate(&identity.fingerprint, id)?;
-                id
-            }
+        let household = {
+            let identity = identity.clone();
+            state
+                .blocking(move |store| household_of(store, &identity))
+                .await?
         };
-        let household = store.household(household_id)?.ok_or_else(|| {
-            ApiError::unauthorized("unknown_participant", "the participant's household is gone")
-        })?;
 
         let device = match identity.device {
             Some(uuid) if household.device(uuid).is_some() => Some(uuid),
@@ -226,7 +216,11 @@ impl FromRequestParts<AppState> for Participant {
             None => None,
         };
         if let Some(device) = device {
-            store.record_device_activity(device, now, versions.as_ref())?;
+            state
+                .blocking(move |store| {
+                    Ok(store.record_device_activity(device, now, versions.as_ref())?)
+                })
+                .await?;
         }
         tracing::debug!(household = %household.id, device = ?device, "participant authenticated");
         Ok(Participant {
@@ -236,6 +230,28 @@ impl FromRequestParts<AppState> for Participant {
             identity,
         })
     }
+}
+
+/// The household a device certificate acts for: the one it was first used for, else the
+/// one registered with its email (and the certificate is bound to it).
+fn household_of(store: &dyn Store, identity: &DeviceIdentity) -> Result<Household, ApiError> {
+    let household_id = match store.certificate_binding(&identity.fingerprint)? {
+        Some(id) => id,
+        None => {
+            let key = crate::model::email_index_key(&identity.email);
+            let id = store.household_by_email(&key)?.ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unknown_participant",
+                    format!("no participant is registered with {}", identity.email),
+                )
+            })?;
+            store.bind_certificate(&identity.fingerprint, id)?;
+            id
+        }
+    };
+    store.household(household_id)?.ok_or_else(|| {
+        ApiError::unauthorized("unknown_participant", "the participant's household is gone")
+    })
 }
 
 /// Parses `meter-reader=0.1.0,sml=1.04`.

@@ -1,4 +1,5 @@
-//! `data-api`: serve the Data API, run the survey's PKI, or import NUTS-3 district data.
+//! `data-api`: serve the Data API, migrate its database, run the survey's PKI, or import
+//! NUTS-3 district data.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use data_api::model::{Location, Scope};
 use data_api::nuts::NutsIndex;
 use data_api::pki::{self, DeviceCertificate, InitOutcome};
+use data_api::store::postgres::{is_postgres_url, PgStore, Transport};
+use data_api::store::SledStore;
 use data_api::tls::TlsSetup;
-use data_api::ServeOptions;
+use data_api::{survey_copy, PostgresOptions, ServeOptions};
 use rand::RngCore;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +38,28 @@ enum Command {
     /// NUTS-3 district data for anonymization.
     #[command(subcommand)]
     Nuts(NutsCommand),
+    /// Apply the PostgreSQL schema migrations (serve applies them at start too).
+    Migrate {
+        /// PostgreSQL connection string.
+        #[arg(long, env = "DATA_API_DB")]
+        db: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
+    },
+    /// Copy a survey from a sled directory into an empty PostgreSQL database, printing
+    /// counts and a checksum of both sides.
+    MigrateStore {
+        /// sled database directory (the server using it must be stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// PostgreSQL connection string.
+        #[arg(long)]
+        to: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,9 +73,15 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DATA_API_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// sled database directory.
+    /// sled database directory, or a `postgres://` connection string.
     #[arg(long, env = "DATA_API_DB", default_value = "/data/db")]
-    db: PathBuf,
+    db: String,
+    /// PostgreSQL connections per process.
+    #[arg(long, env = "DATA_API_DB_POOL", default_value_t = 16)]
+    db_pool: u32,
+    /// CA bundle (PEM) to verify the PostgreSQL server by: connect with TLS.
+    #[arg(long, env = "DATA_API_DB_CA")]
+    db_ca: Option<PathBuf>,
     /// Directory with ca.pem, server.pem, server-key.pem and the token files.
     #[arg(long, env = "DATA_API_PKI_DIR", default_value = "/data/pki")]
     pki_dir: PathBuf,
@@ -178,6 +209,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Pki(command) => pki_command(command),
         Command::Nuts(command) => nuts_command(command),
+        Command::Migrate { db, db_ca } => migrate(&db, db_ca.as_deref()),
+        Command::MigrateStore { from, to, db_ca } => migrate_store(&from, &to, db_ca.as_deref()),
     }
 }
 
@@ -241,10 +274,20 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !(args.report_interval.is_finite() && args.report_interval >= 1.0) {
         bail!("--report-interval must be at least 1 second");
     }
-    std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db.display()))?;
+    let postgres = if is_postgres_url(&args.db) {
+        Some(PostgresOptions {
+            url: args.db.clone(),
+            pool_size: args.db_pool,
+            ca: args.db_ca.clone(),
+        })
+    } else {
+        std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db))?;
+        None
+    };
     let options = ServeOptions {
-        db_path: args.db.clone(),
+        db_path: PathBuf::from(&args.db),
         cache_capacity: args.cache_mb * 1024 * 1024,
+        postgres,
         tls,
         researcher_token,
         admin_token,
@@ -335,6 +378,64 @@ fn init_missing(args: &ServeArgs) -> Result<()> {
             tracing::info!(path = %path.display(), role, "token file created");
         }
     }
+    Ok(())
+}
+
+fn postgres_url(db: &str) -> Result<&str> {
+    if !is_postgres_url(db) {
+        bail!("expected a postgres:// or postgresql:// connection string");
+    }
+    Ok(db)
+}
+
+fn transport(ca: Option<&Path>) -> Result<Transport> {
+    Ok(match ca {
+        Some(ca) => Transport::tls_with_ca(ca)?,
+        None => Transport::Plain,
+    })
+}
+
+fn migrate(db: &str, ca: Option<&Path>) -> Result<()> {
+    let transport = transport(ca)?;
+    let config: postgres::Config = postgres_url(db)?.parse()?;
+    let mut client = transport.connect(&config).context("connecting")?;
+    let report = data_api::store::postgres::migrate(&mut client)?;
+    if report.applied.is_empty() {
+        println!("schema is up to date at version {}", report.version);
+    } else {
+        let applied: Vec<String> = report.applied.iter().map(i32::to_string).collect();
+        println!(
+            "applied migrations {}; schema is at version {}",
+            applied.join(", "),
+            report.version
+        );
+    }
+    // Opening creates the measurement partitions ahead.
+    PgStore::open_with(db, 1, &transport)?;
+    Ok(())
+}
+
+fn migrate_store(from: &Path, to: &str, ca: Option<&Path>) -> Result<()> {
+    if !from.join("conf").exists() {
+        bail!("{} is not a sled database directory", from.display());
+    }
+    let source =
+        SledStore::open(from, 64 << 20).with_context(|| format!("opening {}", from.display()))?;
+    let target = PgStore::open_with(postgres_url(to)?, 4, &transport(ca)?)
+        .context("opening the PostgreSQL database")?;
+    let copied = survey_copy::copy_survey(&source, &target)?;
+    println!(
+        "copied {} households, {} certificate bindings, {} device states, {} measurements",
+        copied.households, copied.certificate_bindings, copied.device_statuses, copied.measurements
+    );
+    let before = survey_copy::digest(&source)?;
+    let after = survey_copy::digest(&target)?;
+    println!("sled:       {before}");
+    println!("postgresql: {after}");
+    if before != after {
+        bail!("the copy differs from the source");
+    }
+    println!("the copy matches the source");
     Ok(())
 }
 

@@ -324,9 +324,20 @@ pub struct Household {
     pub anonymized_at: Option<DateTime<Utc>>,
 }
 
+/// The email index key of a participant's email (see [`Household::email_index_key`]).
+pub fn email_index_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
 impl Household {
     pub fn email(&self) -> Option<&str> {
         self.user.as_ref().map(|u| u.email.as_str())
+    }
+
+    /// What the stores' unique email index holds for this household; stores compare it
+    /// exactly and never interpret it.
+    pub fn email_index_key(&self) -> Option<String> {
+        self.email().map(email_index_key)
     }
 
     pub fn meter(&self, uuid: Uuid) -> Option<&Meter> {

@@ -1,4 +1,5 @@
-//! Storage behind a trait, with sled as the embedded default.
+//! Storage behind a trait, with sled as the embedded default and PostgreSQL
+//! ([`postgres::PgStore`]) for a survey served by several replicas.
 //!
 //! Referential rules (unique email, meters and devices owned by exactly one household,
 //! measurement uuids unique per meter) are enforced here in the application layer, with
@@ -21,6 +22,8 @@ use uuid::Uuid;
 
 use crate::model::{ConsentError, DeviceStatus, Household, Measurement, MeasurementData, ObisCode};
 
+pub mod postgres;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("email {0} is already registered for another household")]
@@ -39,6 +42,28 @@ pub enum StoreError {
     Database(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(::postgres::Error),
+    #[error("no PostgreSQL connection: {0}")]
+    NoConnection(String),
+    #[error("database TLS: {0}")]
+    TlsSetup(String),
+    #[error(
+        "the database schema is version {database}, newer than the {known} this program knows"
+    )]
+    SchemaTooNew { database: i32, known: i32 },
+}
+
+impl StoreError {
+    /// Whether the backend cannot serve right now (I/O error, lost connection, full disk),
+    /// as opposed to a refused or malformed request: the process is then unhealthy.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(_) | StoreError::NoConnection(_) => true,
+            StoreError::Postgres(e) => postgres::is_unavailable(e),
+            _ => false,
+        }
+    }
 }
 
 /// Result of storing one batch of measurements.
@@ -93,7 +118,8 @@ pub trait Store: Send + Sync + 'static {
     fn create_household(&self, household: &Household) -> Result<(), StoreError>;
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError>;
     fn households(&self) -> Result<Vec<Household>, StoreError>;
-    fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError>;
+    /// The household whose [`Household::email_index_key`] is exactly `key`.
+    fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError>;
     /// Replaces `expected` by `new` in one transaction, keeping the email index in step
     /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
     /// household is no longer `expected`, so callers can re-read and retry.
@@ -127,7 +153,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// sled-backed store. Trees:
 /// - `households`: household uuid → household JSON
-/// - `emails`: lowercase email → household uuid
+/// - `emails`: [`Household::email_index_key`] → household uuid
 /// - `meters`, `devices`: uuid → household uuid
 /// - `device_status`: device uuid → status JSON
 /// - `measurements`: `m` ‖ meter ‖ time ‖ measurement uuid → data points, and beside it
@@ -232,6 +258,33 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Every certificate binding (for copying a survey to another store).
+    pub fn certificate_bindings(&self) -> Result<Vec<([u8; 32], Uuid)>, StoreError> {
+        self.certificates
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let fingerprint: [u8; 32] = key.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt(serde::de::Error::custom("certificate key length"))
+                })?;
+                Ok((fingerprint, uuid_value(&value)?))
+            })
+            .collect()
+    }
+
+    /// Every device's status (for copying a survey to another store).
+    pub fn device_statuses(&self) -> Result<Vec<(Uuid, DeviceStatus)>, StoreError> {
+        self.device_status
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((uuid_value(&key)?, serde_json::from_slice(&value)?))
+            })
+            .collect()
+    }
+}
+
 const METER_STRIPES: usize = 64;
 const MEASUREMENT: u8 = b'm';
 const MEASUREMENT_ID: u8 = b'u';
@@ -308,7 +361,7 @@ fn decode_measurement(key: &[u8], value: &[u8]) -> Result<Measurement, StoreErro
 /// sled leaf is copied on each write to it).
 const DATA_FORMAT: u8 = 1;
 
-fn encode_data(data: &MeasurementData) -> Vec<u8> {
+pub(crate) fn encode_data(data: &MeasurementData) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 14 * data.0.len());
     out.push(DATA_FORMAT);
     for (code, value) in &data.0 {
@@ -363,10 +416,6 @@ fn unwrap_tx<T>(result: TransactionResult<T, StoreError>) -> Result<T, StoreErro
     })
 }
 
-fn email_key(email: &str) -> Vec<u8> {
-    email.to_lowercase().into_bytes()
-}
-
 fn tx_household(
     households: &TransactionalTree,
     id: Uuid,
@@ -391,9 +440,11 @@ impl Store for SledStore {
                             uuid: id,
                         });
                     }
-                    if let Some(email) = household.email() {
-                        if emails.insert(email_key(email), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(email.to_owned()));
+                    if let Some(key) = household.email_index_key() {
+                        if emails.insert(key.as_bytes(), id.as_bytes())?.is_some() {
+                            return abort(StoreError::EmailTaken(
+                                household.email().unwrap_or_default().to_owned(),
+                            ));
                         }
                     }
                     for device in &household.measurement_devices {
@@ -445,9 +496,9 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+    fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
         self.emails
-            .get(email_key(email))?
+            .get(key.as_bytes())?
             .map(|v| uuid_value(&v))
             .transpose()
     }
@@ -457,28 +508,53 @@ impl Store for SledStore {
         let value = serde_json::to_vec(new)?;
         let gate = self.exclusive();
         unwrap_tx(
-            (&self.households, &self.emails).transaction(|(households, emails)| {
-                let current = tx_household(households, id)?;
-                if &current != expected {
-                    return abort(StoreError::HouseholdChanged(id));
-                }
-                let old_email = expected.email().map(email_key);
-                let new_email = new.email().map(email_key);
-                if old_email != new_email {
-                    if let Some(old) = &old_email {
-                        emails.remove(old.as_slice())?;
+            (&self.households, &self.emails, &self.meters, &self.devices).transaction(
+                |(households, emails, meters, devices)| {
+                    let current = tx_household(households, id)?;
+                    if &current != expected {
+                        return abort(StoreError::HouseholdChanged(id));
                     }
-                    if let Some(new_key) = &new_email {
-                        if emails.insert(new_key.as_slice(), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(
-                                new.email().unwrap_or_default().to_owned(),
-                            ));
+                    let old_email = expected.email_index_key();
+                    let new_email = new.email_index_key();
+                    if old_email != new_email {
+                        if let Some(old) = &old_email {
+                            emails.remove(old.as_bytes())?;
+                        }
+                        if let Some(new_key) = &new_email {
+                            if emails.insert(new_key.as_bytes(), id.as_bytes())?.is_some() {
+                                return abort(StoreError::EmailTaken(
+                                    new.email().unwrap_or_default().to_owned(),
+                                ));
+                            }
                         }
                     }
-                }
-                households.insert(id.as_bytes(), value.as_slice())?;
-                Ok(())
-            }),
+                    // Meters and devices a correction adds are indexed like those of a new
+                    // household; removed ones keep their index entry (uuids are not reused).
+                    let parts = [
+                        (
+                            devices,
+                            "measurement device",
+                            new.measurement_devices
+                                .iter()
+                                .map(|d| d.uuid)
+                                .collect::<Vec<_>>(),
+                        ),
+                        (meters, "meter", new.meters.iter().map(|m| m.uuid).collect()),
+                    ];
+                    for (tree, kind, uuids) in parts {
+                        for uuid in uuids {
+                            match tree.insert(uuid.as_bytes(), id.as_bytes())? {
+                                Some(owner) if owner.as_ref() != id.as_bytes() => {
+                                    return abort(StoreError::DuplicateId { kind, uuid });
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    households.insert(id.as_bytes(), value.as_slice())?;
+                    Ok(())
+                },
+            ),
         )?;
         self.applied.fetch_add(1, Ordering::SeqCst);
         drop(gate);

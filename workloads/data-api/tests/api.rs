@@ -1,6 +1,6 @@
 //! The Data API over real mutual TLS on a loopback port: the authorization matrix over
 //! every endpoint, consent transitions, the ingest contract with the meter reader,
-//! registration and corrections, and the data set export.
+//! registration and corrections, and the data set export; each on sled and on PostgreSQL.
 
 mod common;
 
@@ -12,6 +12,16 @@ use data_api::pki::{CertificateAuthority, DeviceCertificate};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
+
+crate::on_both_stores!(
+    authorization_matrix_covers_every_endpoint,
+    consent_transitions_are_one_way,
+    revocation_anonymizes_and_measurements_stay_exported,
+    ingest_follows_the_meter_reader_contract,
+    registration_corrections_and_export_filters,
+    racing_consent_requests_succeed_once,
+    corrections_add_and_remove_pv_systems,
+);
 
 #[derive(Clone, Copy, Debug)]
 enum Role {
@@ -144,7 +154,6 @@ fn staff_endpoints(h: &Registered) -> Vec<StaffEndpoint> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix_covers_every_endpoint() {
     let server = TestServer::start().await;
     let alice = server.register("alice@example.org").await;
@@ -417,7 +426,6 @@ async fn authorization_matrix_covers_every_endpoint() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_transitions_are_one_way() {
     let server = TestServer::start().await;
     let h = server.register("erika@example.org").await;
@@ -567,7 +575,6 @@ async fn consent_transitions_are_one_way() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_anonymizes_and_measurements_stay_exported() {
     let server = TestServer::start().await;
     let h = server.register("anna@example.org").await;
@@ -706,7 +713,6 @@ async fn revocation_anonymizes_and_measurements_stay_exported() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_follows_the_meter_reader_contract() {
     let server = TestServer::start().await;
     let h = server.register("max@example.org").await;
@@ -965,7 +971,6 @@ async fn ingest_follows_the_meter_reader_contract() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_corrections_and_export_filters() {
     let server = TestServer::start().await;
     let researcher = server.anonymous();
@@ -1181,7 +1186,6 @@ async fn registration_corrections_and_export_filters() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_consent_requests_succeed_once() {
     let server = TestServer::start().await;
     let h = server.register("race@example.org").await;
@@ -1230,7 +1234,6 @@ async fn racing_consent_requests_succeed_once() {
 
 /// FR-07: a forgotten PV system is added, one listed by mistake removed; a new one needs
 /// every attribute, and its generation meter must be a PV-GENERATION meter.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrections_add_and_remove_pv_systems() {
     let server = TestServer::start().await;
     let h = server.register("pv@example.org").await;

@@ -196,7 +196,12 @@ impl From<StoreError> for ApiError {
             StoreError::MeasurementOfOtherMeter { index, .. } => {
                 ApiError::invalid_field(format!("measurements[{index}].uuid"), e.to_string())
             }
-            StoreError::Database(_) | StoreError::Corrupt(_) => {
+            StoreError::Database(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Postgres(_)
+            | StoreError::NoConnection(_)
+            | StoreError::TlsSetup(_)
+            | StoreError::SchemaTooNew { .. } => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::internal("storage failure")
             }

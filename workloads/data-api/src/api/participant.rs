@@ -90,17 +90,23 @@ pub async fn measurement_devices(
     p: Participant,
 ) -> Result<Json<Value>, ApiError> {
     p.require(Scope::Household)?;
-    let mut devices = Vec::new();
-    for d in &p.household.measurement_devices {
-        let status = state.store.device_status(d.uuid)?;
-        devices.push(DeviceView {
-            uuid: d.uuid,
-            name: d.name.clone(),
-            scopes: d.scopes.clone(),
-            component_versions: status.component_versions,
-            last_activity: status.last_activity,
-        });
-    }
+    let household = p.household;
+    let devices = state
+        .blocking(move |store| {
+            let mut devices = Vec::new();
+            for d in &household.measurement_devices {
+                let status = store.device_status(d.uuid)?;
+                devices.push(DeviceView {
+                    uuid: d.uuid,
+                    name: d.name.clone(),
+                    scopes: d.scopes.clone(),
+                    component_versions: status.component_versions,
+                    last_activity: status.last_activity,
+                });
+            }
+            Ok(devices)
+        })
+        .await?;
     Ok(Json(json!({ "measurement_devices": devices })))
 }
 
@@ -109,16 +115,22 @@ pub async fn meters(
     p: Participant,
 ) -> Result<Json<Value>, ApiError> {
     p.require(Scope::Household)?;
-    let mut meters = Vec::new();
-    for m in &p.household.meters {
-        meters.push(json!({
-            "uuid": m.uuid,
-            "type": m.meter_type,
-            "model": m.model,
-            "measurement_device": m.measurement_device,
-            "last_measurement": state.store.last_measurement(m.uuid)?,
-        }));
-    }
+    let household = p.household;
+    let meters = state
+        .blocking(move |store| {
+            let mut meters = Vec::new();
+            for m in &household.meters {
+                meters.push(json!({
+                    "uuid": m.uuid,
+                    "type": m.meter_type,
+                    "model": m.model,
+                    "measurement_device": m.measurement_device,
+                    "last_measurement": store.last_measurement(m.uuid)?,
+                }));
+            }
+            Ok(meters)
+        })
+        .await?;
     Ok(Json(json!({ "meters": meters })))
 }
 
@@ -190,7 +202,9 @@ pub async fn meter_measurements(
         after,
         limit,
     };
-    let page = state.store.series(meter, &query)?;
+    let page = state
+        .blocking(move |store| Ok(store.series(meter, &query)?))
+        .await?;
     Ok(Json(json!({
         "measurements": page.measurements,
         "next_cursor": page.next.map(|c| c.encode()),

@@ -1,6 +1,8 @@
-//! Shared test fixtures: a real Data API on a loopback port with its own CA, and HTTPS
-//! clients with and without client certificates.
+//! Shared test fixtures: a real Data API on a loopback port with its own CA, on sled or
+//! on a real PostgreSQL server, and HTTPS clients with and without client certificates.
 #![allow(dead_code)]
+
+pub mod served;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,17 +12,55 @@ use data_api::model::Scope;
 use data_api::nuts::NutsIndex;
 use data_api::pki::{self, CertificateAuthority, DeviceCertificate};
 use data_api::tls::TlsSetup;
-use data_api::ServeOptions;
+use data_api::{PostgresOptions, ServeOptions};
 use serde_json::{json, Value};
+use system_tests::postgres::Postgres;
 use tokio::sync::oneshot;
 
 pub const RESEARCHER_TOKEN: &str = "researcher-token-0123456789";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
+/// The store a [`TestServer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+tokio::task_local! {
+    /// The backend of the servers a test starts: set by [`on_both_stores!`].
+    pub static BACKEND: Backend;
+}
+
+/// Runs each named `async fn` test twice, on sled and on PostgreSQL: the functions are
+/// plain `async fn name()` and start their servers with [`TestServer::start`].
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                $crate::common::BACKEND
+                    .scope($crate::common::Backend::Sled, super::$name())
+                    .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::common::BACKEND
+                    .scope($crate::common::Backend::Postgres, super::$name())
+                    .await
+            }
+        }
+    )*};
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub ca: CertificateAuthority,
+    /// The PostgreSQL server when the backend is PostgreSQL (stopped after the Data API).
+    pub postgres: Option<Postgres>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -62,9 +102,23 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Sled);
+        let postgres = match backend {
+            Backend::Sled => None,
+            Backend::Postgres => Some(
+                tokio::task::spawn_blocking(Postgres::start)
+                    .await
+                    .expect("PostgreSQL"),
+            ),
+        };
         let options = ServeOptions {
             db_path: dir.path().join("db"),
             cache_capacity: 32 << 20,
+            postgres: postgres.as_ref().map(|pg| PostgresOptions {
+                url: pg.url(),
+                pool_size: 8,
+                ca: None,
+            }),
             tls,
             researcher_token: Some(RESEARCHER_TOKEN.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
@@ -83,6 +137,7 @@ impl TestServer {
             addr,
             dir,
             ca,
+            postgres,
             shutdown: Some(tx),
             task: Some(task),
         }
