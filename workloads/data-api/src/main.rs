@@ -51,6 +51,14 @@ struct ServeArgs {
     /// sled database directory.
     #[arg(long, env = "DATA_API_DB", default_value = "/data/db")]
     db: PathBuf,
+    /// Key vault directory: the households' keys and the server secret; never inside
+    /// the database, never in its backups [default: <db>.keys beside the database].
+    #[arg(long, env = "DATA_API_KEY_VAULT")]
+    key_vault: Option<PathBuf>,
+    /// Revocation ledger file, kept apart from the database and the key vault and
+    /// re-applied at start [default: <db>.revocations beside the database].
+    #[arg(long, env = "DATA_API_REVOCATION_LEDGER")]
+    revocation_ledger: Option<PathBuf>,
     /// Directory with ca.pem, server.pem, server-key.pem and the token files.
     #[arg(long, env = "DATA_API_PKI_DIR", default_value = "/data/pki")]
     pki_dir: PathBuf,
@@ -86,9 +94,14 @@ struct ServeArgs {
     #[arg(long, env = "DATA_API_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
     /// Create what is missing in the PKI directory (CA, server certificate for
-    /// --server-host, random token files) before serving.
+    /// --server-host, random token files) before serving. The CA key goes to --ca-key,
+    /// else to <pki-dir>/ca-key.pem; serving itself never needs it.
     #[arg(long, env = "DATA_API_INIT_MISSING")]
     init_missing: bool,
+    /// Where --init-missing keeps (or finds) the CA private key, e.g. outside the
+    /// server's volume [default: <pki-dir>/ca-key.pem].
+    #[arg(long, env = "DATA_API_CA_KEY")]
+    ca_key: Option<PathBuf>,
     /// Host names / IPs for a server certificate created by --init-missing.
     #[arg(
         long = "server-host",
@@ -107,6 +120,10 @@ enum PkiCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the CA private key goes, e.g. a removable medium outside the server's
+        /// volume [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
@@ -114,6 +131,9 @@ enum PkiCommand {
     IssueServer {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// DNS name or IP address; repeat for several.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
@@ -126,6 +146,9 @@ enum PkiCommand {
     IssueDevice {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// The participant's email; it selects the household.
         #[arg(long)]
         email: String,
@@ -142,6 +165,12 @@ enum PkiCommand {
         device: Option<uuid::Uuid>,
         #[arg(long)]
         force: bool,
+    },
+    /// Print a certificate's SHA-256 fingerprint, as the deny-list of revoked device
+    /// certificates takes it.
+    Fingerprint {
+        #[arg(long)]
+        cert: PathBuf,
     },
 }
 
@@ -244,6 +273,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db.display()))?;
     let options = ServeOptions {
         db_path: args.db.clone(),
+        key_vault: args.key_vault.clone(),
+        revocation_ledger: args.revocation_ledger.clone(),
         cache_capacity: args.cache_mb * 1024 * 1024,
         tls,
         researcher_token,
@@ -319,11 +350,14 @@ fn checked_token(token: String, role: &str) -> Result<String> {
 
 fn init_missing(args: &ServeArgs) -> Result<()> {
     let dir = &args.pki_dir;
-    if pki::init(dir, 3650)? == InitOutcome::Created {
-        tracing::info!(dir = %dir.display(), "survey CA created");
+    let ca_key = ca_key_path(dir, args.ca_key.as_deref());
+    if dir.join(pki::CA_CERT).exists() && dir.join(pki::SERVER_CERT).exists() {
+        // Nothing to issue: the CA key (perhaps kept offline) is not needed.
+    } else if pki::init_with_key(dir, &ca_key, 3650)? == InitOutcome::Created {
+        tracing::info!(dir = %dir.display(), ca_key = %ca_key.display(), "survey CA created");
     }
     if !dir.join(pki::SERVER_CERT).exists() {
-        pki::issue_server(dir, &args.server_hosts, 825, false)?;
+        pki::issue_server_with_key(dir, &ca_key, &args.server_hosts, 825, false)?;
         tracing::info!(hosts = ?args.server_hosts, "server certificate issued");
     }
     for role in ["researcher", "admin"] {
@@ -338,23 +372,33 @@ fn init_missing(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+fn ca_key_path(dir: &Path, ca_key: Option<&Path>) -> PathBuf {
+    ca_key.map_or_else(|| dir.join(pki::CA_KEY), Path::to_owned)
+}
+
 fn pki_command(command: PkiCommand) -> Result<()> {
     match command {
-        PkiCommand::Init { dir, days } => match pki::init(&dir, days)? {
-            InitOutcome::Created => println!("created CA in {}", dir.display()),
-            InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
-        },
+        PkiCommand::Fingerprint { cert } => println!("{}", pki::fingerprint(&cert)?),
+        PkiCommand::Init { dir, ca_key, days } => {
+            match pki::init_with_key(&dir, &ca_key_path(&dir, ca_key.as_deref()), days)? {
+                InitOutcome::Created => println!("created CA in {}", dir.display()),
+                InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
+            }
+        }
         PkiCommand::IssueServer {
             dir,
+            ca_key,
             hosts,
             days,
             force,
         } => {
-            let (cert, key) = pki::issue_server(&dir, &hosts, days, force)?;
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) = pki::issue_server_with_key(&dir, &ca_key, &hosts, days, force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
         PkiCommand::IssueDevice {
             dir,
+            ca_key,
             email,
             scopes,
             days,
@@ -377,8 +421,22 @@ fn pki_command(command: PkiCommand) -> Result<()> {
             }
             let mut spec = DeviceCertificate::new(&email, scopes, days);
             spec.device = device;
-            let (cert, key) = pki::issue_device(&dir, &spec, out.as_deref(), force)?;
+            let old_cert = dir.join(format!("{}.pem", out.as_deref().unwrap_or("device")));
+            let replaced = match force && old_cert.exists() {
+                true => pki::fingerprint(&old_cert).ok(),
+                false => None,
+            };
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) =
+                pki::issue_device_with_key(&dir, &ca_key, &spec, out.as_deref(), force)?;
             println!("wrote {} and {}", cert.display(), key.display());
+            println!("fingerprint {}", pki::fingerprint(&cert)?);
+            if let Some(old) = replaced {
+                println!(
+                    "replaced certificate {old}: revoke it with \
+                     POST /management/certificate/revoked {{\"fingerprint\": \"{old}\"}}"
+                );
+            }
         }
     }
     Ok(())

@@ -322,11 +322,34 @@ pub struct Household {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub anonymized_at: Option<DateTime<Utc>>,
+    /// The personal part (user, address, exact location) as the stores keep it: encrypted
+    /// under the household's own key (see [`crate::privacy`]). `None` in every household
+    /// the API works with, and in anonymized households, which have no personal part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedPersonal>,
+}
+
+/// The encrypted personal part of a stored household and the keyed digest of its email
+/// that the uniqueness index holds instead of the email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPersonal {
+    pub email_index: Option<String>,
+    /// Hex of nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: String,
 }
 
 impl Household {
     pub fn email(&self) -> Option<&str> {
         self.user.as_ref().map(|u| u.email.as_str())
+    }
+
+    /// What the stores' email uniqueness index holds for this household: the keyed digest
+    /// of a sealed household, else the lowercase email.
+    pub fn email_index_key(&self) -> Option<String> {
+        match &self.sealed {
+            Some(sealed) => sealed.email_index.clone(),
+            None => self.email().map(str::to_lowercase),
+        }
     }
 
     pub fn meter(&self, uuid: Uuid) -> Option<&Meter> {

@@ -23,8 +23,9 @@ use crate::model::{ConsentError, DeviceStatus, Household, Measurement, Measureme
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("email {0} is already registered for another household")]
-    EmailTaken(String),
+    /// Carries no email: the error reaches logs, and the stores only know the index key.
+    #[error("the email is already registered for another household")]
+    EmailTaken,
     #[error("{kind} {uuid} already exists")]
     DuplicateId { kind: &'static str, uuid: Uuid },
     #[error("household {0} does not exist")]
@@ -39,6 +40,12 @@ pub enum StoreError {
     Database(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error(transparent)]
+    Vault(#[from] crate::privacy::vault::VaultError),
+    #[error(transparent)]
+    Sealing(#[from] crate::privacy::crypto::SealError),
+    #[error(transparent)]
+    Ledger(#[from] crate::privacy::ledger::LedgerError),
 }
 
 /// Result of storing one batch of measurements.
@@ -46,6 +53,14 @@ pub enum StoreError {
 pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,
+}
+
+/// An entry of the device certificate deny-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// SHA-256 of the certificate's DER encoding.
+    pub fingerprint: [u8; 32],
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// Position in a meter's measurement series, for paging: strictly after this point.
@@ -101,6 +116,15 @@ pub trait Store: Send + Sync + 'static {
     /// The household a client certificate (by SHA-256 fingerprint) was last seen for.
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError>;
     fn bind_certificate(&self, fingerprint: &[u8; 32], household: Uuid) -> Result<(), StoreError>;
+    /// Adds a device certificate (by SHA-256 fingerprint) to the deny-list every replica
+    /// checks at the TLS handshake; revoking twice keeps the first time.
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The deny-list: every revoked certificate with the time it was revoked.
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError>;
     /// Health bookkeeping; not flushed on its own (it rides on the next flush).
     fn record_device_activity(
@@ -134,6 +158,7 @@ pub trait Store: Send + Sync + 'static {
 ///   `u` ‖ measurement uuid → meter ‖ time (idempotency index); one tree so a batch and
 ///   its index entries are written by one atomic `apply_batch`
 /// - `certificates`: SHA-256 of a device certificate → household uuid
+/// - `revoked_certificates`: SHA-256 of a revoked device certificate → time (RFC 3339)
 ///
 /// Measurement batches do not use sled transactions (which serialize every operation of
 /// the database). Instead batches hold a shared write gate that household updates hold
@@ -151,6 +176,7 @@ pub struct SledStore {
     device_status: sled::Tree,
     measurements: sled::Tree,
     certificates: sled::Tree,
+    revoked_certificates: sled::Tree,
     write_gate: RwLock<()>,
     meter_stripes: Vec<Mutex<()>>,
     /// Writes applied so far, and how many of them a completed flush covers.
@@ -173,6 +199,7 @@ impl SledStore {
             device_status: db.open_tree("device_status")?,
             measurements: db.open_tree("measurements")?,
             certificates: db.open_tree("certificates")?,
+            revoked_certificates: db.open_tree("revoked_certificates")?,
             db,
             write_gate: RwLock::new(()),
             meter_stripes: (0..METER_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -363,10 +390,6 @@ fn unwrap_tx<T>(result: TransactionResult<T, StoreError>) -> Result<T, StoreErro
     })
 }
 
-fn email_key(email: &str) -> Vec<u8> {
-    email.to_lowercase().into_bytes()
-}
-
 fn tx_household(
     households: &TransactionalTree,
     id: Uuid,
@@ -391,9 +414,9 @@ impl Store for SledStore {
                             uuid: id,
                         });
                     }
-                    if let Some(email) = household.email() {
-                        if emails.insert(email_key(email), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(email.to_owned()));
+                    if let Some(key) = household.email_index_key() {
+                        if emails.insert(key.as_bytes(), id.as_bytes())?.is_some() {
+                            return abort(StoreError::EmailTaken);
                         }
                     }
                     for device in &household.measurement_devices {
@@ -447,7 +470,7 @@ impl Store for SledStore {
 
     fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
         self.emails
-            .get(email_key(email))?
+            .get(email.to_lowercase())?
             .map(|v| uuid_value(&v))
             .transpose()
     }
@@ -462,17 +485,15 @@ impl Store for SledStore {
                 if &current != expected {
                     return abort(StoreError::HouseholdChanged(id));
                 }
-                let old_email = expected.email().map(email_key);
-                let new_email = new.email().map(email_key);
+                let old_email = expected.email_index_key();
+                let new_email = new.email_index_key();
                 if old_email != new_email {
                     if let Some(old) = &old_email {
-                        emails.remove(old.as_slice())?;
+                        emails.remove(old.as_bytes())?;
                     }
                     if let Some(new_key) = &new_email {
-                        if emails.insert(new_key.as_slice(), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(
-                                new.email().unwrap_or_default().to_owned(),
-                            ));
+                        if emails.insert(new_key.as_bytes(), id.as_bytes())?.is_some() {
+                            return abort(StoreError::EmailTaken);
                         }
                     }
                 }
@@ -500,6 +521,43 @@ impl Store for SledStore {
             Some(household.as_bytes()),
         )?;
         Ok(())
+    }
+
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _ = self.revoked_certificates.compare_and_swap(
+            fingerprint,
+            None as Option<&[u8]>,
+            Some(at.to_rfc3339().as_bytes()),
+        )?;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        self.commit()
+    }
+
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        self.revoked_certificates
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let corrupt = || {
+                    StoreError::Corrupt(serde::de::Error::custom(
+                        "revoked certificate entry of unknown format",
+                    ))
+                };
+                let fingerprint: [u8; 32] = key.as_ref().try_into().map_err(|_| corrupt())?;
+                let at = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .ok_or_else(corrupt)?;
+                Ok(RevokedCertificate {
+                    fingerprint,
+                    revoked_at: at.with_timezone(&Utc),
+                })
+            })
+            .collect()
     }
 
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError> {
@@ -720,6 +778,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             anonymized_at: None,
+            sealed: None,
         }
     }
 
@@ -820,7 +879,7 @@ mod tests {
         store.create_household(&h).unwrap();
         assert!(matches!(
             store.create_household(&household("A@example.org")),
-            Err(StoreError::EmailTaken(_))
+            Err(StoreError::EmailTaken)
         ));
         let mut anonymized = h.clone();
         anonymized.user = None;

@@ -12,11 +12,29 @@ use data_api::consent;
 use data_api::export::{write_measurements, ExportFilter, ExportFormat};
 use data_api::model::*;
 use data_api::nuts::NutsIndex;
+use data_api::privacy::ledger::RevocationLedger;
+use data_api::privacy::{DenyList, FileKeyVault, KeyVault, Privacy, SealedStore};
 use data_api::store::{SledStore, Store};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+/// The store as `serve` builds it: sled under sealing, with its vault and ledger.
+fn sealed_store(dir: &std::path::Path) -> (SealedStore<SledStore>, Privacy) {
+    let vault: std::sync::Arc<dyn KeyVault> =
+        std::sync::Arc::new(FileKeyVault::open(&dir.join("keys")).unwrap());
+    let store = SealedStore::new(
+        SledStore::open(&dir.join("db"), 8 << 20).unwrap(),
+        vault.clone(),
+        RevocationLedger::open(&dir.join("revocations")).unwrap(),
+    );
+    let privacy = Privacy {
+        vault,
+        deny_list: std::sync::Arc::new(DenyList::default()),
+    };
+    (store, privacy)
+}
 
 fn location() -> impl Strategy<Value = Location> {
     // Anywhere but the immediate pole caps, where a 20 km circle wraps around the pole.
@@ -103,6 +121,7 @@ fn household(location: Location, pv_systems: Vec<PhotovoltaicSystem>) -> Househo
         created_at: now,
         updated_at: now,
         anonymized_at: None,
+        sealed: None,
     }
 }
 
@@ -211,7 +230,7 @@ proptest! {
         let expected_bounds = if inside { DistanceBounds::for_density(rho) } else { DistanceBounds::MOST_CONSERVATIVE };
         let nuts = district_index(rho);
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let (store, privacy) = sealed_store(dir.path());
         let before = household(location, pv);
         store.create_household(&before).unwrap();
         consent::grant(&store, before.id).unwrap();
@@ -236,16 +255,17 @@ proptest! {
         prop_assert_eq!(store.household_by_email(&before.user.as_ref().unwrap().email).unwrap(), None);
 
         let mut lines = Vec::new();
-        write_measurements(&store, &ExportFilter::default(), ExportFormat::JsonLines, &mut |chunk| {
+        write_measurements(&store, &privacy, &ExportFilter::default(), ExportFormat::JsonLines, &mut |chunk| {
             lines.extend_from_slice(&chunk);
             ControlFlow::Continue(())
         }).unwrap();
         let exported: Vec<Value> = String::from_utf8(lines).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         prop_assert_eq!(exported.len(), count);
         let uuids: HashSet<String> = exported.iter().map(|l| l["uuid"].as_str().unwrap().to_owned()).collect();
-        let expected: HashSet<String> = measurements.iter().map(|m| m.uuid.to_string()).collect();
+        let pseudonyms = privacy.export_pseudonyms(&stored).unwrap();
+        let expected: HashSet<String> = measurements.iter().map(|m| pseudonyms.of("measurement", m.uuid).to_string()).collect();
         prop_assert_eq!(uuids, expected);
-        let household_id = before.id.to_string();
+        let household_id = pseudonyms.of("household", before.id).to_string();
         prop_assert!(exported.iter().all(|l| l["household"].as_str() == Some(household_id.as_str())));
     }
 }

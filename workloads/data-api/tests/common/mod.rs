@@ -64,6 +64,8 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let options = ServeOptions {
             db_path: dir.path().join("db"),
+            key_vault: None,
+            revocation_ledger: None,
             cache_capacity: 32 << 20,
             tls,
             researcher_token: Some(RESEARCHER_TOKEN.into()),
