@@ -2,6 +2,8 @@
 //! clients with and without client certificates.
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,6 +144,13 @@ impl TestServer {
                 .collect(),
             body,
         }
+    }
+
+    /// Stops the server and hands over its directory (database, key vault, ledger).
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        self.stop().await;
+        dir
     }
 
     pub async fn stop(mut self) {
