@@ -112,6 +112,14 @@ pub async fn run(
         vault.clone(),
         privacy::ledger::RevocationLedger::open(&ledger)?,
     );
+    let in_clear = sealed.seal_households_in_clear()?;
+    if in_clear > 0 {
+        tracing::warn!(
+            households = in_clear,
+            "households stored in clear sealed; the database files may keep old versions \
+             of them until sled rewrites its segments"
+        );
+    }
     let again = sealed.reapply_revocations(&options.nuts, &mut rand::thread_rng())?;
     if again > 0 {
         tracing::warn!(households = again, "revocations re-applied from the ledger");

@@ -126,6 +126,21 @@ impl<S: Store> SealedStore<S> {
         Ok(())
     }
 
+    /// Seals the households a database from before sealing holds in clear, moving their
+    /// email index entries to the digest; returns how many. Runs before the server
+    /// answers, so every lookup by email finds them.
+    pub fn seal_households_in_clear(&self) -> Result<usize, StoreError> {
+        let mut sealed = 0;
+        for stored in self.inner.households()? {
+            if stored.sealed.is_none() && stored.anonymized_at.is_none() {
+                self.inner
+                    .replace_household(&stored, &self.seal(&stored)?)?;
+                sealed += 1;
+            }
+        }
+        Ok(sealed)
+    }
+
     /// Applies every revocation of the ledger again: a household the ledger names that
     /// the database holds unanonymized (a backup from before the revocation was
     /// restored) is anonymized once more, and no anonymized household keeps a key. Runs
@@ -276,5 +291,106 @@ impl<S: Store> Store for SealedStore<S> {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{all_scopes, Consent, MeasurementDevice};
+    use crate::privacy::FileKeyVault;
+    use crate::store::SledStore;
+
+    fn household(email: &str) -> Household {
+        Household {
+            id: Uuid::new_v4(),
+            user: Some(User {
+                name: "Erika Mustermann".into(),
+                email: email.into(),
+            }),
+            metadata: None,
+            address: None,
+            location: Some(Location {
+                latitude: 51.3397,
+                longitude: 12.3731,
+            }),
+            consent: Consent::default(),
+            measurement_devices: vec![MeasurementDevice {
+                uuid: Uuid::new_v4(),
+                name: None,
+                scopes: all_scopes(),
+            }],
+            meters: vec![],
+            pv_systems: vec![],
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            anonymized_at: None,
+            sealed: None,
+        }
+    }
+
+    fn sealed_store(dir: &std::path::Path) -> SealedStore<SledStore> {
+        SealedStore::new(
+            SledStore::open(&dir.join("db"), 8 << 20).unwrap(),
+            Arc::new(FileKeyVault::open(&dir.join("keys")).unwrap()),
+            RevocationLedger::open(&dir.join("ledger")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_inner_store_sees_only_ciphertext_and_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(dir.path());
+        let h = household("Erika@Example.org");
+        store.create_household(&h).unwrap();
+        assert_eq!(store.household(h.id).unwrap().unwrap(), h);
+        assert_eq!(
+            store.household_by_email("erika@example.org").unwrap(),
+            Some(h.id)
+        );
+        let stored = store.inner().household(h.id).unwrap().unwrap();
+        assert!(stored.user.is_none() && stored.location.is_none());
+        let raw = serde_json::to_string(&stored).unwrap();
+        assert!(!raw.contains("Mustermann") && !raw.to_lowercase().contains("erika"));
+        assert!(store
+            .inner()
+            .household_by_email("erika@example.org")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            store.create_household(&household("ERIKA@example.org")),
+            Err(StoreError::EmailTaken)
+        ));
+        // Optimistic updates compare what the caller read, not the randomized sealing.
+        let mut changed = h.clone();
+        changed.user.as_mut().unwrap().name = "Erika Musterfrau".into();
+        store.replace_household(&h, &changed).unwrap();
+        assert!(matches!(
+            store.replace_household(&h, &changed),
+            Err(StoreError::HouseholdChanged(_))
+        ));
+    }
+
+    #[test]
+    fn households_stored_in_clear_are_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(dir.path());
+        let h = household("old@example.org");
+        store.inner().create_household(&h).unwrap();
+        assert_eq!(store.household_by_email("old@example.org").unwrap(), None);
+        assert_eq!(store.seal_households_in_clear().unwrap(), 1);
+        assert_eq!(store.seal_households_in_clear().unwrap(), 0);
+        assert_eq!(
+            store.household_by_email("old@example.org").unwrap(),
+            Some(h.id)
+        );
+        assert!(store
+            .inner()
+            .household(h.id)
+            .unwrap()
+            .unwrap()
+            .user
+            .is_none());
+        assert_eq!(store.household(h.id).unwrap().unwrap(), h);
     }
 }
