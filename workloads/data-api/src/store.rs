@@ -108,7 +108,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_household(&self, household: &Household) -> Result<(), StoreError>;
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError>;
     fn households(&self) -> Result<Vec<Household>, StoreError>;
-    fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError>;
+    /// The household whose `email_index_key()` is `key` (compared lowercase). Under
+    /// [`crate::privacy::SealedStore`] the key is the email's keyed digest.
+    fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError>;
     /// Replaces `expected` by `new` in one transaction, keeping the email index in step
     /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
     /// household is no longer `expected`, so callers can re-read and retry.
@@ -151,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// sled-backed store. Trees:
 /// - `households`: household uuid → household JSON
-/// - `emails`: lowercase email → household uuid
+/// - `emails`: `Household::email_index_key()` (the keyed email digest under sealing) →
+///   household uuid
 /// - `meters`, `devices`: uuid → household uuid
 /// - `device_status`: device uuid → status JSON
 /// - `measurements`: `m` ‖ meter ‖ time ‖ measurement uuid → data points, and beside it
