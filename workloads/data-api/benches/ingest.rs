@@ -47,6 +47,11 @@ fn start(db: &std::ffi::OsStr, pki: &Path) -> Server {
         .arg(db)
         .arg("--pki-dir")
         .arg(pki)
+        // Shared by the replicas of one database, as they must be.
+        .arg("--key-vault")
+        .arg(pki.with_file_name("keys"))
+        .arg("--revocation-ledger")
+        .arg(pki.with_file_name("revocations"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -173,6 +173,13 @@ impl FromRequestParts<AppState> for Participant {
             }
         };
         let now = Utc::now();
+        // A connection opened before the revocation is refused from its next request on.
+        if state.privacy.deny_list.contains(&identity.fingerprint) {
+            return Err(ApiError::unauthorized(
+                "certificate_rejected",
+                crate::tls::REVOKED,
+            ));
+        }
         if now > identity.not_after {
             return Err(ApiError::unauthorized(
                 "certificate_rejected",
@@ -242,7 +249,9 @@ fn household_of(store: &dyn Store, identity: &DeviceIdentity) -> Result<Househol
             let id = store.household_by_email(&key)?.ok_or_else(|| {
                 ApiError::unauthorized(
                     "unknown_participant",
-                    format!("no participant is registered with {}", identity.email),
+                    // Never the email: this answer is logged, and a device whose
+                    // household was anonymized asks again every report cycle.
+                    "no participant is registered with the email of this certificate",
                 )
             })?;
             store.bind_certificate(&identity.fingerprint, id)?;

@@ -82,6 +82,16 @@ struct ServeArgs {
     /// CA bundle (PEM) to verify the PostgreSQL server by: connect with TLS.
     #[arg(long, env = "DATA_API_DB_CA")]
     db_ca: Option<PathBuf>,
+    /// Key vault directory: the households' keys and the server secret; never inside
+    /// the database, never in its backups [default for sled: <db>.keys beside the
+    /// database; required for PostgreSQL, the same for every replica].
+    #[arg(long, env = "DATA_API_KEY_VAULT")]
+    key_vault: Option<PathBuf>,
+    /// Revocation ledger file, kept apart from the database and the key vault and
+    /// re-applied at start [default for sled: <db>.revocations beside the database;
+    /// required for PostgreSQL, the same for every replica].
+    #[arg(long, env = "DATA_API_REVOCATION_LEDGER")]
+    revocation_ledger: Option<PathBuf>,
     /// Directory with ca.pem, server.pem, server-key.pem and the token files.
     #[arg(long, env = "DATA_API_PKI_DIR", default_value = "/data/pki")]
     pki_dir: PathBuf,
@@ -117,9 +127,14 @@ struct ServeArgs {
     #[arg(long, env = "DATA_API_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
     /// Create what is missing in the PKI directory (CA, server certificate for
-    /// --server-host, random token files) before serving.
+    /// --server-host, random token files) before serving. The CA key goes to --ca-key,
+    /// else to <pki-dir>/ca-key.pem; serving itself never needs it.
     #[arg(long, env = "DATA_API_INIT_MISSING")]
     init_missing: bool,
+    /// Where --init-missing keeps (or finds) the CA private key, e.g. outside the
+    /// server's volume [default: <pki-dir>/ca-key.pem].
+    #[arg(long, env = "DATA_API_CA_KEY")]
+    ca_key: Option<PathBuf>,
     /// Host names / IPs for a server certificate created by --init-missing.
     #[arg(
         long = "server-host",
@@ -138,6 +153,10 @@ enum PkiCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the CA private key goes, e.g. a removable medium outside the server's
+        /// volume [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
@@ -145,6 +164,9 @@ enum PkiCommand {
     IssueServer {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// DNS name or IP address; repeat for several.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
@@ -157,6 +179,9 @@ enum PkiCommand {
     IssueDevice {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// The participant's email; it selects the household.
         #[arg(long)]
         email: String,
@@ -173,6 +198,12 @@ enum PkiCommand {
         device: Option<uuid::Uuid>,
         #[arg(long)]
         force: bool,
+    },
+    /// Print a certificate's SHA-256 fingerprint, as the deny-list of revoked device
+    /// certificates takes it.
+    Fingerprint {
+        #[arg(long)]
+        cert: PathBuf,
     },
 }
 
@@ -286,6 +317,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let options = ServeOptions {
         db_path: PathBuf::from(&args.db),
+        key_vault: args.key_vault.clone(),
+        revocation_ledger: args.revocation_ledger.clone(),
         cache_capacity: args.cache_mb * 1024 * 1024,
         postgres,
         tls,
@@ -362,11 +395,14 @@ fn checked_token(token: String, role: &str) -> Result<String> {
 
 fn init_missing(args: &ServeArgs) -> Result<()> {
     let dir = &args.pki_dir;
-    if pki::init(dir, 3650)? == InitOutcome::Created {
-        tracing::info!(dir = %dir.display(), "survey CA created");
+    let ca_key = ca_key_path(dir, args.ca_key.as_deref());
+    if dir.join(pki::CA_CERT).exists() && dir.join(pki::SERVER_CERT).exists() {
+        // Nothing to issue: the CA key (perhaps kept offline) is not needed.
+    } else if pki::init_with_key(dir, &ca_key, 3650)? == InitOutcome::Created {
+        tracing::info!(dir = %dir.display(), ca_key = %ca_key.display(), "survey CA created");
     }
     if !dir.join(pki::SERVER_CERT).exists() {
-        pki::issue_server(dir, &args.server_hosts, 825, false)?;
+        pki::issue_server_with_key(dir, &ca_key, &args.server_hosts, 825, false)?;
         tracing::info!(hosts = ?args.server_hosts, "server certificate issued");
     }
     for role in ["researcher", "admin"] {
@@ -425,8 +461,13 @@ fn migrate_store(from: &Path, to: &str, ca: Option<&Path>) -> Result<()> {
         .context("opening the PostgreSQL database")?;
     let copied = survey_copy::copy_survey(&source, &target)?;
     println!(
-        "copied {} households, {} certificate bindings, {} device states, {} measurements",
-        copied.households, copied.certificate_bindings, copied.device_statuses, copied.measurements
+        "copied {} households, {} certificate bindings, {} revoked certificates, \
+         {} device states, {} measurements",
+        copied.households,
+        copied.certificate_bindings,
+        copied.revoked_certificates,
+        copied.device_statuses,
+        copied.measurements
     );
     let before = survey_copy::digest(&source)?;
     let after = survey_copy::digest(&target)?;
@@ -436,26 +477,42 @@ fn migrate_store(from: &Path, to: &str, ca: Option<&Path>) -> Result<()> {
         bail!("the copy differs from the source");
     }
     println!("the copy matches the source");
+    // The households are copied sealed: only the source's key vault opens them.
+    println!(
+        "serve it with --key-vault {} --revocation-ledger {} (or copies of them)",
+        data_api::default_key_vault(from).display(),
+        data_api::default_revocation_ledger(from).display()
+    );
     Ok(())
+}
+
+fn ca_key_path(dir: &Path, ca_key: Option<&Path>) -> PathBuf {
+    ca_key.map_or_else(|| dir.join(pki::CA_KEY), Path::to_owned)
 }
 
 fn pki_command(command: PkiCommand) -> Result<()> {
     match command {
-        PkiCommand::Init { dir, days } => match pki::init(&dir, days)? {
-            InitOutcome::Created => println!("created CA in {}", dir.display()),
-            InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
-        },
+        PkiCommand::Fingerprint { cert } => println!("{}", pki::fingerprint(&cert)?),
+        PkiCommand::Init { dir, ca_key, days } => {
+            match pki::init_with_key(&dir, &ca_key_path(&dir, ca_key.as_deref()), days)? {
+                InitOutcome::Created => println!("created CA in {}", dir.display()),
+                InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
+            }
+        }
         PkiCommand::IssueServer {
             dir,
+            ca_key,
             hosts,
             days,
             force,
         } => {
-            let (cert, key) = pki::issue_server(&dir, &hosts, days, force)?;
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) = pki::issue_server_with_key(&dir, &ca_key, &hosts, days, force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
         PkiCommand::IssueDevice {
             dir,
+            ca_key,
             email,
             scopes,
             days,
@@ -478,8 +535,22 @@ fn pki_command(command: PkiCommand) -> Result<()> {
             }
             let mut spec = DeviceCertificate::new(&email, scopes, days);
             spec.device = device;
-            let (cert, key) = pki::issue_device(&dir, &spec, out.as_deref(), force)?;
+            let old_cert = dir.join(format!("{}.pem", out.as_deref().unwrap_or("device")));
+            let replaced = match force && old_cert.exists() {
+                true => pki::fingerprint(&old_cert).ok(),
+                false => None,
+            };
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) =
+                pki::issue_device_with_key(&dir, &ca_key, &spec, out.as_deref(), force)?;
             println!("wrote {} and {}", cert.display(), key.display());
+            println!("fingerprint {}", pki::fingerprint(&cert)?);
+            if let Some(old) = replaced {
+                println!(
+                    "replaced certificate {old}: revoke it with \
+                     POST /management/certificate/revoked {{\"fingerprint\": \"{old}\"}}"
+                );
+            }
         }
     }
     Ok(())

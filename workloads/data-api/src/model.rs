@@ -322,6 +322,20 @@ pub struct Household {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub anonymized_at: Option<DateTime<Utc>>,
+    /// The personal part (user, address, exact location) as the stores keep it: encrypted
+    /// under the household's own key (see [`crate::privacy`]). `None` in every household
+    /// the API works with, and in anonymized households, which have no personal part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedPersonal>,
+}
+
+/// The encrypted personal part of a stored household and the keyed digest of its email
+/// that the uniqueness index holds instead of the email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPersonal {
+    pub email_index: Option<String>,
+    /// Hex of nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: String,
 }
 
 /// The email index key of a participant's email (see [`Household::email_index_key`]).
@@ -334,10 +348,14 @@ impl Household {
         self.user.as_ref().map(|u| u.email.as_str())
     }
 
-    /// What the stores' unique email index holds for this household; stores compare it
+    /// What the stores' unique email index holds for this household: the keyed digest of
+    /// a sealed household, else [`email_index_key`] of its email. Stores compare it
     /// exactly and never interpret it.
     pub fn email_index_key(&self) -> Option<String> {
-        self.email().map(email_index_key)
+        match &self.sealed {
+            Some(sealed) => sealed.email_index.clone(),
+            None => self.email().map(email_index_key),
+        }
     }
 
     pub fn meter(&self, uuid: Uuid) -> Option<&Meter> {

@@ -26,8 +26,9 @@ pub mod postgres;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("email {0} is already registered for another household")]
-    EmailTaken(String),
+    /// Carries no email: the error reaches logs, and the stores only know the index key.
+    #[error("the email is already registered for another household")]
+    EmailTaken,
     #[error("{kind} {uuid} already exists")]
     DuplicateId { kind: &'static str, uuid: Uuid },
     #[error("household {0} does not exist")]
@@ -52,15 +53,24 @@ pub enum StoreError {
         "the database schema is version {database}, newer than the {known} this program knows"
     )]
     SchemaTooNew { database: i32, known: i32 },
+    #[error(transparent)]
+    Vault(#[from] crate::privacy::vault::VaultError),
+    #[error(transparent)]
+    Sealing(#[from] crate::privacy::crypto::SealError),
+    #[error(transparent)]
+    Ledger(#[from] crate::privacy::ledger::LedgerError),
 }
 
 impl StoreError {
-    /// Whether the backend cannot serve right now (I/O error, lost connection, full disk),
-    /// as opposed to a refused or malformed request: the process is then unhealthy.
+    /// Whether the backend cannot serve right now (I/O error, lost connection, full disk,
+    /// a key vault or revocation ledger that cannot be read or written), as opposed to a
+    /// refused or malformed request: the process is then unhealthy.
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Database(_) | StoreError::NoConnection(_) => true,
             StoreError::Postgres(e) => postgres::is_unavailable(e),
+            StoreError::Vault(e) => e.is_unavailable(),
+            StoreError::Ledger(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -71,6 +81,14 @@ impl StoreError {
 pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,
+}
+
+/// An entry of the device certificate deny-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// SHA-256 of the certificate's DER encoding.
+    pub fingerprint: [u8; 32],
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// Position in a meter's measurement series, for paging: strictly after this point.
@@ -118,7 +136,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_household(&self, household: &Household) -> Result<(), StoreError>;
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError>;
     fn households(&self) -> Result<Vec<Household>, StoreError>;
-    /// The household whose [`Household::email_index_key`] is exactly `key`.
+    /// The household whose [`Household::email_index_key`] is exactly `key`. Under
+    /// [`crate::privacy::SealedStore`] callers pass the key of the email itself and the
+    /// sealed store looks up its keyed digest.
     fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError>;
     /// Replaces `expected` by `new` in one transaction, keeping the email index in step
     /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
@@ -127,6 +147,15 @@ pub trait Store: Send + Sync + 'static {
     /// The household a client certificate (by SHA-256 fingerprint) was last seen for.
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError>;
     fn bind_certificate(&self, fingerprint: &[u8; 32], household: Uuid) -> Result<(), StoreError>;
+    /// Adds a device certificate (by SHA-256 fingerprint) to the deny-list every replica
+    /// checks at the TLS handshake; revoking twice keeps the first time.
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The deny-list: every revoked certificate with the time it was revoked.
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError>;
     /// Health bookkeeping; not flushed on its own (it rides on the next flush).
     fn record_device_activity(
@@ -153,13 +182,15 @@ pub trait Store: Send + Sync + 'static {
 
 /// sled-backed store. Trees:
 /// - `households`: household uuid → household JSON
-/// - `emails`: [`Household::email_index_key`] → household uuid
+/// - `emails`: [`Household::email_index_key`] (the keyed email digest under sealing) →
+///   household uuid
 /// - `meters`, `devices`: uuid → household uuid
 /// - `device_status`: device uuid → status JSON
 /// - `measurements`: `m` ‖ meter ‖ time ‖ measurement uuid → data points, and beside it
 ///   `u` ‖ measurement uuid → meter ‖ time (idempotency index); one tree so a batch and
 ///   its index entries are written by one atomic `apply_batch`
 /// - `certificates`: SHA-256 of a device certificate → household uuid
+/// - `revoked_certificates`: SHA-256 of a revoked device certificate → time (RFC 3339)
 ///
 /// Measurement batches do not use sled transactions (which serialize every operation of
 /// the database). Instead batches hold a shared write gate that household updates hold
@@ -177,6 +208,7 @@ pub struct SledStore {
     device_status: sled::Tree,
     measurements: sled::Tree,
     certificates: sled::Tree,
+    revoked_certificates: sled::Tree,
     write_gate: RwLock<()>,
     meter_stripes: Vec<Mutex<()>>,
     /// Writes applied so far, and how many of them a completed flush covers.
@@ -199,6 +231,7 @@ impl SledStore {
             device_status: db.open_tree("device_status")?,
             measurements: db.open_tree("measurements")?,
             certificates: db.open_tree("certificates")?,
+            revoked_certificates: db.open_tree("revoked_certificates")?,
             db,
             write_gate: RwLock::new(()),
             meter_stripes: (0..METER_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -442,9 +475,7 @@ impl Store for SledStore {
                     }
                     if let Some(key) = household.email_index_key() {
                         if emails.insert(key.as_bytes(), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(
-                                household.email().unwrap_or_default().to_owned(),
-                            ));
+                            return abort(StoreError::EmailTaken);
                         }
                     }
                     for device in &household.measurement_devices {
@@ -522,9 +553,7 @@ impl Store for SledStore {
                         }
                         if let Some(new_key) = &new_email {
                             if emails.insert(new_key.as_bytes(), id.as_bytes())?.is_some() {
-                                return abort(StoreError::EmailTaken(
-                                    new.email().unwrap_or_default().to_owned(),
-                                ));
+                                return abort(StoreError::EmailTaken);
                             }
                         }
                     }
@@ -576,6 +605,43 @@ impl Store for SledStore {
             Some(household.as_bytes()),
         )?;
         Ok(())
+    }
+
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _ = self.revoked_certificates.compare_and_swap(
+            fingerprint,
+            None as Option<&[u8]>,
+            Some(at.to_rfc3339().as_bytes()),
+        )?;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        self.commit()
+    }
+
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        self.revoked_certificates
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let corrupt = || {
+                    StoreError::Corrupt(serde::de::Error::custom(
+                        "revoked certificate entry of unknown format",
+                    ))
+                };
+                let fingerprint: [u8; 32] = key.as_ref().try_into().map_err(|_| corrupt())?;
+                let at = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .ok_or_else(corrupt)?;
+                Ok(RevokedCertificate {
+                    fingerprint,
+                    revoked_at: at.with_timezone(&Utc),
+                })
+            })
+            .collect()
     }
 
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError> {
@@ -796,6 +862,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             anonymized_at: None,
+            sealed: None,
         }
     }
 
@@ -896,7 +963,7 @@ mod tests {
         store.create_household(&h).unwrap();
         assert!(matches!(
             store.create_household(&household("A@example.org")),
-            Err(StoreError::EmailTaken(_))
+            Err(StoreError::EmailTaken)
         ));
         let mut anonymized = h.clone();
         anonymized.user = None;

@@ -71,12 +71,15 @@ pub enum CopyError {
 pub struct CopyReport {
     pub households: usize,
     pub certificate_bindings: usize,
+    pub revoked_certificates: usize,
     pub device_statuses: usize,
     pub measurements: usize,
 }
 
-/// Copies households (with their indexes), certificate bindings, device status and every
-/// measurement, revoked households' included. The target must hold no household yet.
+/// Copies households (with their indexes) as stored, that is sealed, certificate bindings,
+/// the certificate deny-list, device status and every measurement, revoked households'
+/// included. The target must hold no household yet. The key vault and the revocation
+/// ledger stay files: the server on the target uses the source's.
 pub fn copy_survey(from: &SledStore, to: &PgStore) -> Result<CopyReport, CopyError> {
     let existing = to.households()?.len();
     if existing > 0 {
@@ -90,6 +93,10 @@ pub fn copy_survey(from: &SledStore, to: &PgStore) -> Result<CopyReport, CopyErr
     for (fingerprint, household) in from.certificate_bindings()? {
         to.bind_certificate(&fingerprint, household)?;
         report.certificate_bindings += 1;
+    }
+    for revoked in from.revoked_certificates()? {
+        to.revoke_certificate(&revoked.fingerprint, revoked.revoked_at)?;
+        report.revoked_certificates += 1;
     }
     for (device, status) in from.device_statuses()? {
         to.import_device_status(device, &status)?;

@@ -13,6 +13,8 @@ use data_api::consent;
 use data_api::export::{write_measurements, ExportFilter, ExportFormat};
 use data_api::model::*;
 use data_api::nuts::NutsIndex;
+use data_api::privacy::ledger::RevocationLedger;
+use data_api::privacy::{DenyList, FileKeyVault, KeyVault, Privacy, SealedStore};
 use data_api::store::postgres::PgStore;
 use data_api::store::{SledStore, Store};
 use proptest::prelude::*;
@@ -20,6 +22,23 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 use system_tests::postgres::Postgres;
 use uuid::Uuid;
+
+/// The store as `serve` builds it: the backend under sealing, with a vault and a ledger
+/// in `dir`.
+fn sealed_store<S: Store>(backend: S, dir: &std::path::Path) -> (SealedStore<S>, Privacy) {
+    let vault: std::sync::Arc<dyn KeyVault> =
+        std::sync::Arc::new(FileKeyVault::open(&dir.join("keys")).unwrap());
+    let store = SealedStore::new(
+        backend,
+        vault.clone(),
+        RevocationLedger::open(&dir.join("revocations")).unwrap(),
+    );
+    let privacy = Privacy {
+        vault,
+        deny_list: std::sync::Arc::new(DenyList::default()),
+    };
+    (store, privacy)
+}
 
 fn location() -> impl Strategy<Value = Location> {
     // Anywhere but the immediate pole caps, where a 20 km circle wraps around the pole.
@@ -106,6 +125,7 @@ fn household(location: Location, pv_systems: Vec<PhotovoltaicSystem>) -> Househo
         created_at: now,
         updated_at: now,
         anonymized_at: None,
+        sealed: None,
     }
 }
 
@@ -223,9 +243,10 @@ fn revocation_case() -> impl Strategy<Value = RevocationCase> {
 
 /// The full revocation path on a real store: bounds from the household's district (or
 /// the most conservative ones outside every district), anonymized record persisted,
-/// measurements still exported under the household's id.
+/// measurements still exported, under the household's export pseudonyms.
 fn revocation_keeps_measurements_exported(
     store: &dyn Store,
+    privacy: &Privacy,
     case: RevocationCase,
 ) -> Result<(), TestCaseError> {
     let RevocationCase {
@@ -286,6 +307,7 @@ fn revocation_keeps_measurements_exported(
     let mut lines = Vec::new();
     write_measurements(
         store,
+        privacy,
         &ExportFilter::default(),
         ExportFormat::JsonLines,
         &mut |chunk| {
@@ -304,9 +326,13 @@ fn revocation_keeps_measurements_exported(
         .iter()
         .map(|l| l["uuid"].as_str().unwrap().to_owned())
         .collect();
-    let expected: HashSet<String> = measurements.iter().map(|m| m.uuid.to_string()).collect();
+    let pseudonyms = privacy.export_pseudonyms(&stored).unwrap();
+    let expected: HashSet<String> = measurements
+        .iter()
+        .map(|m| pseudonyms.of("measurement", m.uuid).to_string())
+        .collect();
     prop_assert_eq!(uuids, expected);
-    let household_id = before.id.to_string();
+    let household_id = pseudonyms.of("household", before.id).to_string();
     prop_assert!(exported
         .iter()
         .all(|l| l["household"].as_str() == Some(household_id.as_str())));
@@ -319,8 +345,8 @@ proptest! {
     #[test]
     fn revocation_keeps_measurements_exported_on_sled(case in revocation_case()) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
-        revocation_keeps_measurements_exported(&store, case)?;
+        let (store, privacy) = sealed_store(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap(), dir.path());
+        revocation_keeps_measurements_exported(&store, &privacy, case)?;
     }
 }
 
@@ -338,8 +364,9 @@ fn revocation_keeps_measurements_exported_on_postgres() {
         .run(&revocation_case(), |case| {
             let n = databases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let url = server.create_database(&format!("case{n}"));
-            let store = PgStore::open(&url, 2).unwrap();
-            revocation_keeps_measurements_exported(&store, case)
+            let dir = tempfile::tempdir().unwrap();
+            let (store, privacy) = sealed_store(PgStore::open(&url, 2).unwrap(), dir.path());
+            revocation_keeps_measurements_exported(&store, &privacy, case)
         })
         .unwrap();
 }

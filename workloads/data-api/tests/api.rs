@@ -693,13 +693,21 @@ async fn revocation_anonymizes_and_measurements_stay_exported() {
         .text()
         .await
         .unwrap();
-    let exported: HashSet<String> = export
+    let lines: Vec<Value> = export
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .inspect(|l| assert_eq!(l["household"], h.id.as_str()))
+        .collect();
+    // Every measurement is exported, under pseudonyms: the database's ids link to no
+    // export taken before the revocation.
+    let pseudonym = lines[0]["household"].as_str().unwrap().to_owned();
+    assert_ne!(pseudonym, h.id);
+    assert!(lines.iter().all(|l| l["household"] == pseudonym.as_str()));
+    let exported: HashSet<String> = lines
+        .iter()
         .map(|l| l["uuid"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(exported, uuids);
+    assert_eq!(exported.len(), uuids.len());
+    assert!(exported.is_disjoint(&uuids));
     let households = researcher
         .get(server.url("/management/export/households?format=jsonl"))
         .bearer_auth(RESEARCHER_TOKEN)
@@ -709,7 +717,8 @@ async fn revocation_anonymizes_and_measurements_stay_exported() {
         .text()
         .await
         .unwrap();
-    assert!(households.contains(&h.id) && !households.contains("anna@example.org"));
+    assert!(households.contains(&pseudonym) && !households.contains(&h.id));
+    assert!(!households.contains("anna@example.org"));
     server.stop().await;
 }
 
@@ -1150,9 +1159,11 @@ async fn registration_corrections_and_export_filters() {
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 20, "10 measurements × 2 data points");
+    let pseudonym = rows[0].split(',').next().unwrap();
+    assert_ne!(pseudonym, b.id);
     assert!(rows
         .iter()
-        .all(|r| r.starts_with(&b.id) && r.contains(",ELECTRICITY,MT681,")));
+        .all(|r| r.starts_with(pseudonym) && r.contains(",ELECTRICITY,MT681,")));
     assert!(
         rows[0].ends_with(",2026-11-23T10:10:00Z,0100010800ff,12355.6"),
         "{}",

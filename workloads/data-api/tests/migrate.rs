@@ -8,6 +8,7 @@ use common::served::{data_api, read, Served};
 use common::{client_builder, client_with_identity, measurement, registration};
 use data_api::model::Scope;
 use data_api::pki::{CertificateAuthority, DeviceCertificate};
+use data_api::store::postgres::MIGRATIONS;
 use serde_json::{json, Value};
 use system_tests::postgres::Postgres;
 
@@ -24,11 +25,19 @@ fn stdout(output: &std::process::Output) -> String {
 fn migrate_applies_the_schema_once() {
     let postgres = Postgres::start();
     let url = postgres.url();
+    let versions: Vec<String> = MIGRATIONS.iter().map(|m| m.version.to_string()).collect();
+    let latest = versions.last().unwrap();
     let first = stdout(&data_api(&["migrate", "--db", &url]));
-    assert!(first.contains("applied migrations 1;"), "{first}");
+    assert!(
+        first.contains(&format!(
+            "applied migrations {}; schema is at version {latest}",
+            versions.join(", ")
+        )),
+        "{first}"
+    );
     let again = stdout(&data_api(&["migrate", "--db", &url]));
     assert!(
-        again.contains("schema is up to date at version 1"),
+        again.contains(&format!("schema is up to date at version {latest}")),
         "{again}"
     );
     let partitions: usize = postgres
@@ -113,6 +122,16 @@ async fn migrate_store_copies_a_sled_survey_to_postgres() {
             assert_eq!(revoked.status(), 200);
         }
     }
+    let revoked = anonymous
+        .post(sled.url("/management/certificate/revoked"))
+        .bearer_auth(&token)
+        .json(&json!({"fingerprint": "ab".repeat(32)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 201);
+    let deny_list_before =
+        export(&anonymous, &sled, &token, "/management/certificate/revoked").await;
     let households_before = export(&anonymous, &sled, &token, "/management/household").await;
     let measurements_before = export(
         &anonymous,
@@ -134,7 +153,8 @@ async fn migrate_store_copies_a_sled_survey_to_postgres() {
     ]));
     assert!(
         copied.contains(
-            "copied 2 households, 2 certificate bindings, 2 device states, 60 measurements"
+            "copied 2 households, 2 certificate bindings, 1 revoked certificates, \
+             2 device states, 60 measurements"
         ),
         "{copied}"
     );
@@ -163,7 +183,37 @@ async fn migrate_store_copies_a_sled_survey_to_postgres() {
     assert!(!twice.status.success());
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already holds 2 households"));
 
-    let served = Served::start(&url, &pki);
+    // The households were copied sealed: the server on PostgreSQL takes over the
+    // survey's key vault and revocation ledger.
+    let (vault, ledger) = (
+        dir.path().join("db.keys"),
+        dir.path().join("db.revocations"),
+    );
+    assert!(copied.contains(&format!(
+        "--key-vault {} --revocation-ledger {}",
+        vault.display(),
+        ledger.display()
+    )));
+    let served = Served::start_with(
+        &url,
+        &pki,
+        &[
+            "--key-vault",
+            vault.to_str().unwrap(),
+            "--revocation-ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        export(
+            &anonymous,
+            &served,
+            &token,
+            "/management/certificate/revoked"
+        )
+        .await,
+        deny_list_before
+    );
     let households_after = export(&anonymous, &served, &token, "/management/household").await;
     let measurements_after = export(
         &anonymous,

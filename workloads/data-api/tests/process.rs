@@ -174,7 +174,6 @@ async fn acknowledged_measurements_survive_kill_9() {
         .json()
         .await
         .unwrap();
-    let household = created["id"].as_str().unwrap().to_owned();
     let meter = created["meters"][0]["uuid"].as_str().unwrap().to_owned();
     assert_eq!(
         device
@@ -242,26 +241,7 @@ async fn acknowledged_measurements_survive_kill_9() {
     assert!(acknowledged.len() >= 40 * 50);
 
     let server = Served::start(&db, &pki);
-    let export = anonymous
-        .get(server.url(&format!(
-            "/management/export/measurements?format=jsonl&household={household}"
-        )))
-        .bearer_auth(&researcher_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stored: Vec<String> = export
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["uuid"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let stored = stored_measurements(&server, &device, &meter).await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(unique.len(), stored.len(), "a measurement was stored twice");
     let missing: Vec<&String> = acknowledged.difference(&unique).collect();
@@ -286,19 +266,9 @@ async fn acknowledged_measurements_survive_kill_9() {
         let total = outcome["accepted"].as_u64().unwrap() + outcome["duplicates"].as_u64().unwrap();
         assert_eq!(total, 50, "{outcome}");
     }
-    let after = anonymous
-        .get(server.url(&format!(
-            "/management/export/measurements?format=jsonl&household={household}"
-        )))
-        .bearer_auth(&researcher_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines = after.lines().count();
-    let unique_after: HashSet<&str> = after.lines().collect();
+    let after = stored_measurements(&server, &device, &meter).await;
+    let lines = after.len();
+    let unique_after: HashSet<&String> = after.iter().collect();
     assert_eq!(lines, unique_after.len());
     assert_eq!(
         lines,
@@ -315,4 +285,33 @@ async fn acknowledged_measurements_survive_kill_9() {
                 })
                 .sum::<usize>()
     );
+}
+
+/// The uuids of a meter's stored measurements as its device reads them (exports carry
+/// pseudonyms instead), page by page.
+async fn stored_measurements(
+    server: &Served,
+    device: &reqwest::Client,
+    meter: &str,
+) -> Vec<String> {
+    let mut uuids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = server.url(&format!("/household/meter/{meter}/measurement?limit=1000"));
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = device.get(url).send().await.unwrap().json().await.unwrap();
+        uuids.extend(
+            page["measurements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["uuid"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return uuids,
+        }
+    }
 }

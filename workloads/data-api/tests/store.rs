@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use chrono::{DateTime, Utc};
 use data_api::model::*;
 use data_api::store::postgres::PgStore;
-use data_api::store::{IngestOutcome, SeriesQuery, SledStore, Store, StoreError};
+use data_api::store::{
+    IngestOutcome, RevokedCertificate, SeriesQuery, SledStore, Store, StoreError,
+};
 use system_tests::postgres::Postgres;
 use uuid::Uuid;
 
@@ -57,6 +59,8 @@ on_both_stores!(
     certificates_stay_with_their_first_household,
     device_activity_keeps_the_latest_time,
     stale_replacements_are_refused,
+    revoked_certificates_keep_the_first_time,
+    sealed_households_are_found_by_their_digest,
 );
 
 fn household(email: &str) -> Household {
@@ -97,6 +101,7 @@ fn household(email: &str) -> Household {
         created_at: Utc::now(),
         updated_at: Utc::now(),
         anonymized_at: None,
+        sealed: None,
     }
 }
 
@@ -190,7 +195,7 @@ fn email_is_unique_and_freed_on_removal(store: &dyn Store) {
     store.create_household(&h).unwrap();
     assert!(matches!(
         store.create_household(&household("A@example.org")),
-        Err(StoreError::EmailTaken(_))
+        Err(StoreError::EmailTaken)
     ));
     let key = h.email_index_key().unwrap();
     assert_eq!(store.household_by_email(&key).unwrap(), Some(h.id));
@@ -213,7 +218,7 @@ fn email_is_unique_and_freed_on_removal(store: &dyn Store) {
     stealing.user.as_mut().unwrap().email = "B@example.org".into();
     assert!(matches!(
         store.replace_household(&other, &stealing),
-        Err(StoreError::EmailTaken(_))
+        Err(StoreError::EmailTaken)
     ));
     assert_eq!(store.household(other.id).unwrap(), Some(other.clone()));
 
@@ -416,6 +421,61 @@ fn stale_replacements_are_refused(store: &dyn Store) {
         Err(StoreError::UnknownHousehold(_))
     ));
     assert_eq!(store.household(h.id).unwrap(), Some(first));
+}
+
+fn revoked_certificates_keep_the_first_time(store: &dyn Store) {
+    assert_eq!(store.revoked_certificates().unwrap(), vec![]);
+    let (lost, stolen) = ([1u8; 32], [2u8; 32]);
+    store
+        .revoke_certificate(&lost, at("2026-11-23T10:00:00Z"))
+        .unwrap();
+    store
+        .revoke_certificate(&stolen, at("2026-11-23T11:00:00Z"))
+        .unwrap();
+    store
+        .revoke_certificate(&lost, at("2026-11-24T08:00:00Z"))
+        .unwrap();
+    let mut revoked = store.revoked_certificates().unwrap();
+    revoked.sort_by_key(|r| r.fingerprint);
+    assert_eq!(
+        revoked,
+        vec![
+            RevokedCertificate {
+                fingerprint: lost,
+                revoked_at: at("2026-11-23T10:00:00Z"),
+            },
+            RevokedCertificate {
+                fingerprint: stolen,
+                revoked_at: at("2026-11-23T11:00:00Z"),
+            },
+        ]
+    );
+}
+
+/// What `SealedStore` hands a backend: no personal part in clear, the keyed email digest
+/// as the index key. The backend keeps both as they are.
+fn sealed_households_are_found_by_their_digest(store: &dyn Store) {
+    let mut sealed = household("a@example.org");
+    sealed.user = None;
+    sealed.location = None;
+    sealed.sealed = Some(SealedPersonal {
+        email_index: Some("9f".repeat(32)),
+        ciphertext: "00".repeat(40),
+    });
+    store.create_household(&sealed).unwrap();
+    assert_eq!(store.household(sealed.id).unwrap(), Some(sealed.clone()));
+    assert_eq!(
+        store.household_by_email(&"9f".repeat(32)).unwrap(),
+        Some(sealed.id)
+    );
+    assert_eq!(store.household_by_email("a@example.org").unwrap(), None);
+    let mut other = household("b@example.org");
+    other.user = None;
+    other.sealed = sealed.sealed.clone();
+    assert!(matches!(
+        store.create_household(&other),
+        Err(StoreError::EmailTaken)
+    ));
 }
 
 /// Managed instances want TLS: the server's certificate is verified against the given

@@ -169,6 +169,7 @@ impl Registration {
             created_at: now,
             updated_at: now,
             anonymized_at: None,
+            sealed: None,
         })
     }
 }
@@ -880,7 +881,8 @@ pub async fn export_measurements(
         to: parse_time("to", params.to.as_deref())?,
         households,
     };
-    let body = export::measurements_body(state.store.clone(), filter, format);
+    let body =
+        export::measurements_body(state.store.clone(), state.privacy.clone(), filter, format);
     tracing::info!(format = ?format, "measurement export started");
     Ok(export_response(format, "measurements", body))
 }
@@ -898,8 +900,10 @@ pub async fn export_households(
     ApiQuery(params): ApiQuery<HouseholdExportParams>,
 ) -> Result<Response, ApiError> {
     let format = export_format(params.format.as_deref())?;
-    let households = state.blocking(|store| Ok(store.households()?)).await?;
-    let bytes = export::households(&households, format);
+    let privacy = state.privacy.clone();
+    let bytes = state
+        .blocking(move |store| Ok(export::households(&store.households()?, &privacy, format)?))
+        .await?;
     Ok(export_response(format, "households", Body::from(bytes)))
 }
 

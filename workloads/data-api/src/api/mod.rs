@@ -2,6 +2,7 @@
 //! calling device, researcher and admin endpoints under `/management`. Every error is a
 //! JSON body `{"error": code, "message": text, "field": path | null}`.
 
+mod certificates;
 mod management;
 mod participant;
 
@@ -28,6 +29,8 @@ pub use management::HouseholdView;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Export pseudonyms and the certificate deny-list.
+    pub privacy: Arc<crate::privacy::Privacy>,
     pub tokens: Arc<Tokens>,
     pub nuts: Arc<NutsIndex>,
     /// The devices' expected report cycle; device health flags silence beyond two.
@@ -94,6 +97,10 @@ pub fn router(state: AppState) -> Router {
             get(management::export_households),
         )
         .route("/management/session", get(management::session))
+        .route(
+            "/management/certificate/revoked",
+            get(certificates::list).post(certificates::revoke),
+        )
         .route("/health", get(health))
         .merge(crate::ui::routes())
         .fallback(not_found)
@@ -182,7 +189,7 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::EmailTaken(_) => {
+            StoreError::EmailTaken => {
                 ApiError::conflict("email_taken", e.to_string()).with_field("user.email")
             }
             StoreError::DuplicateId { .. } => ApiError::conflict("duplicate_id", e.to_string()),
@@ -201,7 +208,10 @@ impl From<StoreError> for ApiError {
             | StoreError::Postgres(_)
             | StoreError::NoConnection(_)
             | StoreError::TlsSetup(_)
-            | StoreError::SchemaTooNew { .. } => {
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Vault(_)
+            | StoreError::Sealing(_)
+            | StoreError::Ledger(_) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::internal("storage failure")
             }

@@ -42,8 +42,8 @@ use postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
 use super::{
-    decode_data, encode_data, IngestOutcome, SeriesCursor, SeriesPage, SeriesQuery, Store,
-    StoreError,
+    decode_data, encode_data, IngestOutcome, RevokedCertificate, SeriesCursor, SeriesPage,
+    SeriesQuery, Store, StoreError,
 };
 use crate::model::{Consent, DeviceStatus, Household, Measurement};
 
@@ -340,9 +340,7 @@ fn index_email(
             &[new_key, &new.id],
         )?;
         if inserted == 0 {
-            return Err(StoreError::EmailTaken(
-                new.email().unwrap_or_default().to_owned(),
-            ));
+            return Err(StoreError::EmailTaken);
         }
     }
     Ok(())
@@ -437,6 +435,40 @@ impl Store for PgStore {
             &[&fingerprint.as_slice(), &household],
         )?;
         Ok(())
+    }
+
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO revoked_certificates (fingerprint, revoked_at) VALUES ($1, $2) \
+             ON CONFLICT (fingerprint) DO NOTHING",
+            &[&fingerprint.as_slice(), &at],
+        )?;
+        Ok(())
+    }
+
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT fingerprint, revoked_at FROM revoked_certificates ORDER BY fingerprint",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let fingerprint: &[u8] = row.get(0);
+                Ok(RevokedCertificate {
+                    // The table's CHECK keeps every fingerprint at 32 bytes.
+                    fingerprint: fingerprint.try_into().map_err(|_| {
+                        StoreError::Corrupt(serde::de::Error::custom(
+                            "revoked certificate fingerprint of unknown length",
+                        ))
+                    })?,
+                    revoked_at: row.get(1),
+                })
+            })
+            .collect()
     }
 
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError> {

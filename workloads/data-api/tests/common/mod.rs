@@ -113,6 +113,9 @@ impl TestServer {
         };
         let options = ServeOptions {
             db_path: dir.path().join("db"),
+            // A database on a server has no directory to keep them beside.
+            key_vault: postgres.as_ref().map(|_| dir.path().join("keys")),
+            revocation_ledger: postgres.as_ref().map(|_| dir.path().join("revocations")),
             cache_capacity: 32 << 20,
             postgres: postgres.as_ref().map(|pg| PostgresOptions {
                 url: pg.url(),
@@ -195,6 +198,13 @@ impl TestServer {
                 .collect(),
             body,
         }
+    }
+
+    /// Stops the server and hands over its directory (database, key vault, ledger).
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        self.stop().await;
+        dir
     }
 
     pub async fn stop(mut self) {

@@ -12,10 +12,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "households as documents with index tables, measurements partitioned by month",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "households as documents with index tables, measurements partitioned by month",
+        sql: r#"
 CREATE TABLE households (
     id       uuid PRIMARY KEY,
     document jsonb NOT NULL
@@ -60,7 +61,20 @@ CREATE TABLE measurements (
     PRIMARY KEY (meter, measured_at, uuid)
 ) PARTITION BY RANGE (measured_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "the deny-list of revoked device certificates",
+        sql: r#"
+-- Every replica reads this at start and every few seconds into the copy its TLS
+-- handshake checks. A fingerprint is revoked once; the first time stays.
+CREATE TABLE revoked_certificates (
+    fingerprint bytea PRIMARY KEY CHECK (length(fingerprint) = 32),
+    revoked_at  timestamptz NOT NULL
+);
+"#,
+    },
+];
 
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
