@@ -298,16 +298,18 @@ fn a_measurement_uuid_belongs_to_one_meter(store: &dyn Store) {
 fn series_pages_through_a_time_range(store: &dyn Store) {
     let h = consenting(store, "a@example.org");
     let meter = h.meters[0].uuid;
-    // Across months, one long before any partition made ahead.
+    // Across months, from the first to the last an upload can name (RFC 3339 years).
     let times = [
+        "0000-06-01T00:00:00Z",
         "1999-03-01T00:00:00Z",
         "2026-10-31T23:59:59.999999Z",
         "2026-11-01T00:00:00Z",
         "2026-11-23T10:15:00Z",
         "2027-02-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
     ];
     let batch: Vec<Measurement> = times.iter().map(|t| measurement(meter, t)).collect();
-    assert_eq!(store.ingest(h.id, &batch).unwrap(), outcome(5, 0));
+    assert_eq!(store.ingest(h.id, &batch).unwrap(), outcome(7, 0));
     assert_eq!(all_of(store, meter), batch);
 
     let mut query = SeriesQuery {
@@ -317,10 +319,10 @@ fn series_pages_through_a_time_range(store: &dyn Store) {
         limit: 2,
     };
     let page = store.series(meter, &query).unwrap();
-    assert_eq!(page.measurements, batch[1..3]);
+    assert_eq!(page.measurements, batch[2..4]);
     query.after = page.next;
     let page = store.series(meter, &query).unwrap();
-    assert_eq!(page.measurements, batch[3..4]);
+    assert_eq!(page.measurements, batch[4..5]);
     assert!(page.next.is_none());
 }
 

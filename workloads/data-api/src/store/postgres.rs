@@ -129,8 +129,9 @@ impl PgStore {
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS \"measurements_{year:04}_{month:02}\" \
              PARTITION OF measurements \
-             FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') \
-             TO ('{next_year:04}-{next:02}-01 00:00:00+00')"
+             FOR VALUES FROM ('{}') TO ('{}')",
+            month_literal((year, month)),
+            month_literal((next_year, next)),
         ))?;
         tx.commit()?;
         self.partitions
@@ -202,6 +203,15 @@ pub(super) fn is_unavailable(e: &postgres::Error) -> bool {
 
 fn month_of(at: DateTime<Utc>) -> (i32, u32) {
     (at.year(), at.month())
+}
+
+/// The first instant of a month as a PostgreSQL literal (which has no year 0: 1 BC).
+fn month_literal((year, month): (i32, u32)) -> String {
+    if year >= 1 {
+        format!("{year:04}-{month:02}-01 00:00:00+00")
+    } else {
+        format!("{:04}-{month:02}-01 00:00:00+00 BC", 1 - year)
+    }
 }
 
 fn next_month((year, month): (i32, u32)) -> (i32, u32) {
