@@ -498,3 +498,47 @@ async fn a_reader_without_the_consent_scope_learns_the_consent_from_the_househol
         .events("consent not fetched, using the last known state")
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_the_data_api_does_not_know_retries_without_logging_the_email() {
+    const STRANGER: &str = "unregistered.stranger@example.org";
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "known@example.org").await;
+    let (_sim, pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let mut setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![(household.consumption.clone(), format!("serial://{pty}"))],
+        vec![],
+    );
+    setup.device = survey.issue_device(STRANGER, "stranger");
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for(
+        "the reader to retry the refused consent check",
+        PATIENCE,
+        || {
+            let refusals = reader
+                .events("consent not fetched, using the last known state")
+                .into_iter()
+                .filter(|e| {
+                    e["error"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("unknown_participant"))
+                })
+                .count();
+            async move { (refusals >= 2).then_some(()) }
+        },
+    )
+    .await;
+    for log in [setup.log.clone(), survey.dir.path().join("data-api.log")] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("unknown_participant"), "{}", log.display());
+        assert!(
+            !text.contains("stranger"),
+            "{} names the email",
+            log.display()
+        );
+    }
+}

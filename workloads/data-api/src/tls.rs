@@ -119,6 +119,10 @@ impl TlsSetup {
             .with_client_cert_verifier(deferred)
             .with_single_cert(chain, key)?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A resumed session would skip the client certificate check, and with it the
+        // deny-list; devices connect once per report cycle, so resumption saves nothing.
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server_config.send_tls13_tickets = 0;
         Ok(TlsSetup {
             server_config: Arc::new(server_config),
             client_verifier,
@@ -132,7 +136,7 @@ impl TlsSetup {
         else {
             return PeerIdentity::Anonymous;
         };
-        // Again here: a resumed session skips the handshake's check.
+        // Again here, in case a deny-list entry arrived between handshake and judgement.
         if self.deny_list.denies(end_entity.as_ref()) {
             return PeerIdentity::Rejected(REVOKED.into());
         }

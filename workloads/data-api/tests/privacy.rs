@@ -633,3 +633,27 @@ async fn a_revoked_device_certificate_is_refused_at_the_handshake() {
     assert_eq!((status, body["field"].as_str()), (400, Some("fingerprint")));
     assert!(server.log_text().contains("TLS handshake failed"));
 }
+
+#[test]
+fn a_key_vault_inside_the_database_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let (db_arg, pki) = (db.to_str().unwrap(), dir.path().join("pki"));
+    let inside = db.join("keys");
+    let refused = data_api(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--init-missing",
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--db",
+        db_arg,
+        "--key-vault",
+        inside.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("inside the database directory"), "{stderr}");
+    assert!(!inside.exists(), "no key was written there");
+}

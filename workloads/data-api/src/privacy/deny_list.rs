@@ -37,15 +37,12 @@ impl DenyList {
             .insert(fingerprint);
     }
 
-    /// Replaces the copy with what the store holds now.
+    /// Adds what the store holds now. Revocations are never undone, so the copy only
+    /// grows, and a revocation made here while the store was read is not lost.
     pub fn refresh(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let revoked: HashSet<[u8; 32]> = store
-            .revoked_certificates()?
-            .into_iter()
-            .map(|revoked| revoked.fingerprint)
-            .collect();
-        let count = revoked.len();
-        *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = revoked;
-        Ok(count)
+        let stored = store.revoked_certificates()?;
+        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        revoked.extend(stored.into_iter().map(|r| r.fingerprint));
+        Ok(revoked.len())
     }
 }
