@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::api::{ApiError, AppState};
 use crate::model::{Household, Scope};
+use crate::store::StoreError;
 use crate::tls::{DeviceIdentity, PeerIdentity};
 
 /// Header in which edge devices report their component versions.
@@ -188,7 +189,11 @@ impl FromRequestParts<AppState> for Participant {
                         format!("no participant is registered with {}", identity.email),
                     )
                 })?;
-                store.bind_certificate(&identity.fingerprint, id)?;
+                // The binding is written again on the next request if the store cannot
+                // take it now; the email selected the household either way.
+                if let Err(e) = store.bind_certificate(&identity.fingerprint, id) {
+                    bookkeeping_failed(state, &e, "binding the certificate");
+                }
                 id
             }
         };
@@ -226,7 +231,10 @@ impl FromRequestParts<AppState> for Participant {
             None => None,
         };
         if let Some(device) = device {
-            store.record_device_activity(device, now, versions.as_ref())?;
+            // Health bookkeeping must not fail the request it is about.
+            if let Err(e) = store.record_device_activity(device, now, versions.as_ref()) {
+                bookkeeping_failed(state, &e, "recording device activity");
+            }
         }
         tracing::debug!(household = %household.id, device = ?device, "participant authenticated");
         Ok(Participant {
@@ -238,7 +246,12 @@ impl FromRequestParts<AppState> for Participant {
     }
 }
 
-/// Parses `meter-reader=0.1.0,sml=1.04`.
+fn bookkeeping_failed(state: &AppState, error: &StoreError, what: &'static str) {
+    state.health.observe(error);
+    tracing::warn!(error = %error, what, "store bookkeeping failed; the request goes on");
+}
+
+/// Parses `meter-reader=0.1.0,sml-decoder=0.1.0`.
 pub fn parse_component_versions(value: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let invalid = |message: String| ApiError::invalid_field("X-Component-Versions", message);
     let mut versions = BTreeMap::new();

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod consent;
 pub mod export;
+pub mod health;
 pub mod model;
 pub mod nuts;
 pub mod pki;
@@ -39,6 +40,9 @@ pub struct ServeOptions {
     /// How often devices are expected to report (section 3.1.1: hourly at minimum); a
     /// device silent for longer than two of these is flagged in the device health.
     pub report_interval: Duration,
+    /// How long the store may fail before the process stops for its supervisor to
+    /// restart it.
+    pub store_retry: Duration,
 }
 
 /// The survey's report cycle (section 3.1.1): devices transfer measurements hourly.
@@ -50,6 +54,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the store failed for longer than {retry:?}, stopping for a restart: {error}")]
+    StoreUnavailable { retry: Duration, error: String },
 }
 
 /// Opens the store and serves on `listener` until `shutdown` resolves; the database is
@@ -71,6 +77,7 @@ pub async fn run(
         )),
         nuts: Arc::new(options.nuts),
         report_interval: options.report_interval,
+        health: Arc::new(health::StoreHealth::default()),
     };
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -79,7 +86,21 @@ pub async fn run(
         report_interval_s = options.report_interval.as_secs_f64(),
         "listening"
     );
-    server::serve(listener, options.tls, router(state), shutdown).await?;
+    let health = state.health.clone();
+    let retry = options.store_retry;
+    let gave_up = std::sync::OnceLock::new();
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            error = health.given_up(retry) => {
+                let _ = gave_up.set(error);
+            }
+        }
+    };
+    server::serve(listener, options.tls, router(state), stop).await?;
+    if let Some(error) = gave_up.into_inner() {
+        return Err(ServeError::StoreUnavailable { retry, error });
+    }
     use store::Store as _;
     store.flush()?;
     Ok(())

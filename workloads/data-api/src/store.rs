@@ -41,6 +41,14 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
 }
 
+impl StoreError {
+    /// Whether the database itself failed (I/O, a full disk, a broken connection) rather
+    /// than refusing the request: the process cannot do its job until the store is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(_))
+    }
+}
+
 /// Result of storing one batch of measurements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IngestOutcome {
@@ -94,9 +102,12 @@ pub trait Store: Send + Sync + 'static {
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError>;
     fn households(&self) -> Result<Vec<Household>, StoreError>;
     fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError>;
-    /// Replaces `expected` by `new` in one transaction, keeping the email index in step
-    /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
-    /// household is no longer `expected`, so callers can re-read and retry.
+    /// Replaces `expected` by `new` in one transaction, keeping the indexes in step: a
+    /// removed user frees the email; added meters and devices are indexed (`DuplicateId`
+    /// if another household has the uuid), removed ones stay reserved to this household so
+    /// their measurements can never be attributed to another one. Fails with
+    /// `HouseholdChanged` if the stored household is no longer `expected`, so callers can
+    /// re-read and retry.
     fn replace_household(&self, expected: &Household, new: &Household) -> Result<(), StoreError>;
     /// The household a client certificate (by SHA-256 fingerprint) was last seen for.
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError>;
@@ -367,6 +378,30 @@ fn email_key(email: &str) -> Vec<u8> {
     email.to_lowercase().into_bytes()
 }
 
+/// The uuids in `new` that are not in `old`.
+fn added_ids(old: impl Iterator<Item = Uuid>, new: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let old: BTreeSet<Uuid> = old.collect();
+    new.filter(|id| !old.contains(id)).collect()
+}
+
+/// Indexes `ids` for `household`; a uuid that another household holds is a `DuplicateId`.
+/// One the household held before (a meter removed and added again) is its own.
+fn reserve_ids(
+    index: &TransactionalTree,
+    ids: &[Uuid],
+    household: Uuid,
+    kind: &'static str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for uuid in ids {
+        if let Some(owner) = index.insert(uuid.as_bytes(), household.as_bytes())? {
+            if owner.as_ref() != household.as_bytes() {
+                return abort(StoreError::DuplicateId { kind, uuid: *uuid });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn tx_household(
     households: &TransactionalTree,
     id: Uuid,
@@ -456,29 +491,41 @@ impl Store for SledStore {
         let id = expected.id;
         let value = serde_json::to_vec(new)?;
         let gate = self.exclusive();
+        let added_devices = added_ids(
+            expected.measurement_devices.iter().map(|d| d.uuid),
+            new.measurement_devices.iter().map(|d| d.uuid),
+        );
+        let added_meters = added_ids(
+            expected.meters.iter().map(|m| m.uuid),
+            new.meters.iter().map(|m| m.uuid),
+        );
         unwrap_tx(
-            (&self.households, &self.emails).transaction(|(households, emails)| {
-                let current = tx_household(households, id)?;
-                if &current != expected {
-                    return abort(StoreError::HouseholdChanged(id));
-                }
-                let old_email = expected.email().map(email_key);
-                let new_email = new.email().map(email_key);
-                if old_email != new_email {
-                    if let Some(old) = &old_email {
-                        emails.remove(old.as_slice())?;
+            (&self.households, &self.emails, &self.meters, &self.devices).transaction(
+                |(households, emails, meters, devices)| {
+                    let current = tx_household(households, id)?;
+                    if &current != expected {
+                        return abort(StoreError::HouseholdChanged(id));
                     }
-                    if let Some(new_key) = &new_email {
-                        if emails.insert(new_key.as_slice(), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(
-                                new.email().unwrap_or_default().to_owned(),
-                            ));
+                    let old_email = expected.email().map(email_key);
+                    let new_email = new.email().map(email_key);
+                    if old_email != new_email {
+                        if let Some(old) = &old_email {
+                            emails.remove(old.as_slice())?;
+                        }
+                        if let Some(new_key) = &new_email {
+                            if emails.insert(new_key.as_slice(), id.as_bytes())?.is_some() {
+                                return abort(StoreError::EmailTaken(
+                                    new.email().unwrap_or_default().to_owned(),
+                                ));
+                            }
                         }
                     }
-                }
-                households.insert(id.as_bytes(), value.as_slice())?;
-                Ok(())
-            }),
+                    reserve_ids(devices, &added_devices, id, "measurement device")?;
+                    reserve_ids(meters, &added_meters, id, "meter")?;
+                    households.insert(id.as_bytes(), value.as_slice())?;
+                    Ok(())
+                },
+            ),
         )?;
         self.applied.fetch_add(1, Ordering::SeqCst);
         drop(gate);

@@ -8,9 +8,10 @@ mod participant;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::Tokens;
+use crate::health::{Availability, StoreHealth};
 use crate::nuts::NutsIndex;
 use crate::store::{Store, StoreError};
 use crate::validate::FieldError;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub nuts: Arc<NutsIndex>,
     /// The devices' expected report cycle; device health flags silence beyond two.
     pub report_interval: std::time::Duration,
+    /// Whether the store still works, as the requests find it (`/health`).
+    pub health: Arc<StoreHealth>,
 }
 
 impl AppState {
@@ -98,11 +102,52 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.health.clone(),
+            track_store,
+        ))
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+/// Marks the answers of a failed store and learns from every answer whether the store
+/// works: a failure makes the process unhealthy, a successful write healthy again.
+async fn track_store(
+    State(health): State<Arc<StoreHealth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let writes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let response = next.run(request).await;
+    if let Some(StoreUnavailable(error)) = response.extensions().get() {
+        health.failed(error.clone());
+    } else if writes && response.status().is_success() {
+        health.wrote();
+    }
+    response
+}
+
+/// Liveness for the supervisor: 503 while the store fails (the process exits if it does
+/// not recover within the retry window).
+async fn health(State(state): State<AppState>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    match state.health.availability() {
+        Availability::Available => {
+            Json(serde_json::json!({"status": "ok", "version": version})).into_response()
+        }
+        Availability::Unavailable { for_, error } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "store_unavailable",
+                "version": version,
+                "error": error,
+                "unavailable_seconds": for_.as_secs_f64(),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -116,6 +161,13 @@ async fn method_not_allowed() -> ApiError {
         "this endpoint does not support the method",
     )
 }
+
+/// The error code of an answer the store could not give.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+
+/// Set on the answers of a failed store, with the store's error.
+#[derive(Debug, Clone)]
+struct StoreUnavailable(String);
 
 /// An error answer. Refusals (401/403) are logged as warnings with their reason.
 #[derive(Debug)]
@@ -196,7 +248,12 @@ impl From<StoreError> for ApiError {
             StoreError::MeasurementOfOtherMeter { index, .. } => {
                 ApiError::invalid_field(format!("measurements[{index}].uuid"), e.to_string())
             }
-            StoreError::Database(_) | StoreError::Corrupt(_) => {
+            StoreError::Database(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                STORE_UNAVAILABLE,
+                e.to_string(),
+            ),
+            StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::internal("storage failure")
             }
@@ -248,6 +305,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.code == STORE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            response
+                .extensions_mut()
+                .insert(StoreUnavailable(self.message.clone()));
+        }
         if self.status == StatusCode::UNAUTHORIZED && self.code.ends_with("token") {
             response
                 .headers_mut()
