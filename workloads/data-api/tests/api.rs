@@ -719,7 +719,10 @@ async fn ingest_follows_the_meter_reader_contract() {
     let post = |body: Value| {
         device
             .post(server.url("/household/meter/measurement"))
-            .header("X-Component-Versions", "meter-reader=0.1.0,sml=1.04")
+            .header(
+                "X-Component-Versions",
+                "meter-reader=0.1.0,sml-decoder=0.1.0,motey-agent=0.9.1",
+            )
             .json(&body)
             .send()
     };
@@ -856,7 +859,7 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     assert_eq!(
         devices["measurement_devices"][0]["component_versions"],
-        json!({"meter-reader": "0.1.0", "sml": "1.04"})
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert!(devices["measurement_devices"][0]["last_activity"].is_string());
     let overview: Value = server
@@ -871,8 +874,8 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     let entry = &overview["households"][0];
     assert_eq!(
-        entry["measurement_devices"][0]["component_versions"]["sml"],
-        "1.04"
+        entry["measurement_devices"][0]["component_versions"],
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert_eq!(
         entry["meters"][0]["last_measurement"],
