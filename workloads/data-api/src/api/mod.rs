@@ -2,6 +2,7 @@
 //! calling device, researcher and admin endpoints under `/management`. Every error is a
 //! JSON body `{"error": code, "message": text, "field": path | null}`.
 
+mod correction;
 mod management;
 mod participant;
 
