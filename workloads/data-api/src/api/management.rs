@@ -20,8 +20,9 @@ use super::{parse_json, read_body, ApiError, ApiQuery, AppState};
 use crate::auth::{Researcher, Role, Staff};
 use crate::export::{self, ExportFilter, ExportFormat};
 use crate::model::{
-    all_scopes, Address, Consent, ConsentState, Household, Location, MeasurementDevice, Metadata,
-    Meter, MeterModel, MeterType, PhotovoltaicSystem, Scope, User,
+    all_scopes, optional_whole_number, whole_number, Address, Consent, ConsentState, Household,
+    Location, MeasurementDevice, Metadata, Meter, MeterModel, MeterType, PhotovoltaicSystem, Scope,
+    User,
 };
 use crate::store::{Store, StoreError};
 use crate::validate::{self, FieldError};
@@ -67,7 +68,7 @@ pub struct MeterRegistration {
     pub meter_type: MeterType,
     pub model: MeterModel,
     /// Index into `measurement_devices`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub measurement_device: usize,
 }
 
@@ -79,7 +80,7 @@ pub struct PvRegistration {
     pub tilt: f64,
     pub installation_date: NaiveDate,
     /// Index into `meters`; must be a PV-GENERATION meter.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub generation_meter: Option<usize>,
 }
 
@@ -627,13 +628,14 @@ pub async fn export_measurements(
         .household
         .as_deref()
         .map(|list| {
+            // Exactly as the OpenAPI document states it: hyphenated uuids, commas.
             list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    Uuid::parse_str(s).map_err(|_| {
-                        ApiError::invalid_field("household", format!("{s:?} is not a UUID"))
-                    })
+                .map(|s| match Uuid::parse_str(s) {
+                    Ok(uuid) if s.len() == 36 => Ok(uuid),
+                    _ => Err(ApiError::invalid_field(
+                        "household",
+                        format!("{s:?} is not a hyphenated UUID"),
+                    )),
                 })
                 .collect::<Result<HashSet<Uuid>, _>>()
         })

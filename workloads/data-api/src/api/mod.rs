@@ -4,6 +4,7 @@
 
 mod correction;
 mod management;
+mod openapi;
 mod participant;
 
 use std::sync::Arc;
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/management/session", get(management::session))
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi_document))
         .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -128,6 +130,10 @@ async fn track_store(
         health.wrote();
     }
     response
+}
+
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
 }
 
 /// Liveness for the supervisor: 503 while the store fails (the process exits if it does
@@ -363,6 +369,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Deserializes JSON, naming the failing field path in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        records_are_objects(&value, "body")?;
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -380,6 +389,44 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     Ok(value)
+}
+
+/// The management bodies' records (the body, `user`, `address`, `location`, `metadata`
+/// and the entries of lists) must be JSON objects: serde would also read a record from a
+/// list of its fields' values, which no client means.
+fn records_are_objects(value: &serde_json::Value, path: &str) -> Result<(), ApiError> {
+    use serde_json::Value;
+    const RECORDS: [&str; 4] = ["user", "address", "location", "metadata"];
+    let not_an_object = |path: &str| ApiError::invalid_field(path, "must be a JSON object");
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                let inner = if path == "body" {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if RECORDS.contains(&key.as_str()) && field.is_array() {
+                    return Err(not_an_object(&inner));
+                }
+                records_are_objects(field, &inner)?;
+            }
+            Ok(())
+        }
+        Value::Array(_) if path == "body" => Err(not_an_object(path)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let inner = format!("{path}[{i}]");
+                if item.is_array() {
+                    return Err(not_an_object(&inner));
+                }
+                records_are_objects(item, &inner)?;
+            }
+            Ok(())
+        }
+        _ if path == "body" => Err(not_an_object(path)),
+        _ => Ok(()),
+    }
 }
 
 /// Query string extractor whose errors are JSON like every other error.

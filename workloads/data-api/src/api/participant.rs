@@ -202,9 +202,17 @@ pub async fn meter_measurements(
 /// before the answer; uuids already stored for the same meter are counted as duplicates.
 pub async fn post_measurements(
     State(state): State<AppState>,
-    p: Participant,
+    p: Result<Participant, ApiError>,
     body: Body,
 ) -> Result<Json<IngestOutcome>, ApiError> {
+    let p = match p {
+        Ok(p) => p,
+        Err(refusal) => {
+            // Read what the client is still sending, so it gets to read the refusal.
+            let _ = read_body(body, 0).await;
+            return Err(refusal);
+        }
+    };
     p.require(Scope::MeasurementWrite)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let batch = parse_batch(&bytes)?;

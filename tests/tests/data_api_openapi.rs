@@ -1,0 +1,42 @@
+//! The Data API's OpenAPI document against a real `data-api serve`: the document is
+//! fetched from `/openapi.json` (open, no token), and schemathesis generates requests
+//! from it — examples, coverage, fuzzing and the stateful phase that follows the links
+//! from a registration to reading and correcting it — and runs every check on the
+//! answers, with the researcher token. Any answer the document does not describe fails.
+//!
+//! Participant endpoints need a device certificate, which schemathesis does not present:
+//! their refusals (401) are checked against the document here; their contract with
+//! certificates is in `workloads/data-api/tests/api.rs`.
+
+use system_tests::docker::repo_root;
+use system_tests::openapi::Fuzz;
+use system_tests::survey::{registration, DataApi, Survey, RESEARCHER_TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_researcher_token_every_answer_is_as_the_openapi_document_says() {
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    api.register(&survey, &registration("fuzz@example.org"))
+        .await;
+    let response = survey
+        .client()
+        .get(format!("{}/openapi.json", api.url()))
+        .send()
+        .await
+        .expect("GET /openapi.json");
+    assert_eq!(response.status(), 200, "/openapi.json needs no token");
+    let document = survey.dir.path().join("openapi.json");
+    std::fs::write(&document, response.bytes().await.unwrap()).unwrap();
+
+    Fuzz::new(
+        document.to_str().unwrap(),
+        &api.url(),
+        &repo_root().join("tests/tests/data_api_openapi.toml"),
+        10,
+    )
+    .arg("--tls-verify")
+    .arg(survey.ca())
+    .header(&format!("Authorization: Bearer {RESEARCHER_TOKEN}"))
+    .passes("researcher token")
+    .await;
+}
