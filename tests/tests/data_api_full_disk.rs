@@ -23,7 +23,7 @@ use system_tests::{free_port, wait_for};
 const SUPERVISOR: &str = r#"
 set -e
 mnt=$1; exit_file=$2; bin=$3; shift 3
-mount -t tmpfs -o size=6m tmpfs "$mnt"
+mount -t tmpfs -o size=4m tmpfs "$mnt"
 set +e
 "$bin" serve --db "$mnt/db" "$@"
 echo $? > "$exit_file"
@@ -137,7 +137,7 @@ async fn a_full_disk_makes_the_data_api_unhealthy_and_it_exits_for_a_restart() {
         200
     );
 
-    // Uploads until the disk is full; 6 MiB hold some ten thousand measurements.
+    // Uploads until the disk is full; 4 MiB hold some thousands of measurements.
     let mut acknowledged = HashSet::new();
     let mut refusal = None;
     for round in 0..200 {
@@ -161,7 +161,7 @@ async fn a_full_disk_makes_the_data_api_unhealthy_and_it_exits_for_a_restart() {
                 .map(|m| m["uuid"].as_str().unwrap().to_owned()),
         );
     }
-    let (status, body) = refusal.expect("the 6 MiB disk never filled up");
+    let (status, body) = refusal.expect("the 4 MiB disk never filled up");
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("store_unavailable")),
