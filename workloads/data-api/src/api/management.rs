@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::correction::RegistrationUpdate;
 use super::participant::parse_time;
-use super::{parse_json, read_body, ApiError, ApiQuery, AppState};
+use super::{admit, parse_json, read_body, ApiError, ApiQuery, AppState};
 use crate::auth::{Researcher, Role, Staff};
 use crate::export::{self, ExportFilter, ExportFormat};
 use crate::model::{
@@ -439,9 +439,10 @@ impl HouseholdView {
 /// FR-06.
 pub async fn create_household(
     State(state): State<AppState>,
-    _: Researcher,
+    researcher: Result<Researcher, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (_, body) = admit(researcher, body).await?;
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let registration: Registration = parse_json(&bytes)?;
     let household = registration.into_household(Utc::now())?;
@@ -540,10 +541,11 @@ pub async fn get_household(
 /// FR-07.
 pub async fn update_household(
     State(state): State<AppState>,
-    _: Researcher,
+    researcher: Result<Researcher, ApiError>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<HouseholdView>, ApiError> {
+    let (_, body) = admit(researcher, body).await?;
     let id = household_id(&id)?;
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let update: RegistrationUpdate = parse_json(&bytes)?;

@@ -367,6 +367,18 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(collected.freeze())
 }
 
+/// The caller, or its refusal once the body it is still sending has been read: the client
+/// then gets to read the refusal instead of a connection closed under its upload.
+pub async fn admit<T>(caller: Result<T, ApiError>, body: Body) -> Result<(T, Body), ApiError> {
+    match caller {
+        Ok(caller) => Ok((caller, body)),
+        Err(refusal) => {
+            let _ = read_body(body, 0).await;
+            Err(refusal)
+        }
+    }
+}
+
 /// Deserializes JSON, naming the failing field path in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {

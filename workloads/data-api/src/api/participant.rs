@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
+use super::{admit, read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
 use crate::auth::Participant;
 use crate::consent;
 use crate::model::{Consent, Measurement, MeasurementData, ObisCode, Scope};
@@ -205,14 +205,7 @@ pub async fn post_measurements(
     p: Result<Participant, ApiError>,
     body: Body,
 ) -> Result<Json<IngestOutcome>, ApiError> {
-    let p = match p {
-        Ok(p) => p,
-        Err(refusal) => {
-            // Read what the client is still sending, so it gets to read the refusal.
-            let _ = read_body(body, 0).await;
-            return Err(refusal);
-        }
-    };
+    let (p, body) = admit(p, body).await?;
     p.require(Scope::MeasurementWrite)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let batch = parse_batch(&bytes)?;
