@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod browser;
 pub mod docker;
+pub mod openapi;
 pub mod postgres;
 pub mod registry;
 pub mod survey;

@@ -19,8 +19,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::api::{ApiError, AppState};
+use crate::health::StoreHealth;
 use crate::model::{Household, Scope};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tls::{DeviceIdentity, PeerIdentity};
 
 /// Header in which edge devices report their component versions.
@@ -187,9 +188,9 @@ impl FromRequestParts<AppState> for Participant {
             ));
         }
         let household = {
-            let identity = identity.clone();
+            let (identity, health) = (identity.clone(), state.health.clone());
             state
-                .blocking(move |store| household_of(store, &identity))
+                .blocking(move |store| household_of(store, &identity, &health))
                 .await?
         };
 
@@ -223,9 +224,14 @@ impl FromRequestParts<AppState> for Participant {
             None => None,
         };
         if let Some(device) = device {
+            let health = state.health.clone();
             state
                 .blocking(move |store| {
-                    Ok(store.record_device_activity(device, now, versions.as_ref())?)
+                    // Health bookkeeping must not fail the request it is about.
+                    if let Err(e) = store.record_device_activity(device, now, versions.as_ref()) {
+                        bookkeeping_failed(&health, &e, "recording device activity");
+                    }
+                    Ok(())
                 })
                 .await?;
         }
@@ -241,7 +247,11 @@ impl FromRequestParts<AppState> for Participant {
 
 /// The household a device certificate acts for: the one it was first used for, else the
 /// one registered with its email (and the certificate is bound to it).
-fn household_of(store: &dyn Store, identity: &DeviceIdentity) -> Result<Household, ApiError> {
+fn household_of(
+    store: &dyn Store,
+    identity: &DeviceIdentity,
+    health: &StoreHealth,
+) -> Result<Household, ApiError> {
     let household_id = match store.certificate_binding(&identity.fingerprint)? {
         Some(id) => id,
         None => {
@@ -254,7 +264,11 @@ fn household_of(store: &dyn Store, identity: &DeviceIdentity) -> Result<Househol
                     "no participant is registered with the email of this certificate",
                 )
             })?;
-            store.bind_certificate(&identity.fingerprint, id)?;
+            // The binding is written again on the next request if the store cannot
+            // take it now; the email selected the household either way.
+            if let Err(e) = store.bind_certificate(&identity.fingerprint, id) {
+                bookkeeping_failed(health, &e, "binding the certificate");
+            }
             id
         }
     };
@@ -263,7 +277,12 @@ fn household_of(store: &dyn Store, identity: &DeviceIdentity) -> Result<Househol
     })
 }
 
-/// Parses `meter-reader=0.1.0,sml=1.04`.
+fn bookkeeping_failed(health: &StoreHealth, error: &StoreError, what: &'static str) {
+    health.observe(error);
+    tracing::warn!(error = %error, what, "store bookkeeping failed; the request goes on");
+}
+
+/// Parses `meter-reader=0.1.0,sml-decoder=0.1.0`.
 pub fn parse_component_versions(value: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let invalid = |message: String| ApiError::invalid_field("X-Component-Versions", message);
     let mut versions = BTreeMap::new();

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod consent;
 pub mod export;
+pub mod health;
 pub mod model;
 pub mod nuts;
 pub mod pki;
@@ -50,6 +51,9 @@ pub struct ServeOptions {
     /// How often devices are expected to report (section 3.1.1: hourly at minimum); a
     /// device silent for longer than two of these is flagged in the device health.
     pub report_interval: Duration,
+    /// How long the store may fail before the process stops for its supervisor to
+    /// restart it.
+    pub store_retry: Duration,
 }
 
 pub struct PostgresOptions {
@@ -99,6 +103,8 @@ pub enum ServeError {
     PrivacyPathsNeeded,
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the store failed for longer than {retry:?}, stopping for a restart: {error}")]
+    StoreUnavailable { retry: Duration, error: String },
 }
 
 /// Where the key vault and the revocation ledger are. Beside a sled directory by default;
@@ -131,10 +137,7 @@ fn privacy_paths(options: &ServeOptions) -> Result<(PathBuf, PathBuf), ServeErro
 /// The store `serve` works with: the backend under [`privacy::SealedStore`], households
 /// from before sealing sealed and the ledger's revocations applied again, and the deny-list
 /// loaded. Blocks (files, fsync, the network).
-fn open_store(
-    options: &ServeOptions,
-    nuts: &nuts::NutsIndex,
-) -> Result<Opened, ServeError> {
+fn open_store(options: &ServeOptions, nuts: &nuts::NutsIndex) -> Result<Opened, ServeError> {
     let (key_vault, ledger) = privacy_paths(options)?;
     let vault: Arc<dyn privacy::KeyVault> = Arc::new(privacy::FileKeyVault::open(&key_vault)?);
     let ledger = privacy::ledger::RevocationLedger::open(&ledger)?;
@@ -215,6 +218,7 @@ pub async fn run(
         )),
         nuts: Arc::new(options.nuts),
         report_interval: options.report_interval,
+        health: Arc::new(health::StoreHealth::default()),
     };
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -223,15 +227,30 @@ pub async fn run(
         report_interval_s = options.report_interval.as_secs_f64(),
         "listening"
     );
-    let served = server::serve(listener, options.tls, router(state), shutdown).await;
+    let health = state.health.clone();
+    let retry = options.store_retry;
+    let gave_up = std::sync::OnceLock::new();
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            error = health.given_up(retry) => {
+                let _ = gave_up.set(error);
+            }
+        }
+    };
+    let served = server::serve(listener, options.tls, router(state), stop).await;
     refresher.abort();
     // Its copy of the store must be gone before the last one is dropped, off the async
     // workers: PostgreSQL's synchronous client blocks when its connections close.
     let _ = refresher.await;
     served?;
-    tokio::task::spawn_blocking(move || store.flush())
+    let flushed = tokio::task::spawn_blocking(move || store.flush())
         .await
-        .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    if let Some(error) = gave_up.into_inner() {
+        return Err(ServeError::StoreUnavailable { retry, error });
+    }
+    flushed?;
     Ok(())
 }
 

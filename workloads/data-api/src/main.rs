@@ -123,6 +123,10 @@ struct ServeArgs {
     /// flags devices silent for longer than two cycles.
     #[arg(long, env = "DATA_API_REPORT_INTERVAL", default_value_t = 3600.0)]
     report_interval: f64,
+    /// Seconds the store may fail (a full disk, an I/O error) before the process stops
+    /// with an error for its supervisor to restart it; `/health` answers 503 meanwhile.
+    #[arg(long, env = "DATA_API_STORE_RETRY", default_value_t = 30.0)]
+    store_retry: f64,
     /// sled page cache in MiB.
     #[arg(long, env = "DATA_API_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
@@ -315,6 +319,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db))?;
         None
     };
+    if !(args.store_retry.is_finite() && args.store_retry >= 0.0) {
+        bail!("--store-retry must be a number of seconds");
+    }
     let options = ServeOptions {
         db_path: PathBuf::from(&args.db),
         key_vault: args.key_vault.clone(),
@@ -326,6 +333,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         admin_token,
         nuts,
         report_interval: std::time::Duration::from_secs_f64(args.report_interval),
+        store_retry: std::time::Duration::from_secs_f64(args.store_retry),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -22,12 +22,45 @@ pub struct User {
     pub email: String,
 }
 
+/// A count written as a JSON number: `2` or `2.0` (JSON does not tell integers apart, and
+/// some clients write every number with a fraction), but never `2.5` or `-1`.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let value = f64::deserialize(deserializer)?;
+    if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(53)) {
+        return Err(de::Error::custom(format!("{value} is not a whole number")));
+    }
+    T::try_from(value as u64).map_err(|_| de::Error::custom(format!("{value} is too large")))
+}
+
+/// [`whole_number`] for an optional count.
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    match Option::<Whole>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Whole(n)) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{n} is too large"))),
+    }
+}
+
 /// The household's answers to the metadata questions of the registration form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    #[serde(deserialize_with = "whole_number")]
     pub children: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub adults: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub employed_adults: u32,
     pub ev_charger: bool,
     pub heat_pump: bool,

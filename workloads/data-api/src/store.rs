@@ -140,9 +140,12 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::privacy::SealedStore`] callers pass the key of the email itself and the
     /// sealed store looks up its keyed digest.
     fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError>;
-    /// Replaces `expected` by `new` in one transaction, keeping the email index in step
-    /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
-    /// household is no longer `expected`, so callers can re-read and retry.
+    /// Replaces `expected` by `new` in one transaction, keeping the indexes in step: a
+    /// removed user frees the email; added meters and devices are indexed (`DuplicateId`
+    /// if another household has the uuid), removed ones stay reserved to this household so
+    /// their measurements can never be attributed to another one. Fails with
+    /// `HouseholdChanged` if the stored household is no longer `expected`, so callers can
+    /// re-read and retry.
     fn replace_household(&self, expected: &Household, new: &Household) -> Result<(), StoreError>;
     /// The household a client certificate (by SHA-256 fingerprint) was last seen for.
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError>;
@@ -449,6 +452,30 @@ fn unwrap_tx<T>(result: TransactionResult<T, StoreError>) -> Result<T, StoreErro
     })
 }
 
+/// The uuids in `new` that are not in `old`.
+fn added_ids(old: impl Iterator<Item = Uuid>, new: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let old: BTreeSet<Uuid> = old.collect();
+    new.filter(|id| !old.contains(id)).collect()
+}
+
+/// Indexes `ids` for `household`; a uuid that another household holds is a `DuplicateId`.
+/// One the household held before (a meter removed and added again) is its own.
+fn reserve_ids(
+    index: &TransactionalTree,
+    ids: &[Uuid],
+    household: Uuid,
+    kind: &'static str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for uuid in ids {
+        if let Some(owner) = index.insert(uuid.as_bytes(), household.as_bytes())? {
+            if owner.as_ref() != household.as_bytes() {
+                return abort(StoreError::DuplicateId { kind, uuid: *uuid });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn tx_household(
     households: &TransactionalTree,
     id: Uuid,
@@ -538,6 +565,14 @@ impl Store for SledStore {
         let id = expected.id;
         let value = serde_json::to_vec(new)?;
         let gate = self.exclusive();
+        let added_devices = added_ids(
+            expected.measurement_devices.iter().map(|d| d.uuid),
+            new.measurement_devices.iter().map(|d| d.uuid),
+        );
+        let added_meters = added_ids(
+            expected.meters.iter().map(|m| m.uuid),
+            new.meters.iter().map(|m| m.uuid),
+        );
         unwrap_tx(
             (&self.households, &self.emails, &self.meters, &self.devices).transaction(
                 |(households, emails, meters, devices)| {
@@ -557,29 +592,8 @@ impl Store for SledStore {
                             }
                         }
                     }
-                    // Meters and devices a correction adds are indexed like those of a new
-                    // household; removed ones keep their index entry (uuids are not reused).
-                    let parts = [
-                        (
-                            devices,
-                            "measurement device",
-                            new.measurement_devices
-                                .iter()
-                                .map(|d| d.uuid)
-                                .collect::<Vec<_>>(),
-                        ),
-                        (meters, "meter", new.meters.iter().map(|m| m.uuid).collect()),
-                    ];
-                    for (tree, kind, uuids) in parts {
-                        for uuid in uuids {
-                            match tree.insert(uuid.as_bytes(), id.as_bytes())? {
-                                Some(owner) if owner.as_ref() != id.as_bytes() => {
-                                    return abort(StoreError::DuplicateId { kind, uuid });
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
+                    reserve_ids(devices, &added_devices, id, "measurement device")?;
+                    reserve_ids(meters, &added_meters, id, "meter")?;
                     households.insert(id.as_bytes(), value.as_slice())?;
                     Ok(())
                 },

@@ -734,7 +734,10 @@ async fn ingest_follows_the_meter_reader_contract() {
     let post = |body: Value| {
         device
             .post(server.url("/household/meter/measurement"))
-            .header("X-Component-Versions", "meter-reader=0.1.0,sml=1.04")
+            .header(
+                "X-Component-Versions",
+                "meter-reader=0.1.0,sml-decoder=0.1.0,motey-agent=0.9.1",
+            )
             .json(&body)
             .send()
     };
@@ -871,7 +874,7 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     assert_eq!(
         devices["measurement_devices"][0]["component_versions"],
-        json!({"meter-reader": "0.1.0", "sml": "1.04"})
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert!(devices["measurement_devices"][0]["last_activity"].is_string());
     let overview: Value = server
@@ -886,8 +889,8 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     let entry = &overview["households"][0];
     assert_eq!(
-        entry["measurement_devices"][0]["component_versions"]["sml"],
-        "1.04"
+        entry["measurement_devices"][0]["component_versions"],
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert_eq!(
         entry["meters"][0]["last_measurement"],
@@ -1315,5 +1318,141 @@ async fn corrections_add_and_remove_pv_systems() {
         (status, err["field"].as_str()),
         (400, Some("pv_systems[0].uuid"))
     );
+    server.stop().await;
+}
+
+/// FR-07: meters and measurement devices are added, changed and removed with located
+/// errors; a meter a PV system names, a meter with measurements and a device that still
+/// reads a meter stay (409 naming what holds them); uuids are unique across households.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_add_change_and_remove_meters_and_devices() {
+    let server = TestServer::start().await;
+    let h = server.register("meters@example.org").await;
+    let other = server.register("other@example.org").await;
+    let patch = |body: Value| {
+        server
+            .anonymous()
+            .patch(server.url(&format!("/management/household/{}", h.id)))
+            .bearer_auth(RESEARCHER_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let refused = |body: Value| async move { error_of(patch(body).await.unwrap()).await };
+
+    // A new meter needs what registration needs; errors name the entry.
+    let (status, err) =
+        refused(json!({"meters": [{"uuid": h.meters[0], "model": "DD3"}, {"model": "EHZ"}]})).await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("meters[1].type")),
+        "{err}"
+    );
+    let (status, err) = refused(json!({"meters": [{"type": "ELECTRICITY", "model": "EHZ",
+        "measurement_device": other.device}]}))
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("meters[0].measurement_device"))
+    );
+    // Uuids are unique across households.
+    let (status, err) = refused(json!({"meters": [{"add": true, "uuid": other.meters[0],
+        "type": "ELECTRICITY", "model": "EHZ"}]}))
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("duplicate_id"), Some("meters[0].uuid"))
+    );
+
+    // A second device with a chosen uuid, a meter it reads, the first meter corrected.
+    let second = uuid::Uuid::new_v4().to_string();
+    let response = patch(json!({
+        "measurement_devices": [{"add": true, "uuid": second, "name": "pi-2", "scopes": ["measurement-write"]}],
+        "meters": [{"uuid": h.meters[0], "model": "DD3"},
+                   {"type": "ELECTRICITY", "model": "EASY", "measurement_device": second}]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let view: Value = response.json().await.unwrap();
+    let meters = view["meters"].as_array().unwrap();
+    assert_eq!(meters.len(), 3, "{view}");
+    assert_eq!(meters[0]["model"], "DD3");
+    assert_eq!(meters[2]["measurement_device"], second.as_str());
+    assert_eq!(view["measurement_devices"][1]["name"], "pi-2");
+    let added = meters[2]["uuid"].as_str().unwrap().to_owned();
+
+    // The device still reads a meter; the PV system names the generation meter.
+    let (status, err) =
+        refused(json!({"measurement_devices": [{"uuid": second, "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (
+            409,
+            Some("device_in_use"),
+            Some("measurement_devices[0].uuid")
+        )
+    );
+    assert!(err["message"].as_str().unwrap().contains(&added), "{err}");
+    let pv = h.body["pv_systems"][0]["uuid"].as_str().unwrap().to_owned();
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[1], "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("meter_in_use"), Some("meters[0].uuid"))
+    );
+    assert!(err["message"].as_str().unwrap().contains(&pv), "{err}");
+
+    // A meter with measurements is part of the data set.
+    let device = server.device_all_scopes("meters@example.org");
+    assert_eq!(
+        device
+            .post(server.url("/household/consent"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let upload = device
+        .post(server.url("/household/meter/measurement"))
+        .json(&json!({"measurements": [measurement(&h.meters[0], 1)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200);
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[0], "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("meter_has_measurements"), Some("meters[0].uuid"))
+    );
+
+    // One correction removes the PV system with its generation meter, and the new meter
+    // with the device that read it.
+    let response = patch(json!({
+        "pv_systems": [{"uuid": pv, "remove": true}],
+        "meters": [{"uuid": h.meters[1], "remove": true}, {"uuid": added, "remove": true}],
+        "measurement_devices": [{"uuid": second, "remove": true}]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["meters"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["measurement_devices"].as_array().unwrap().len(), 1);
+    assert_eq!(view["pv_systems"], json!([]));
+    // The last meter stays: a household has at least one.
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[0], "remove": true}]})).await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("meters")));
+
+    // A removed meter's uuid stays with its household: no other one can take it.
+    let taken = server
+        .anonymous()
+        .patch(server.url(&format!("/management/household/{}", other.id)))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&json!({"meters": [{"add": true, "uuid": added, "type": "ELECTRICITY", "model": "EHZ"}]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(taken).await;
+    assert_eq!((status, err["error"].as_str()), (409, Some("duplicate_id")));
     server.stop().await;
 }

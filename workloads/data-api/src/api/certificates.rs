@@ -24,7 +24,8 @@ pub struct RevokedCertificate {
 }
 
 fn parse_fingerprint(text: &str) -> Result<[u8; 32], ApiError> {
-    let cleaned: String = text.trim().replace(':', "").to_lowercase();
+    // Colons as `openssl x509 -fingerprint` prints them; nothing else around the digits.
+    let cleaned: String = text.replace(':', "").to_lowercase();
     let mut fingerprint = [0u8; 32];
     hex::decode_to_slice(&cleaned, &mut fingerprint).map_err(|_| {
         ApiError::invalid_field(
@@ -101,5 +102,6 @@ mod tests {
         assert_eq!(parse_fingerprint(&colons).unwrap(), [0xab; 32]);
         let short = parse_fingerprint("abcd").unwrap_err();
         assert_eq!(short.field.as_deref(), Some("fingerprint"));
+        assert!(parse_fingerprint(&format!(" {hex64}")).is_err());
     }
 }

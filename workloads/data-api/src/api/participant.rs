@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
+use super::{admit, read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
 use crate::auth::Participant;
 use crate::consent;
 use crate::model::{Consent, Measurement, MeasurementData, ObisCode, Scope};
@@ -216,9 +216,10 @@ pub async fn meter_measurements(
 /// before the answer; uuids already stored for the same meter are counted as duplicates.
 pub async fn post_measurements(
     State(state): State<AppState>,
-    p: Participant,
+    p: Result<Participant, ApiError>,
     body: Body,
 ) -> Result<Json<IngestOutcome>, ApiError> {
+    let (p, body) = admit(p, body).await?;
     p.require(Scope::MeasurementWrite)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let batch = parse_batch(&bytes)?;

@@ -127,6 +127,7 @@ impl TestServer {
             admin_token: Some(ADMIN_TOKEN.into()),
             nuts,
             report_interval: data_api::DEFAULT_REPORT_INTERVAL,
+            store_retry: data_api::health::DEFAULT_STORE_RETRY,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
