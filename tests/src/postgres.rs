@@ -147,6 +147,40 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// The server's directory: its data directory (tables, WAL) and its log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `pg_dump --format=custom` of `database` into `file`, as an operator backs it up.
+    pub fn dump(&self, database: &str, file: &Path) {
+        let mut command = self.client("pg_dump");
+        command
+            .args(["--format=custom", "--file"])
+            .arg(file)
+            .arg(database);
+        succeed(command, "pg_dump");
+    }
+
+    /// `pg_restore` of a [`Postgres::dump`] into `database`, which must exist and be empty.
+    pub fn restore(&self, database: &str, file: &Path) {
+        let mut command = self.client("pg_restore");
+        command.args(["--no-owner", "--dbname", database]).arg(file);
+        succeed(command, "pg_restore");
+    }
+
+    /// A client program of the server's version, connected through its socket.
+    fn client(&self, program: &str) -> Command {
+        let mut command = Command::new(bin_dir().join(program));
+        command.arg("-h").arg(self.dir.path()).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        command
+    }
+
     /// The postmaster's process id (its backends are its children).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -185,6 +219,15 @@ impl Drop for Postgres {
         );
         let _ = self.child.wait();
     }
+}
+
+fn succeed(mut command: Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The directory with `initdb` and `postgres`: `PG_BIN`, else the newest Debian version.

@@ -10,13 +10,15 @@ mod common;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use common::served::{data_api, Served};
+use common::served::{data_api, privacy_paths, Served};
 use common::{client_builder, client_with_identity, measurement, registration, TestServer};
 use common::{ADMIN_TOKEN, RESEARCHER_TOKEN};
 use data_api::privacy::ledger::RevocationLedger;
 use data_api::privacy::{FileKeyVault, KeyVault, SealedStore};
+use data_api::store::postgres::PgStore;
 use data_api::store::{SledStore, Store};
 use serde_json::{json, Value};
+use system_tests::postgres::Postgres;
 
 const NAME: &str = "Wilhelmina Quaxelbrot";
 const EMAIL: &str = "wilhelmina.quaxelbrot@example.org";
@@ -56,9 +58,13 @@ fn found_in(haystack: &[u8]) -> Vec<&'static str> {
     found
 }
 
+/// The regular files under `path` (a PostgreSQL directory also holds its socket).
 fn files_under(path: &Path) -> Vec<PathBuf> {
     if path.is_file() {
         return vec![path.to_owned()];
+    }
+    if !path.is_dir() {
+        return vec![];
     }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
@@ -73,7 +79,12 @@ fn search(paths: &[&Path]) -> Vec<(PathBuf, &'static str)> {
         .iter()
         .flat_map(|p| files_under(p))
         .flat_map(|file| {
-            let bytes = std::fs::read(&file).unwrap();
+            let bytes = match std::fs::read(&file) {
+                Ok(bytes) => bytes,
+                // A running PostgreSQL removes temporary files of its own.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+                Err(e) => panic!("{}: {e}", file.display()),
+            };
             found_in(&bytes)
                 .into_iter()
                 .map(move |what| (file.clone(), what))
@@ -155,31 +166,149 @@ async fn exports(server: &Served, client: &reqwest::Client, token: &str) -> Vec<
     all
 }
 
-/// The households of a database directory as a reader holding `vault` sees them.
-fn households_opened_with(db: &Path, vault: &Path, scratch: &Path) -> Vec<u8> {
+/// The households of a store as a reader holding `vault` sees them.
+fn households_opened_with<S: Store>(store: S, vault: &Path, scratch: &Path) -> Vec<u8> {
     let vault: std::sync::Arc<dyn KeyVault> =
         std::sync::Arc::new(FileKeyVault::open(vault).unwrap());
     let store = SealedStore::new(
-        SledStore::open(db, 8 << 20).unwrap(),
+        store,
         vault,
         RevocationLedger::open(&scratch.join("ledger")).unwrap(),
     );
     serde_json::to_vec(&store.households().unwrap()).unwrap()
 }
 
+/// Where the survey's database lives, and how its operator backs it up and restores it:
+/// a sled directory copied as it is, or a PostgreSQL database dumped with `pg_dump`.
+enum Database {
+    Sled(PathBuf),
+    Postgres(Postgres),
+}
+
+/// The PostgreSQL database the survey runs on; `pg_restore` checks go to `BACKUP_READ`.
+const SURVEY: &str = "survey";
+const BACKUP_READ: &str = "backup_read";
+
+impl Database {
+    fn sled(dir: &Path) -> Database {
+        Database::Sled(dir.join("db"))
+    }
+
+    fn postgres() -> Database {
+        let server = Postgres::start();
+        server.create_database(SURVEY);
+        Database::Postgres(server)
+    }
+
+    fn serve(&self, pki: &Path) -> Served {
+        match self {
+            Database::Sled(db) => Served::start(db, pki),
+            Database::Postgres(server) => Served::start(server.url_of(SURVEY), pki),
+        }
+    }
+
+    /// The key vault and the revocation ledger `serve` uses: beside the sled directory,
+    /// or named for PostgreSQL.
+    fn vault_and_ledger(&self, pki: &Path) -> (PathBuf, PathBuf) {
+        match self {
+            Database::Sled(db) => (
+                db.with_file_name("db.keys"),
+                db.with_file_name("db.revocations"),
+            ),
+            Database::Postgres(_) => privacy_paths(pki),
+        }
+    }
+
+    fn back_up(&self, to: &Path) {
+        match self {
+            Database::Sled(db) => copy_dir(db, to),
+            Database::Postgres(server) => server.dump(SURVEY, to),
+        }
+    }
+
+    /// Replaces the database by the backup; no server may be using it.
+    fn restore(&self, from: &Path) {
+        match self {
+            Database::Sled(db) => {
+                std::fs::remove_dir_all(db).unwrap();
+                copy_dir(from, db);
+            }
+            Database::Postgres(server) => {
+                server.psql("postgres", &format!("DROP DATABASE {SURVEY}"));
+                server.create_database(SURVEY);
+                server.restore(SURVEY, from);
+            }
+        }
+    }
+
+    /// Every file the database consists of, written out: for PostgreSQL its whole data
+    /// directory (tables, WAL) and log after a checkpoint.
+    fn files(&self) -> PathBuf {
+        match self {
+            Database::Sled(db) => db.clone(),
+            Database::Postgres(server) => {
+                server.psql("postgres", "CHECKPOINT");
+                server.dir().to_owned()
+            }
+        }
+    }
+
+    /// The households of the database (`backup = None`) or of a backup, read with `vault`.
+    fn households(&self, backup: Option<&Path>, vault: &Path, scratch: &Path) -> Vec<u8> {
+        match (self, backup) {
+            (Database::Sled(db), None) => {
+                households_opened_with(SledStore::open(db, 8 << 20).unwrap(), vault, scratch)
+            }
+            (Database::Sled(_), Some(backup)) => {
+                households_opened_with(SledStore::open(backup, 8 << 20).unwrap(), vault, scratch)
+            }
+            (Database::Postgres(server), backup) => {
+                let database = match backup {
+                    None => SURVEY,
+                    Some(dump) => {
+                        server.psql(
+                            "postgres",
+                            &format!("DROP DATABASE IF EXISTS {BACKUP_READ}"),
+                        );
+                        server.create_database(BACKUP_READ);
+                        server.restore(BACKUP_READ, dump);
+                        BACKUP_READ
+                    }
+                };
+                // The synchronous client must not run on an async worker.
+                tokio::task::block_in_place(|| {
+                    let store = PgStore::open(&server.url_of(database), 1).unwrap();
+                    households_opened_with(store, vault, scratch)
+                })
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_backup() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, pki) = (dir.path().join("db"), dir.path().join("pki"));
-    let (vault, ledger) = (
-        dir.path().join("db.keys"),
-        dir.path().join("db.revocations"),
-    );
+    revocation_forgets_everywhere(&dir, Database::sled(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_revocation_leaves_no_personal_data_in_the_database_files_logs_exports_or_a_restored_dump(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = tokio::task::spawn_blocking(Database::postgres)
+        .await
+        .unwrap();
+    revocation_forgets_everywhere(&dir, database).await;
+}
+
+async fn revocation_forgets_everywhere(dir: &tempfile::TempDir, database: Database) {
+    let pki = dir.path().join("pki");
+    let (vault, ledger) = database.vault_and_ledger(&pki);
     let (backup, exports_dir) = (dir.path().join("backup"), dir.path().join("exports"));
     std::fs::create_dir_all(&exports_dir).unwrap();
     let mut logs = Vec::new();
 
-    let mut server = Served::start(&db, &pki);
+    let mut server = database.serve(&pki);
     let token = read(&pki.join("researcher.token")).trim().to_owned();
     let ca = read(&pki.join("ca.pem"));
     let anonymous = client_builder(&ca).build().unwrap();
@@ -226,9 +355,9 @@ async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_b
     server.stop();
     logs.push(server.log_text());
 
-    // The backup, as an operator copies the database directory; and for the control
-    // only, the vault as it was at that moment.
-    copy_dir(&db, &backup);
+    // The backup, as an operator takes it; and for the control only, the vault as it was
+    // at that moment.
+    database.back_up(&backup);
     let vault_then = dir.path().join("vault-then");
     copy_dir(&vault, &vault_then);
 
@@ -255,7 +384,7 @@ async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_b
         .collect()
     );
     let scratch = tempfile::tempdir().unwrap();
-    let opened = households_opened_with(&backup, &vault_then, scratch.path());
+    let opened = database.households(Some(&backup), &vault_then, scratch.path());
     let readable: HashSet<&str> = found_in(&opened).into_iter().collect();
     for what in ["name", "email", "street", "latitude", "longitude"] {
         assert!(
@@ -264,7 +393,7 @@ async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_b
         );
     }
 
-    let mut server = Served::start(&db, &pki);
+    let mut server = database.serve(&pki);
     let revoked = device
         .delete(server.url("/household/consent"))
         .send()
@@ -287,9 +416,8 @@ async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_b
     logs.push(server.log_text());
 
     // The backup from before the revocation is restored; the ledger revokes again.
-    std::fs::remove_dir_all(&db).unwrap();
-    copy_dir(&backup, &db);
-    let mut server = Served::start(&db, &pki);
+    database.restore(&backup);
+    let mut server = database.serve(&pki);
     let view: Value = anonymous
         .get(server.url(&format!("/management/household/{id}")))
         .bearer_auth(&token)
@@ -324,12 +452,27 @@ async fn revocation_leaves_no_personal_data_in_any_file_log_export_or_restored_b
     assert!(logs
         .concat()
         .contains("consent revoked, household anonymized"));
+    let db = database.files();
+    // Control: the files searched are those that hold the household (its meter is stored
+    // in clear), written out.
+    let holding_the_meter = files_under(&db)
+        .into_iter()
+        .filter(|f| {
+            std::fs::read(f)
+                .is_ok_and(|bytes| bytes.windows(meter.len()).any(|w| w == meter.as_bytes()))
+        })
+        .count();
+    assert!(
+        holding_the_meter > 0,
+        "no file of {} holds the household",
+        db.display()
+    );
     let found = search(&[&db, &backup, &vault, &ledger, &logs_file, &exports_dir]);
     assert!(found.is_empty(), "personal data left behind: {found:?}");
     // Nor does the database or the backup from before the revocation, read with the
     // vault as it is now: the household's key is gone.
-    assert!(found_in(&households_opened_with(&db, &vault, scratch.path())).is_empty());
-    let backup_now = households_opened_with(&backup, &vault, scratch.path());
+    assert!(found_in(&database.households(None, &vault, scratch.path())).is_empty());
+    let backup_now = database.households(Some(&backup), &vault, scratch.path());
     assert!(found_in(&backup_now).is_empty(), "the backup still opens");
     let ledger_text = read(&ledger);
     assert_eq!(ledger_text.lines().count(), 1, "{ledger_text}");
@@ -364,7 +507,8 @@ async fn export_text(server: &TestServer, path: &str) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(an_export_taken_before_revocation_shares_no_id_with_the_anonymized_record);
+
 async fn an_export_taken_before_revocation_shares_no_id_with_the_anonymized_record() {
     let server = TestServer::start().await;
     let h = server.register("linkable@example.org").await;
@@ -656,4 +800,30 @@ fn a_key_vault_inside_the_database_directory_is_refused() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("inside the database directory"), "{stderr}");
     assert!(!inside.exists(), "no key was written there");
+}
+
+#[test]
+fn on_postgres_the_key_vault_and_the_ledger_must_be_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    // Refused before any connection: no server listens on port 1.
+    let refused = data_api(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--init-missing",
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--db",
+        "postgres://postgres@127.0.0.1:1/survey",
+        "--key-vault",
+        dir.path().join("keys").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--key-vault and --revocation-ledger must be given"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("keys").exists(), "nothing was written");
 }
