@@ -92,7 +92,7 @@ mkdir -p "$binds/data-api/pki" "$binds/meter-reader/device"
 for old in data-api-db:data-api/db meter-reader-data:meter-reader/data; do  # earlier runs' data
   if [ -d "$survey/${old%%:*}" ] && [ ! -e "$binds/${old#*:}" ]; then mv "$survey/${old%%:*}" "$binds/${old#*:}"; fi
 done
-mkdir -p "$binds/data-api/db" "$binds/meter-reader/data"
+mkdir -p "$binds/data-api/db" "$binds/data-api/keys" "$binds/meter-reader/data"
 install -m 0644 "$survey/pki"/{ca,server}.pem "$binds/data-api/pki/"
 install -m 0600 "$survey/pki"/server-key.pem "$survey/pki"/{researcher,admin}.token "$binds/data-api/pki/"
 install -m 0644 "$survey/pki"/{ca,device}.pem "$binds/meter-reader/device/"
@@ -235,6 +235,7 @@ binds, port, gateway, report = sys.argv[1:]
 text = open("blueprints/data-api.yaml").read()
 text = text.replace('"data-api-db:/data"', f'"{binds}/data-api/db:/data"')
 text = text.replace('"data-api-pki:/pki"', f'"{binds}/data-api/pki:/pki"')
+text = text.replace('"data-api-keys:/keys"', f'"{binds}/data-api/keys:/keys"')
 # The script made the PKI; without the CA key in /pki nothing may be created there.
 text = text.replace(', "--init-missing"]', ']')
 text = text.replace('["8443:8443"]', f'["{port}:8443"]')

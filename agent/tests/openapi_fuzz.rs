@@ -8,30 +8,22 @@
 //! out because it ends the agent for good (its contract is in `tests/api.rs`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use motey::app::Agent;
 use motey::config::RawConfig;
 use motey_val::fake::FakeEngine;
+use system_tests::openapi::Fuzz;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "openapi-fuzz-token";
-/// The schemathesis release line the CLI options below are written for.
-const SCHEMATHESIS: &str = "schemathesis>=4.1,<5";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// `target/openapi-venv/bin/schemathesis`, installed with pip the first time.
-fn schemathesis() -> PathBuf {
-    let python = system_tests::python::venv("openapi-venv", &[SCHEMATHESIS]);
-    python.with_file_name("schemathesis")
 }
 
 async fn serve_agent(dir: &Path) -> (String, CancellationToken) {
@@ -57,39 +49,21 @@ async fn serve_agent(dir: &Path) -> (String, CancellationToken) {
 
 /// Runs schemathesis against `base`, with `token` if given; its report on failure.
 async fn fuzz(base: &str, token: Option<&str>) {
-    let binary = schemathesis();
-    let mut command = Command::new(binary);
-    // Its cache of failing cases goes beside the virtual environment, not into the tree.
-    command
-        .current_dir(repo_root().join("target"))
-        // YAML bodies written as YAML 1.2, which the agent reads (see the hooks file).
-        .env("PYTHONPATH", repo_root().join("agent/tests"))
-        .env("SCHEMATHESIS_HOOKS", "openapi_fuzz_hooks")
-        .arg("--config-file")
-        .arg(repo_root().join("agent/tests/openapi_fuzz.toml"))
-        .arg("run")
-        .arg(repo_root().join("agent/openapi.json"))
-        .args(["--url", base])
-        .args(["--checks", "all"])
-        .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "10"])
-        .args(["--exclude-path", "/v1/decommission"])
-        .args(["--request-timeout", "20"])
-        .args(["--generation-deterministic"]);
+    let document = repo_root().join("agent/openapi.json");
+    let mut run = Fuzz::new(
+        document.to_str().unwrap(),
+        base,
+        &repo_root().join("agent/tests/openapi_fuzz.toml"),
+        10,
+    )
+    // YAML bodies written as YAML 1.2, which the agent reads (see the hooks file).
+    .env("PYTHONPATH", repo_root().join("agent/tests"))
+    .env("SCHEMATHESIS_HOOKS", "openapi_fuzz_hooks")
+    .args(["--exclude-path", "/v1/decommission"]);
     if let Some(token) = token {
-        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+        run = run.header(&format!("Authorization: Bearer {token}"));
     }
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run schemathesis");
-    assert!(
-        output.status.success(),
-        "schemathesis found answers the OpenAPI document does not describe (token: {}):\n{}\n{}",
-        token.is_some(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run.passes(&format!("token: {}", token.is_some())).await;
 }
 
 /// Runs schemathesis against an agent of its own, with `token` if given.

@@ -3,14 +3,17 @@
 //! image (no image can be pulled from outside, so tests build their own).
 //!
 //! The library holds what every end-to-end suite needs: the Docker CLI, the test images,
-//! free ports, polling with a deadline, a local image registry, the metering survey's
-//! processes (`survey`), the Raspberry Pi's aarch64 binaries under emulation (`cross`) and
-//! a real headless Chromium for the frontends (`browser`).
+//! free ports, polling with a deadline, a local image registry, a private PostgreSQL server
+//! (`postgres`), Python tools in virtual environments (`python`, `openapi`), the metering
+//! survey's processes (`survey`), the Raspberry Pi's aarch64 binaries under emulation
+//! (`cross`) and a real headless Chromium for the frontends (`browser`).
 
 pub mod bench;
 pub mod browser;
 pub mod cross;
 pub mod docker;
+pub mod openapi;
+pub mod postgres;
 pub mod python;
 pub mod registry;
 pub mod survey;

@@ -85,12 +85,13 @@ async fn run_survey(cluster: bool) {
         );
     }
 
-    let meter = std::fs::read_to_string(survey.dir.join("meter-uuid")).unwrap();
+    // The export names meters by pseudonym: the demo's one household has one
+    // electricity meter.
     let measurements = wait_for("a measurement in the Data API", FLOW_PATIENCE, || async {
         let rows = survey.exported_measurements().await;
         let ours: Vec<Value> = rows
             .into_iter()
-            .filter(|m| m.to_string().contains(meter.trim()))
+            .filter(|m| m["meter_type"] == "ELECTRICITY")
             .collect();
         (!ours.is_empty()).then_some(ours)
     })

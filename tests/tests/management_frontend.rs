@@ -548,14 +548,17 @@ fn keep_busy(participant: Participant, meter: String, measuring: bool) -> BusyDe
                     &participant,
                     &meter,
                     Utc::now(),
-                    "meter-reader=0.1.0,sml=1.04",
+                    "meter-reader=0.1.0,sml-decoder=0.1.0",
                 )
                 .await;
             } else {
                 let _ = participant
                     .client
                     .get(format!("{}/household/consent", participant.base))
-                    .header("x-component-versions", "meter-reader=0.0.9,sml=1.04")
+                    .header(
+                        "x-component-versions",
+                        "meter-reader=0.0.9,sml-decoder=0.0.9",
+                    )
                     .send()
                     .await;
             }
@@ -641,7 +644,7 @@ async fn status_page_highlights_silent_devices() {
         &max,
         &meter_of(1),
         Utc::now() - chrono::Duration::hours(3),
-        "meter-reader=0.0.9,sml=1.04",
+        "meter-reader=0.0.9,sml-decoder=0.0.9",
     )
     .await;
     let _stuck = keep_busy(max, meter_of(1), false);

@@ -63,6 +63,14 @@ fn reader_setup(
     }
 }
 
+/// What the Data API stores for the household, as its device reads it (exports carry
+/// pseudonyms, not the uuids the reader sent).
+async fn stored(participant: &Participant, household: &Household) -> Vec<Value> {
+    let mut all = participant.measurements(&household.consumption).await;
+    all.extend(participant.measurements(&household.generation).await);
+    all
+}
+
 fn uuids(measurements: &[Value]) -> Vec<String> {
     measurements
         .iter()
@@ -259,7 +267,12 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
     let (_, details) = participant.call(Method::GET, "/household").await;
     assert_eq!(details["anonymized"], true, "{details}");
     assert_eq!(details["consent"]["state"], "REVOKED");
-    let exported = api.export(&survey, &household.id).await;
+    let exported = stored(&participant, &household).await;
+    assert_eq!(
+        exported.len(),
+        api.export(&survey, &household.id).await.len(),
+        "the data set holds them all"
+    );
     let exported_uuids: HashSet<String> = uuids(&exported).into_iter().collect();
     assert_eq!(exported_uuids.len(), exported.len());
     assert!(exported_uuids.is_superset(&distinct.into_iter().cloned().collect()));
@@ -352,7 +365,7 @@ async fn data_api_outage_of_several_report_cycles_delivers_every_measurement_onc
     })
     .await;
     let taken = reader.stored();
-    let exported = api.export(&survey, &household.id).await;
+    let exported = stored(&participant, &household).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for uuid in uuids(&exported) {
         *seen.entry(uuid).or_default() += 1;
@@ -439,10 +452,14 @@ async fn a_meter_unknown_to_the_household_does_not_hold_up_the_others() {
         status["pending_measurements"].as_u64() > Some(0),
         "{status}"
     );
+    // Exports name meters by pseudonym: one meter's measurements, all of the known one.
     let exported = api.export(&survey, &household.id).await;
-    assert!(exported
+    let meters: HashSet<&str> = exported
         .iter()
-        .all(|m| m["meter"] == household.consumption.as_str()));
+        .filter_map(|m| m["meter"].as_str())
+        .collect();
+    assert_eq!(meters.len(), 1, "{exported:?}");
+    assert!(exported.iter().all(|m| m["meter_type"] == "ELECTRICITY"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,4 +497,48 @@ async fn a_reader_without_the_consent_scope_learns_the_consent_from_the_househol
     assert!(reader
         .events("consent not fetched, using the last known state")
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_the_data_api_does_not_know_retries_without_logging_the_email() {
+    const STRANGER: &str = "unregistered.stranger@example.org";
+    let survey = Survey::new();
+    let api = DataApi::start(&survey).await;
+    let household = register(&survey, &api, "known@example.org").await;
+    let (_sim, pty) = survey.start_sim(&["--interval-ms", "250"]);
+    let mut setup = reader_setup(
+        &survey,
+        &api,
+        &household,
+        vec![(household.consumption.clone(), format!("serial://{pty}"))],
+        vec![],
+    );
+    setup.device = survey.issue_device(STRANGER, "stranger");
+    let reader = MeterReader::start(&survey, &setup);
+    wait_for(
+        "the reader to retry the refused consent check",
+        PATIENCE,
+        || {
+            let refusals = reader
+                .events("consent not fetched, using the last known state")
+                .into_iter()
+                .filter(|e| {
+                    e["error"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("unknown_participant"))
+                })
+                .count();
+            async move { (refusals >= 2).then_some(()) }
+        },
+    )
+    .await;
+    for log in [setup.log.clone(), survey.dir.path().join("data-api.log")] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("unknown_participant"), "{}", log.display());
+        assert!(
+            !text.contains("stranger"),
+            "{} names the email",
+            log.display()
+        );
+    }
 }

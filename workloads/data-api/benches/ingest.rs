@@ -1,10 +1,12 @@
 //! Ingest and export throughput of the real `data-api` binary over mutual TLS on loopback,
-//! with the server's resident memory sampled under load. Writes its section of
-//! BENCHMARKS.md.
+//! with each server's resident memory sampled under load, in three layouts of the same
+//! run: sled, PostgreSQL with one replica, PostgreSQL with two replicas (the devices split
+//! between them). PostgreSQL is a private server with its durable defaults (fsync,
+//! synchronous commit). Writes its section of BENCHMARKS.md.
 //!
 //! `cargo bench -p data-api --bench ingest` (env: BENCH_MEASUREMENTS, default 200000;
 //! BENCH_UPLOADERS, default 8: measurement devices of as many households, one connection
-//! each, uploading concurrently).
+//! each, uploading concurrently; BENCH_LAYOUTS, default `sled,pg1,pg2`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use system_tests::postgres::{Durability, Postgres};
 
 const BIN: &str = env!("CARGO_BIN_EXE_data-api");
 const BATCH: usize = 100;
@@ -30,7 +33,7 @@ impl Drop for Server {
     }
 }
 
-fn start(db: &Path, pki: &Path) -> Server {
+fn start(db: &std::ffi::OsStr, pki: &Path) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -44,6 +47,11 @@ fn start(db: &Path, pki: &Path) -> Server {
         .arg(db)
         .arg("--pki-dir")
         .arg(pki)
+        // Shared by the replicas of one database, as they must be.
+        .arg("--key-vault")
+        .arg(pki.with_file_name("keys"))
+        .arg("--revocation-ledger")
+        .arg(pki.with_file_name("revocations"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -148,27 +156,101 @@ fn write_section(section: &str) {
     println!("updated {}", path.display());
 }
 
+/// Where the survey is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Sled,
+    Postgres { replicas: usize },
+}
+
+impl Layout {
+    fn title(self) -> String {
+        match self {
+            Layout::Sled => "sled".into(),
+            Layout::Postgres { replicas: 1 } => "PostgreSQL, 1 replica".into(),
+            Layout::Postgres { replicas } => format!("PostgreSQL, {replicas} replicas"),
+        }
+    }
+}
+
+/// One export of the whole data set.
+struct Export {
+    format: &'static str,
+    rows: usize,
+    bytes: usize,
+    secs: f64,
+}
+
+/// Per `data-api` process.
+struct Replica {
+    rss_idle: u64,
+    rss_ingest_peak: u64,
+    rss_high_water: u64,
+}
+
+struct Figures {
+    layout: Layout,
+    ingest_rate: f64,
+    server_cores: f64,
+    database_cores: Option<f64>,
+    latencies: Vec<f64>,
+    exports: Vec<Export>,
+    replicas: Vec<Replica>,
+    db_bytes: u64,
+    batch_bytes: usize,
+}
+
 fn main() {
     let total = env_usize("BENCH_MEASUREMENTS", 200_000) / BATCH * BATCH;
     let uploaders = env_usize("BENCH_UPLOADERS", 8).max(1);
+    let layouts: Vec<Layout> = std::env::var("BENCH_LAYOUTS")
+        .unwrap_or_else(|_| "sled,pg1,pg2".into())
+        .split(',')
+        .map(|l| match l.trim() {
+            "sled" => Layout::Sled,
+            "pg1" => Layout::Postgres { replicas: 1 },
+            "pg2" => Layout::Postgres { replicas: 2 },
+            other => panic!("BENCH_LAYOUTS: unknown layout {other:?} (sled, pg1, pg2)"),
+        })
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(total, uploaders));
+    let load_before = load_average();
+    let figures: Vec<Figures> = layouts
+        .iter()
+        .map(|layout| runtime.block_on(run(*layout, total, uploaders)))
+        .collect();
+    let section = render(&figures, total, uploaders, &load_before);
+    print!("{section}");
+    write_section(&section);
 }
 
-async fn run(total: usize, uploaders: usize) {
+async fn run(layout: Layout, total: usize, uploaders: usize) -> Figures {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (db, pki) = (dir.path().join("db"), dir.path().join("pki"));
-    let server = start(&db, &pki);
-    let pid = server.child.id();
+    let (sled_dir, pki) = (dir.path().join("db"), dir.path().join("pki"));
+    let postgres = match layout {
+        Layout::Sled => None,
+        Layout::Postgres { .. } => Some(Postgres::start_with(Durability::Durable)),
+    };
+    let db: std::ffi::OsString = match &postgres {
+        Some(pg) => pg.url().into(),
+        None => sled_dir.clone().into(),
+    };
+    let count = match layout {
+        Layout::Sled => 1,
+        Layout::Postgres { replicas } => replicas,
+    };
+    // The first creates the PKI, the others find it.
+    let servers: Vec<Server> = (0..count).map(|_| start(&db, &pki)).collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let researcher = read(pki.join("researcher.token")).trim().to_owned();
     let pki_dir = pki.to_str().unwrap();
     let ca = read(pki.join("ca.pem"));
     let anonymous = client(&ca, None);
-    let url = |p: &str| format!("https://{}{}", server.addr, p);
+    let url = |server: usize, p: &str| format!("https://{}{}", servers[server].addr, p);
 
     // Bodies are prepared up front so the clock measures the server, not the client's JSON.
     let start_time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
@@ -176,6 +258,8 @@ async fn run(total: usize, uploaders: usize) {
     let total = batches_each * uploaders * BATCH;
     let mut devices = Vec::new();
     for u in 0..uploaders {
+        // Devices are spread over the replicas.
+        let server = u % servers.len();
         let email = format!("bench{u}@example.org");
         let registration = json!({
             "user": {"name": "Bench Household", "email": email},
@@ -185,7 +269,7 @@ async fn run(total: usize, uploaders: usize) {
             "meters": [{"type": "ELECTRICITY", "model": "MT681"}, {"type": "PV-GENERATION", "model": "EHZ"}]
         });
         let created: Value = anonymous
-            .post(url("/management/household"))
+            .post(url(0, "/management/household"))
             .bearer_auth(&researcher)
             .json(&registration)
             .send()
@@ -223,7 +307,7 @@ async fn run(total: usize, uploaders: usize) {
         let device = client(&ca, Some((&cert, &key)));
         assert_eq!(
             device
-                .post(url("/household/consent"))
+                .post(url(server, "/household/consent"))
                 .send()
                 .await
                 .unwrap()
@@ -253,29 +337,31 @@ async fn run(total: usize, uploaders: usize) {
                 )
             })
             .collect();
-        devices.push((device, batches));
+        devices.push((device, url(server, "/household/meter/measurement"), batches));
     }
-    let batch_bytes = devices[0].1.iter().map(|b| b.len()).sum::<usize>() / batches_each.max(1);
+    let batch_bytes = devices[0].2.iter().map(|b| b.len()).sum::<usize>() / batches_each.max(1);
 
     let sampling = Arc::new(AtomicBool::new(true));
-    let peak_rss = Arc::new(AtomicU64::new(0));
+    let peaks: Arc<Vec<AtomicU64>> = Arc::new(pids.iter().map(|_| AtomicU64::new(0)).collect());
     let sampler = {
-        let (sampling, peak_rss) = (sampling.clone(), peak_rss.clone());
+        let (sampling, peaks, pids) = (sampling.clone(), peaks.clone(), pids.clone());
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
-                peak_rss.fetch_max(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                for (pid, peak) in pids.iter().zip(peaks.iter()) {
+                    peak.fetch_max(rss_kib(*pid, "VmRSS:"), Ordering::Relaxed);
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
-    let rss_before = rss_kib(pid, "VmRSS:");
+    let rss_idle: Vec<u64> = pids.iter().map(|pid| rss_kib(*pid, "VmRSS:")).collect();
 
-    let load_before = load_average();
-    let cpu_before = cpu_seconds(pid);
+    let server_cpu = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let database_cpu = || postgres.as_ref().map(|pg| tree_cpu_seconds(pg.pid()));
+    let (cpu_before, db_cpu_before) = (server_cpu(), database_cpu());
     let began = Instant::now();
     let mut workers = Vec::new();
-    for (device, batches) in devices {
-        let target = url("/household/meter/measurement");
+    for (device, target, batches) in devices {
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             for body in batches {
@@ -301,20 +387,23 @@ async fn run(total: usize, uploaders: usize) {
         latencies.extend(w.await.unwrap());
     }
     let ingest_secs = began.elapsed().as_secs_f64();
-    let server_cores = (cpu_seconds(pid) - cpu_before) / ingest_secs;
+    let server_cores = (server_cpu() - cpu_before) / ingest_secs;
+    let database_cores = database_cpu()
+        .zip(db_cpu_before)
+        .map(|(after, before)| (after - before) / ingest_secs);
     latencies.sort_by(f64::total_cmp);
     let ingest_rate = total as f64 / ingest_secs;
-    let rss_ingest_peak = peak_rss.load(Ordering::Relaxed);
+    let rss_ingest_peak: Vec<u64> = peaks.iter().map(|p| p.load(Ordering::Relaxed)).collect();
 
-    // Export everything, both formats, reading the stream to the end.
+    // Export everything from the first replica, both formats, reading the stream to the end.
     let mut exports = Vec::new();
     for format in ["csv", "jsonl"] {
-        peak_rss.store(0, Ordering::Relaxed);
         let began = Instant::now();
         let mut response = anonymous
-            .get(url(&format!(
-                "/management/export/measurements?format={format}"
-            )))
+            .get(url(
+                0,
+                &format!("/management/export/measurements?format={format}"),
+            ))
             .bearer_auth(&researcher)
             .send()
             .await
@@ -327,86 +416,164 @@ async fn run(total: usize, uploaders: usize) {
         }
         let secs = began.elapsed().as_secs_f64();
         let rows = if format == "csv" { lines - 1 } else { lines };
-        exports.push((format, rows, bytes, secs, peak_rss.load(Ordering::Relaxed)));
+        exports.push(Export {
+            format,
+            rows,
+            bytes,
+            secs,
+        });
     }
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
-    let rss_high_water = rss_kib(pid, "VmHWM:");
-    let db_size: u64 = walk_size(&db);
+    let replicas = pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| Replica {
+            rss_idle: rss_idle[i],
+            rss_ingest_peak: rss_ingest_peak[i],
+            rss_high_water: rss_kib(*pid, "VmHWM:"),
+        })
+        .collect();
+    let db_bytes = match &postgres {
+        Some(pg) => pg
+            .psql("postgres", "SELECT pg_database_size('postgres')")
+            .parse()
+            .unwrap_or(0),
+        None => walk_size(&sled_dir),
+    };
+    drop(servers);
+    Figures {
+        layout,
+        ingest_rate,
+        server_cores,
+        database_cores,
+        latencies,
+        exports,
+        replicas,
+        db_bytes,
+        batch_bytes,
+    }
+}
 
+fn render(figures: &[Figures], total: usize, uploaders: usize, load_before: &str) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut section = String::new();
     section.push_str("## data-api\n\n");
     section.push_str(&format!(
         "Ingest of {total} measurements (3 OBIS values each) in batches of {BATCH} by {uploaders} measurement devices \
          of as many households, uploading concurrently over mutual TLS (TLS 1.3, ECDSA P-256 client certificates) to the real `data-api` binary on \
-         loopback; every batch is validated, written as one atomic sled batch and flushed (fsync, shared by concurrent batches) before its 200. \
-         Then the whole data set is exported, streamed, in both formats. Client and server share the machine.\n\n"
+         loopback; every batch is validated and durable before its 200 (sled: one atomic batch and an fsync shared by concurrent batches; \
+         PostgreSQL: one `INSERT … SELECT FROM unnest(…)` statement and a committed transaction, the server's defaults `fsync=on`, \
+         `synchronous_commit=on`). With two replicas the devices are split between them, one database behind both. Then the whole data set \
+         is exported, streamed, in both formats, from the first replica. The layouts run one after the other in the same run; client, \
+         servers and PostgreSQL (a private server started by the benchmark, `shared_buffers=128MB`) share the machine.\n\n"
     ));
     section.push_str(&format!("- Machine: {}\n", machine()));
     section.push_str(&format!(
-        "- Load average (1 min) when ingest started / after export: {load_before} / {} (the cores are shared with other builds)\n",
+        "- Load average (1 min) before the run / after it: {load_before} / {} (the cores are shared with other builds)\n",
         load_average()
     ));
-    section.push_str("- Command: `cargo bench -p data-api --bench ingest` (BENCH_MEASUREMENTS, BENCH_UPLOADERS to vary)\n");
+    section.push_str("- Command: `cargo bench -p data-api --bench ingest` (BENCH_MEASUREMENTS, BENCH_UPLOADERS, BENCH_LAYOUTS to vary)\n");
     section.push_str(&format!(
-        "- Request body: {batch_bytes} bytes per batch on average\n\n"
+        "- Request body: {} bytes per batch on average\n\n",
+        figures.first().map_or(0, |f| f.batch_bytes)
     ));
-    section.push_str("| figure | value |\n|---|---|\n");
-    section.push_str(&format!(
-        "| ingest throughput (durable) | **{ingest_rate:.0} measurements/s** ({:.0} batches/s) |\n",
-        ingest_rate / BATCH as f64
-    ));
-    section.push_str(&format!(
-        "| server CPU during ingest | {server_cores:.2} cores |\n"
-    ));
-    section.push_str(&format!(
-        "| batch latency p50 / p99 / max | {:.1} ms / {:.1} ms / {:.1} ms |\n",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default()
-    ));
-    for (format, rows, bytes, secs, _) in &exports {
-        let unit = if *format == "csv" {
-            "rows (one per data point)"
-        } else {
-            "lines (one per measurement)"
-        };
-        section.push_str(&format!(
-            "| export {format} | **{:.0} {unit}/s**, {rows} rows, {:.1} MiB in {secs:.2} s |\n",
-            *rows as f64 / secs,
-            *bytes as f64 / 1024.0 / 1024.0
-        ));
-    }
-    section.push_str(&format!(
-        "| server RSS idle → peak during ingest | {:.0} MiB → {:.0} MiB |\n",
-        mib(rss_before),
-        mib(rss_ingest_peak)
-    ));
-    for (format, _, _, _, peak) in &exports {
-        section.push_str(&format!(
-            "| server RSS peak during {format} export | {:.0} MiB |\n",
-            mib(*peak)
-        ));
-    }
-    section.push_str(&format!(
-        "| server RSS high-water mark (VmHWM) | {:.0} MiB |\n",
-        mib(rss_high_water)
-    ));
-    section.push_str(&format!(
-        "| database size on disk | {:.0} MiB |\n",
-        db_size as f64 / 1024.0 / 1024.0
-    ));
-    section.push_str(&format!(
-        "\nTarget ≥ 20,000 measurements/s: **{}**.\n",
-        if ingest_rate >= 20_000.0 {
-            "met"
-        } else {
-            "not met"
+    let mut row = |name: &str, cell: &dyn Fn(&Figures) -> String| {
+        section.push_str(&format!("| {name} |"));
+        for f in figures {
+            section.push_str(&format!(" {} |", cell(f)));
         }
-    ));
-    print!("{section}");
-    write_section(&section);
+        section.push('\n');
+    };
+    row("figure", &|f| f.layout.title());
+    row("---", &|_| "---".into());
+    row("ingest throughput (durable)", &|f| {
+        format!(
+            "**{:.0} measurements/s** ({:.0} batches/s)",
+            f.ingest_rate,
+            f.ingest_rate / BATCH as f64
+        )
+    });
+    row("`data-api` CPU during ingest (all replicas)", &|f| {
+        format!("{:.2} cores", f.server_cores)
+    });
+    row(
+        "PostgreSQL CPU during ingest",
+        &|f| match f.database_cores {
+            Some(c) => format!("{c:.2} cores"),
+            None => "–".into(),
+        },
+    );
+    row("batch latency p50 / p99 / max", &|f| {
+        format!(
+            "{:.1} / {:.1} / {:.1} ms",
+            percentile(&f.latencies, 0.5),
+            percentile(&f.latencies, 0.99),
+            f.latencies.last().copied().unwrap_or_default()
+        )
+    });
+    for (i, (format, unit)) in [("csv", "rows/s"), ("jsonl", "lines/s")].iter().enumerate() {
+        row(
+            &format!("export {format} (rows: one per data point / lines: one per measurement)"),
+            &|f| {
+                let e = &f.exports[i];
+                debug_assert_eq!(e.format, *format);
+                format!(
+                    "**{:.0} {unit}**, {} in {:.2} s ({:.1} MiB)",
+                    e.rows as f64 / e.secs,
+                    e.rows,
+                    e.secs,
+                    e.bytes as f64 / 1024.0 / 1024.0
+                )
+            },
+        );
+    }
+    row("RSS per replica: idle → peak during ingest", &|f| {
+        f.replicas
+            .iter()
+            .map(|r| format!("{:.0} → {:.0} MiB", mib(r.rss_idle), mib(r.rss_ingest_peak)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    row(
+        "RSS high-water mark per replica (VmHWM, after export)",
+        &|f| {
+            f.replicas
+                .iter()
+                .map(|r| format!("{:.0} MiB", mib(r.rss_high_water)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    );
+    row("database size", &|f| {
+        format!("{:.0} MiB", f.db_bytes as f64 / 1024.0 / 1024.0)
+    });
+    section.push('\n');
+    for f in figures {
+        section.push_str(&format!(
+            "Target ≥ 20,000 measurements/s, {}: **{}**.\n",
+            f.layout.title(),
+            if f.ingest_rate >= 20_000.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        ));
+    }
+    section
+}
+
+/// CPU time of a process and all its descendants alive now (PostgreSQL's postmaster
+/// and its backends).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(tree_cpu_seconds)
+            .sum::<f64>()
 }
 
 fn load_average() -> String {

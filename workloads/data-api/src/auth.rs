@@ -19,7 +19,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::api::{ApiError, AppState};
+use crate::health::StoreHealth;
 use crate::model::{Household, Scope};
+use crate::store::{Store, StoreError};
 use crate::tls::{DeviceIdentity, PeerIdentity};
 
 /// Header in which edge devices report their component versions.
@@ -172,29 +174,25 @@ impl FromRequestParts<AppState> for Participant {
             }
         };
         let now = Utc::now();
+        // A connection opened before the revocation is refused from its next request on.
+        if state.privacy.deny_list.contains(&identity.fingerprint) {
+            return Err(ApiError::unauthorized(
+                "certificate_rejected",
+                crate::tls::REVOKED,
+            ));
+        }
         if now > identity.not_after {
             return Err(ApiError::unauthorized(
                 "certificate_rejected",
                 "the client certificate has expired",
             ));
         }
-        let store = &state.store;
-        let household_id = match store.certificate_binding(&identity.fingerprint)? {
-            Some(id) => id,
-            None => {
-                let id = store.household_by_email(&identity.email)?.ok_or_else(|| {
-                    ApiError::unauthorized(
-                        "unknown_participant",
-                        format!("no participant is registered with {}", identity.email),
-                    )
-                })?;
-                store.bind_certificate(&identity.fingerprint, id)?;
-                id
-            }
+        let household = {
+            let (identity, health) = (identity.clone(), state.health.clone());
+            state
+                .blocking(move |store| household_of(store, &identity, &health))
+                .await?
         };
-        let household = store.household(household_id)?.ok_or_else(|| {
-            ApiError::unauthorized("unknown_participant", "the participant's household is gone")
-        })?;
 
         let device = match identity.device {
             Some(uuid) if household.device(uuid).is_some() => Some(uuid),
@@ -226,7 +224,16 @@ impl FromRequestParts<AppState> for Participant {
             None => None,
         };
         if let Some(device) = device {
-            store.record_device_activity(device, now, versions.as_ref())?;
+            let health = state.health.clone();
+            state
+                .blocking(move |store| {
+                    // Health bookkeeping must not fail the request it is about.
+                    if let Err(e) = store.record_device_activity(device, now, versions.as_ref()) {
+                        bookkeeping_failed(&health, &e, "recording device activity");
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         tracing::debug!(household = %household.id, device = ?device, "participant authenticated");
         Ok(Participant {
@@ -238,7 +245,44 @@ impl FromRequestParts<AppState> for Participant {
     }
 }
 
-/// Parses `meter-reader=0.1.0,sml=1.04`.
+/// The household a device certificate acts for: the one it was first used for, else the
+/// one registered with its email (and the certificate is bound to it).
+fn household_of(
+    store: &dyn Store,
+    identity: &DeviceIdentity,
+    health: &StoreHealth,
+) -> Result<Household, ApiError> {
+    let household_id = match store.certificate_binding(&identity.fingerprint)? {
+        Some(id) => id,
+        None => {
+            let key = crate::model::email_index_key(&identity.email);
+            let id = store.household_by_email(&key)?.ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unknown_participant",
+                    // Never the email: this answer is logged, and a device whose
+                    // household was anonymized asks again every report cycle.
+                    "no participant is registered with the email of this certificate",
+                )
+            })?;
+            // The binding is written again on the next request if the store cannot
+            // take it now; the email selected the household either way.
+            if let Err(e) = store.bind_certificate(&identity.fingerprint, id) {
+                bookkeeping_failed(health, &e, "binding the certificate");
+            }
+            id
+        }
+    };
+    store.household(household_id)?.ok_or_else(|| {
+        ApiError::unauthorized("unknown_participant", "the participant's household is gone")
+    })
+}
+
+fn bookkeeping_failed(health: &StoreHealth, error: &StoreError, what: &'static str) {
+    health.observe(error);
+    tracing::warn!(error = %error, what, "store bookkeeping failed; the request goes on");
+}
+
+/// Parses `meter-reader=0.1.0,sml-decoder=0.1.0`.
 pub fn parse_component_versions(value: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let invalid = |message: String| ApiError::invalid_field("X-Component-Versions", message);
     let mut versions = BTreeMap::new();

@@ -1,5 +1,10 @@
 //! The data set export: measurements streamed straight from the store as CSV or JSON
 //! lines, so an export of any size needs only a chunk of memory at a time.
+//!
+//! Exports never carry the ids the database keeps: households, meters, devices, PV
+//! systems and measurements appear under pseudonyms ([`ExportPseudonyms`]) that change
+//! when the household revokes its consent, so no export taken before a revocation links
+//! to the anonymized record. Locations are coarsened ([`crate::privacy::coarsen`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -12,7 +17,8 @@ use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::model::{Household, MeasurementData, MeterModel, MeterType};
+use crate::model::{Household, Location, MeasurementData, Metadata, MeterModel, MeterType};
+use crate::privacy::{coarsen, ExportPseudonyms, Privacy};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +53,10 @@ pub struct ExportCount {
 
 #[derive(Clone, Copy)]
 struct MeterContext {
+    household_id: Uuid,
+    /// The pseudonyms of the household and of the meter.
     household: Uuid,
+    meter: Uuid,
     meter_type: MeterType,
     model: MeterModel,
 }
@@ -66,11 +75,13 @@ struct Line<'a> {
 /// Writes the export in chunks to `sink`; stops early when the sink breaks.
 pub fn write_measurements(
     store: &dyn Store,
+    privacy: &Privacy,
     filter: &ExportFilter,
     format: ExportFormat,
     sink: &mut dyn FnMut(Bytes) -> ControlFlow<()>,
 ) -> Result<ExportCount, StoreError> {
     let households = store.households()?;
+    let pseudonyms = privacy.pseudonyms_of(&households)?;
     let mut meters: HashMap<Uuid, MeterContext> = HashMap::new();
     let mut selected_meters = Vec::new();
     for h in &households {
@@ -78,11 +89,14 @@ pub fn write_measurements(
             .households
             .as_ref()
             .is_none_or(|set| set.contains(&h.id));
+        let of = &pseudonyms[&h.id];
         for m in &h.meters {
             meters.insert(
                 m.uuid,
                 MeterContext {
-                    household: h.id,
+                    household_id: h.id,
+                    household: of.of(HOUSEHOLD, h.id),
+                    meter: of.of(METER, m.uuid),
                     meter_type: m.meter_type,
                     model: m.model,
                 },
@@ -104,6 +118,7 @@ pub fn write_measurements(
             return ControlFlow::Continue(());
         };
         let time = m.measured_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let uuid = pseudonyms[&ctx.household_id].of(MEASUREMENT, m.uuid);
         count.measurements += 1;
         match format {
             ExportFormat::Csv => {
@@ -113,10 +128,10 @@ pub fn write_measurements(
                         buffer,
                         "{},{},{},{},{},{},{},{}",
                         ctx.household,
-                        m.meter,
+                        ctx.meter,
                         ctx.meter_type.as_str(),
                         ctx.model.as_str(),
-                        m.uuid,
+                        uuid,
                         time,
                         code,
                         value
@@ -127,10 +142,10 @@ pub fn write_measurements(
             ExportFormat::JsonLines => {
                 let line = Line {
                     household: ctx.household,
-                    meter: m.meter,
+                    meter: ctx.meter,
                     meter_type: ctx.meter_type,
                     meter_model: ctx.model,
-                    uuid: m.uuid,
+                    uuid,
                     measured_at: &time,
                     data: &m.data,
                 };
@@ -172,6 +187,7 @@ pub fn write_measurements(
 /// client goes away.
 pub fn measurements_body(
     store: Arc<dyn Store>,
+    privacy: Arc<Privacy>,
     filter: ExportFilter,
     format: ExportFormat,
 ) -> Body {
@@ -184,7 +200,7 @@ pub fn measurements_body(
                 ControlFlow::Continue(())
             }
         };
-        match write_measurements(store.as_ref(), &filter, format, &mut sink) {
+        match write_measurements(store.as_ref(), &privacy, &filter, format, &mut sink) {
             Ok(count) => tracing::info!(
                 measurements = count.measurements,
                 rows = count.rows,
@@ -200,6 +216,12 @@ pub fn measurements_body(
     Body::from_stream(ReceiverStream::new(rx))
 }
 
+const HOUSEHOLD: &str = "household";
+const METER: &str = "meter";
+const DEVICE: &str = "measurement device";
+const PV_SYSTEM: &str = "pv system";
+const MEASUREMENT: &str = "measurement";
+
 #[derive(Serialize)]
 struct HouseholdLine<'a> {
     id: Uuid,
@@ -207,29 +229,82 @@ struct HouseholdLine<'a> {
     granted_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
     anonymized: bool,
-    location: Option<crate::model::Location>,
-    metadata: Option<&'a crate::model::Metadata>,
-    pv_systems: &'a [crate::model::PhotovoltaicSystem],
-    meters: &'a [crate::model::Meter],
+    location: Option<Location>,
+    metadata: Option<&'a Metadata>,
+    pv_systems: Vec<PvSystemLine>,
+    meters: Vec<MeterLine>,
 }
 
-/// Households without contact details or address, to correlate with measurements.
-pub fn households(households: &[Household], format: ExportFormat) -> Vec<u8> {
+#[derive(Serialize)]
+struct PvSystemLine {
+    uuid: Uuid,
+    nominal_power: f64,
+    azimuth: f64,
+    tilt: f64,
+    installation_date: Option<chrono::NaiveDate>,
+    installation_year: i32,
+    generation_meter: Option<Uuid>,
+}
+
+#[derive(Serialize)]
+struct MeterLine {
+    uuid: Uuid,
+    #[serde(rename = "type")]
+    meter_type: MeterType,
+    model: MeterModel,
+    measurement_device: Uuid,
+}
+
+fn household_line<'a>(h: &'a Household, of: &ExportPseudonyms) -> HouseholdLine<'a> {
+    HouseholdLine {
+        id: of.of(HOUSEHOLD, h.id),
+        consent: h.consent.state.as_str(),
+        granted_at: h.consent.granted_at,
+        revoked_at: h.consent.revoked_at,
+        anonymized: h.anonymized_at.is_some(),
+        location: h.location.map(coarsen),
+        metadata: h.metadata.as_ref(),
+        pv_systems: h
+            .pv_systems
+            .iter()
+            .map(|p| PvSystemLine {
+                uuid: of.of(PV_SYSTEM, p.uuid),
+                nominal_power: p.nominal_power,
+                azimuth: p.azimuth,
+                tilt: p.tilt,
+                installation_date: p.installation_date,
+                installation_year: p.installation_year,
+                generation_meter: p.generation_meter.map(|m| of.of(METER, m)),
+            })
+            .collect(),
+        meters: h
+            .meters
+            .iter()
+            .map(|m| MeterLine {
+                uuid: of.of(METER, m.uuid),
+                meter_type: m.meter_type,
+                model: m.model,
+                measurement_device: of.of(DEVICE, m.measurement_device),
+            })
+            .collect(),
+    }
+}
+
+/// Households without contact details or address, to correlate with measurements: under
+/// their pseudonyms, with locations coarsened.
+pub fn households(
+    households: &[Household],
+    privacy: &Privacy,
+    format: ExportFormat,
+) -> Result<Vec<u8>, StoreError> {
+    let pseudonyms = privacy.pseudonyms_of(households)?;
+    let lines = households
+        .iter()
+        .map(|h| household_line(h, &pseudonyms[&h.id]));
     let mut out = Vec::new();
     match format {
         ExportFormat::JsonLines => {
-            for h in households {
-                let line = HouseholdLine {
-                    id: h.id,
-                    consent: h.consent.state.as_str(),
-                    granted_at: h.consent.granted_at,
-                    revoked_at: h.consent.revoked_at,
-                    anonymized: h.anonymized_at.is_some(),
-                    location: h.location,
-                    metadata: h.metadata.as_ref(),
-                    pv_systems: &h.pv_systems,
-                    meters: &h.meters,
-                };
+            for line in lines {
                 if serde_json::to_writer(&mut out, &line).is_ok() {
                     out.push(b'\n');
                 }
@@ -241,14 +316,14 @@ pub fn households(households: &[Household], format: ExportFormat) -> Vec<u8> {
 ev_charger,heat_pump,home_battery,pv_systems,pv_nominal_power_kwp,meters\n",
             );
             let opt = |v: Option<String>| v.unwrap_or_default();
-            for h in households {
-                let m = h.metadata.as_ref();
+            for h in lines {
+                let m = h.metadata;
                 let _ = writeln!(
                     out,
                     "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     h.id,
-                    h.consent.state.as_str(),
-                    h.anonymized_at.is_some(),
+                    h.consent,
+                    h.anonymized,
                     opt(h.location.map(|l| l.latitude.to_string())),
                     opt(h.location.map(|l| l.longitude.to_string())),
                     opt(m.map(|m| m.children.to_string())),
@@ -264,5 +339,5 @@ ev_charger,heat_pump,home_battery,pv_systems,pv_nominal_power_kwp,meters\n",
             }
         }
     }
-    out
+    Ok(out)
 }

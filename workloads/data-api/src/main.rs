@@ -1,4 +1,5 @@
-//! `data-api`: serve the Data API, run the survey's PKI, or import NUTS-3 district data.
+//! `data-api`: serve the Data API, migrate its database, run the survey's PKI, or import
+//! NUTS-3 district data.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use data_api::model::{Location, Scope};
 use data_api::nuts::NutsIndex;
 use data_api::pki::{self, DeviceCertificate, InitOutcome};
+use data_api::store::postgres::{is_postgres_url, PgStore, Transport};
+use data_api::store::SledStore;
 use data_api::tls::TlsSetup;
-use data_api::ServeOptions;
+use data_api::{survey_copy, PostgresOptions, ServeOptions};
 use rand::RngCore;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +38,28 @@ enum Command {
     /// NUTS-3 district data for anonymization.
     #[command(subcommand)]
     Nuts(NutsCommand),
+    /// Apply the PostgreSQL schema migrations (serve applies them at start too).
+    Migrate {
+        /// PostgreSQL connection string.
+        #[arg(long, env = "DATA_API_DB")]
+        db: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
+    },
+    /// Copy a survey from a sled directory into an empty PostgreSQL database, printing
+    /// counts and a checksum of both sides.
+    MigrateStore {
+        /// sled database directory (the server using it must be stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// PostgreSQL connection string.
+        #[arg(long)]
+        to: String,
+        /// CA bundle (PEM) to verify the database server by: connect with TLS.
+        #[arg(long, env = "DATA_API_DB_CA")]
+        db_ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,9 +73,25 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DATA_API_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// sled database directory.
+    /// sled database directory, or a `postgres://` connection string.
     #[arg(long, env = "DATA_API_DB", default_value = "/data/db")]
-    db: PathBuf,
+    db: String,
+    /// PostgreSQL connections per process.
+    #[arg(long, env = "DATA_API_DB_POOL", default_value_t = 16)]
+    db_pool: u32,
+    /// CA bundle (PEM) to verify the PostgreSQL server by: connect with TLS.
+    #[arg(long, env = "DATA_API_DB_CA")]
+    db_ca: Option<PathBuf>,
+    /// Key vault directory: the households' keys and the server secret; never inside
+    /// the database, never in its backups [default for sled: <db>.keys beside the
+    /// database; required for PostgreSQL, the same for every replica].
+    #[arg(long, env = "DATA_API_KEY_VAULT")]
+    key_vault: Option<PathBuf>,
+    /// Revocation ledger file, kept apart from the database and the key vault and
+    /// re-applied at start [default for sled: <db>.revocations beside the database;
+    /// required for PostgreSQL, the same for every replica].
+    #[arg(long, env = "DATA_API_REVOCATION_LEDGER")]
+    revocation_ledger: Option<PathBuf>,
     /// Directory with ca.pem, server.pem, server-key.pem and the token files.
     #[arg(long, env = "DATA_API_PKI_DIR", default_value = "/data/pki")]
     pki_dir: PathBuf,
@@ -82,13 +123,22 @@ struct ServeArgs {
     /// flags devices silent for longer than two cycles.
     #[arg(long, env = "DATA_API_REPORT_INTERVAL", default_value_t = 3600.0)]
     report_interval: f64,
+    /// Seconds the store may fail (a full disk, an I/O error) before the process stops
+    /// with an error for its supervisor to restart it; `/health` answers 503 meanwhile.
+    #[arg(long, env = "DATA_API_STORE_RETRY", default_value_t = 30.0)]
+    store_retry: f64,
     /// sled page cache in MiB.
     #[arg(long, env = "DATA_API_CACHE_MB", default_value_t = 256)]
     cache_mb: u64,
     /// Create what is missing in the PKI directory (CA, server certificate for
-    /// --server-host, random token files) before serving.
+    /// --server-host, random token files) before serving. The CA key goes to --ca-key,
+    /// else to <pki-dir>/ca-key.pem; serving itself never needs it.
     #[arg(long, env = "DATA_API_INIT_MISSING")]
     init_missing: bool,
+    /// Where --init-missing keeps (or finds) the CA private key, e.g. outside the
+    /// server's volume [default: <pki-dir>/ca-key.pem].
+    #[arg(long, env = "DATA_API_CA_KEY")]
+    ca_key: Option<PathBuf>,
     /// Host names / IPs for a server certificate created by --init-missing.
     #[arg(
         long = "server-host",
@@ -107,6 +157,10 @@ enum PkiCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the CA private key goes, e.g. a removable medium outside the server's
+        /// volume [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
@@ -114,6 +168,9 @@ enum PkiCommand {
     IssueServer {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// DNS name or IP address; repeat for several.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
@@ -126,6 +183,9 @@ enum PkiCommand {
     IssueDevice {
         #[arg(long)]
         dir: PathBuf,
+        /// The CA private key [default: <dir>/ca-key.pem].
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         /// The participant's email; it selects the household.
         #[arg(long)]
         email: String,
@@ -142,6 +202,12 @@ enum PkiCommand {
         device: Option<uuid::Uuid>,
         #[arg(long)]
         force: bool,
+    },
+    /// Print a certificate's SHA-256 fingerprint, as the deny-list of revoked device
+    /// certificates takes it.
+    Fingerprint {
+        #[arg(long)]
+        cert: PathBuf,
     },
 }
 
@@ -178,6 +244,8 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Pki(command) => pki_command(command),
         Command::Nuts(command) => nuts_command(command),
+        Command::Migrate { db, db_ca } => migrate(&db, db_ca.as_deref()),
+        Command::MigrateStore { from, to, db_ca } => migrate_store(&from, &to, db_ca.as_deref()),
     }
 }
 
@@ -241,15 +309,31 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !(args.report_interval.is_finite() && args.report_interval >= 1.0) {
         bail!("--report-interval must be at least 1 second");
     }
-    std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db.display()))?;
+    let postgres = if is_postgres_url(&args.db) {
+        Some(PostgresOptions {
+            url: args.db.clone(),
+            pool_size: args.db_pool,
+            ca: args.db_ca.clone(),
+        })
+    } else {
+        std::fs::create_dir_all(&args.db).with_context(|| format!("creating {}", args.db))?;
+        None
+    };
+    if !(args.store_retry.is_finite() && args.store_retry >= 0.0) {
+        bail!("--store-retry must be a number of seconds");
+    }
     let options = ServeOptions {
-        db_path: args.db.clone(),
+        db_path: PathBuf::from(&args.db),
+        key_vault: args.key_vault.clone(),
+        revocation_ledger: args.revocation_ledger.clone(),
         cache_capacity: args.cache_mb * 1024 * 1024,
+        postgres,
         tls,
         researcher_token,
         admin_token,
         nuts,
         report_interval: std::time::Duration::from_secs_f64(args.report_interval),
+        store_retry: std::time::Duration::from_secs_f64(args.store_retry),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -319,11 +403,14 @@ fn checked_token(token: String, role: &str) -> Result<String> {
 
 fn init_missing(args: &ServeArgs) -> Result<()> {
     let dir = &args.pki_dir;
-    if pki::init(dir, 3650)? == InitOutcome::Created {
-        tracing::info!(dir = %dir.display(), "survey CA created");
+    let ca_key = ca_key_path(dir, args.ca_key.as_deref());
+    if dir.join(pki::CA_CERT).exists() && dir.join(pki::SERVER_CERT).exists() {
+        // Nothing to issue: the CA key (perhaps kept offline) is not needed.
+    } else if pki::init_with_key(dir, &ca_key, 3650)? == InitOutcome::Created {
+        tracing::info!(dir = %dir.display(), ca_key = %ca_key.display(), "survey CA created");
     }
     if !dir.join(pki::SERVER_CERT).exists() {
-        pki::issue_server(dir, &args.server_hosts, 825, false)?;
+        pki::issue_server_with_key(dir, &ca_key, &args.server_hosts, 825, false)?;
         tracing::info!(hosts = ?args.server_hosts, "server certificate issued");
     }
     for role in ["researcher", "admin"] {
@@ -338,23 +425,102 @@ fn init_missing(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+fn postgres_url(db: &str) -> Result<&str> {
+    if !is_postgres_url(db) {
+        bail!("expected a postgres:// or postgresql:// connection string");
+    }
+    Ok(db)
+}
+
+fn transport(ca: Option<&Path>) -> Result<Transport> {
+    Ok(match ca {
+        Some(ca) => Transport::tls_with_ca(ca)?,
+        None => Transport::Plain,
+    })
+}
+
+fn migrate(db: &str, ca: Option<&Path>) -> Result<()> {
+    let transport = transport(ca)?;
+    let config: postgres::Config = postgres_url(db)?.parse()?;
+    let mut client = transport.connect(&config).context("connecting")?;
+    let report = data_api::store::postgres::migrate(&mut client)?;
+    if report.applied.is_empty() {
+        println!("schema is up to date at version {}", report.version);
+    } else {
+        let applied: Vec<String> = report.applied.iter().map(i32::to_string).collect();
+        println!(
+            "applied migrations {}; schema is at version {}",
+            applied.join(", "),
+            report.version
+        );
+    }
+    // Opening creates the measurement partitions ahead.
+    PgStore::open_with(db, 1, &transport)?;
+    Ok(())
+}
+
+fn migrate_store(from: &Path, to: &str, ca: Option<&Path>) -> Result<()> {
+    if !from.join("conf").exists() {
+        bail!("{} is not a sled database directory", from.display());
+    }
+    let source =
+        SledStore::open(from, 64 << 20).with_context(|| format!("opening {}", from.display()))?;
+    let target = PgStore::open_with(postgres_url(to)?, 4, &transport(ca)?)
+        .context("opening the PostgreSQL database")?;
+    let copied = survey_copy::copy_survey(&source, &target)?;
+    println!(
+        "copied {} households, {} certificate bindings, {} revoked certificates, \
+         {} device states, {} measurements",
+        copied.households,
+        copied.certificate_bindings,
+        copied.revoked_certificates,
+        copied.device_statuses,
+        copied.measurements
+    );
+    let before = survey_copy::digest(&source)?;
+    let after = survey_copy::digest(&target)?;
+    println!("sled:       {before}");
+    println!("postgresql: {after}");
+    if before != after {
+        bail!("the copy differs from the source");
+    }
+    println!("the copy matches the source");
+    // The households are copied sealed: only the source's key vault opens them.
+    println!(
+        "serve it with --key-vault {} --revocation-ledger {} (or copies of them)",
+        data_api::default_key_vault(from).display(),
+        data_api::default_revocation_ledger(from).display()
+    );
+    Ok(())
+}
+
+fn ca_key_path(dir: &Path, ca_key: Option<&Path>) -> PathBuf {
+    ca_key.map_or_else(|| dir.join(pki::CA_KEY), Path::to_owned)
+}
+
 fn pki_command(command: PkiCommand) -> Result<()> {
     match command {
-        PkiCommand::Init { dir, days } => match pki::init(&dir, days)? {
-            InitOutcome::Created => println!("created CA in {}", dir.display()),
-            InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
-        },
+        PkiCommand::Fingerprint { cert } => println!("{}", pki::fingerprint(&cert)?),
+        PkiCommand::Init { dir, ca_key, days } => {
+            match pki::init_with_key(&dir, &ca_key_path(&dir, ca_key.as_deref()), days)? {
+                InitOutcome::Created => println!("created CA in {}", dir.display()),
+                InitOutcome::Kept => println!("kept the existing CA in {}", dir.display()),
+            }
+        }
         PkiCommand::IssueServer {
             dir,
+            ca_key,
             hosts,
             days,
             force,
         } => {
-            let (cert, key) = pki::issue_server(&dir, &hosts, days, force)?;
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) = pki::issue_server_with_key(&dir, &ca_key, &hosts, days, force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
         PkiCommand::IssueDevice {
             dir,
+            ca_key,
             email,
             scopes,
             days,
@@ -377,8 +543,22 @@ fn pki_command(command: PkiCommand) -> Result<()> {
             }
             let mut spec = DeviceCertificate::new(&email, scopes, days);
             spec.device = device;
-            let (cert, key) = pki::issue_device(&dir, &spec, out.as_deref(), force)?;
+            let old_cert = dir.join(format!("{}.pem", out.as_deref().unwrap_or("device")));
+            let replaced = match force && old_cert.exists() {
+                true => pki::fingerprint(&old_cert).ok(),
+                false => None,
+            };
+            let ca_key = ca_key_path(&dir, ca_key.as_deref());
+            let (cert, key) =
+                pki::issue_device_with_key(&dir, &ca_key, &spec, out.as_deref(), force)?;
             println!("wrote {} and {}", cert.display(), key.display());
+            println!("fingerprint {}", pki::fingerprint(&cert)?);
+            if let Some(old) = replaced {
+                println!(
+                    "replaced certificate {old}: revoke it with \
+                     POST /management/certificate/revoked {{\"fingerprint\": \"{old}\"}}"
+                );
+            }
         }
     }
     Ok(())

@@ -22,12 +22,45 @@ pub struct User {
     pub email: String,
 }
 
+/// A count written as a JSON number: `2` or `2.0` (JSON does not tell integers apart, and
+/// some clients write every number with a fraction), but never `2.5` or `-1`.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let value = f64::deserialize(deserializer)?;
+    if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(53)) {
+        return Err(de::Error::custom(format!("{value} is not a whole number")));
+    }
+    T::try_from(value as u64).map_err(|_| de::Error::custom(format!("{value} is too large")))
+}
+
+/// [`whole_number`] for an optional count.
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    match Option::<Whole>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Whole(n)) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{n} is too large"))),
+    }
+}
+
 /// The household's answers to the metadata questions of the registration form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    #[serde(deserialize_with = "whole_number")]
     pub children: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub adults: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub employed_adults: u32,
     pub ev_charger: bool,
     pub heat_pump: bool,
@@ -322,11 +355,40 @@ pub struct Household {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub anonymized_at: Option<DateTime<Utc>>,
+    /// The personal part (user, address, exact location) as the stores keep it: encrypted
+    /// under the household's own key (see [`crate::privacy`]). `None` in every household
+    /// the API works with, and in anonymized households, which have no personal part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedPersonal>,
+}
+
+/// The encrypted personal part of a stored household and the keyed digest of its email
+/// that the uniqueness index holds instead of the email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPersonal {
+    pub email_index: Option<String>,
+    /// Hex of nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: String,
+}
+
+/// The email index key of a participant's email (see [`Household::email_index_key`]).
+pub fn email_index_key(email: &str) -> String {
+    email.to_lowercase()
 }
 
 impl Household {
     pub fn email(&self) -> Option<&str> {
         self.user.as_ref().map(|u| u.email.as_str())
+    }
+
+    /// What the stores' unique email index holds for this household: the keyed digest of
+    /// a sealed household, else [`email_index_key`] of its email. Stores compare it
+    /// exactly and never interpret it.
+    pub fn email_index_key(&self) -> Option<String> {
+        match &self.sealed {
+            Some(sealed) => sealed.email_index.clone(),
+            None => self.email().map(email_index_key),
+        }
     }
 
     pub fn meter(&self, uuid: Uuid) -> Option<&Meter> {

@@ -28,7 +28,7 @@ pub const SERVER_KEY: &str = "server-key.pem";
 pub enum PkiError {
     #[error("{0} already exists (pass --force to replace it)")]
     Exists(PathBuf),
-    #[error("no CA in {0}: run `data-api pki init --dir {0}` first")]
+    #[error("no CA in {0} (or not its key where --ca-key says): run `data-api pki init --dir {0}` first")]
     NoCa(PathBuf),
     #[error("{path}: {source}")]
     Io {
@@ -83,13 +83,18 @@ impl CertificateAuthority {
     }
 
     pub fn load(dir: &Path) -> Result<CertificateAuthority, PkiError> {
+        CertificateAuthority::load_with_key(dir, &dir.join(CA_KEY))
+    }
+
+    /// The CA of `dir` whose private key is kept at `key_path`, e.g. on a medium
+    /// outside the server's volume.
+    pub fn load_with_key(dir: &Path, key_path: &Path) -> Result<CertificateAuthority, PkiError> {
         let cert_path = dir.join(CA_CERT);
-        let key_path = dir.join(CA_KEY);
         if !cert_path.exists() || !key_path.exists() {
             return Err(PkiError::NoCa(dir.to_owned()));
         }
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        let key_pem = fs::read_to_string(key_path).map_err(io_err(key_path))?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         Ok(CertificateAuthority { cert_pem, issuer })
@@ -205,10 +210,15 @@ pub enum InitOutcome {
 
 /// `pki init`: idempotent, an existing CA is kept so a demo can run twice.
 pub fn init(dir: &Path, days: i64) -> Result<InitOutcome, PkiError> {
+    init_with_key(dir, &dir.join(CA_KEY), days)
+}
+
+/// `pki init --ca-key PATH`: the CA certificate in `dir`, its key at `key_path`.
+pub fn init_with_key(dir: &Path, key_path: &Path, days: i64) -> Result<InitOutcome, PkiError> {
     let cert_path = dir.join(CA_CERT);
-    let key_path = dir.join(CA_KEY);
+    let key_path = key_path.to_owned();
     if cert_path.exists() && key_path.exists() {
-        CertificateAuthority::load(dir)?;
+        CertificateAuthority::load_with_key(dir, &key_path)?;
         return Ok(InitOutcome::Kept);
     }
     if cert_path.exists() || key_path.exists() {
@@ -221,6 +231,9 @@ pub fn init(dir: &Path, days: i64) -> Result<InitOutcome, PkiError> {
         return Err(PkiError::Exists(present.clone()));
     }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if let Some(parent) = key_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
     let ca = CertificateAuthority::generate("EnergieBroker survey CA", days)?;
     write_pair(&cert_path, &ca.cert_pem, &key_path, &ca.key_pem(), false)?;
     Ok(InitOutcome::Created)
@@ -233,7 +246,18 @@ pub fn issue_server(
     days: i64,
     force: bool,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
-    let ca = CertificateAuthority::load(dir)?;
+    issue_server_with_key(dir, &dir.join(CA_KEY), hosts, days, force)
+}
+
+/// `pki issue-server --ca-key PATH`.
+pub fn issue_server_with_key(
+    dir: &Path,
+    ca_key: &Path,
+    hosts: &[String],
+    days: i64,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let ca = CertificateAuthority::load_with_key(dir, ca_key)?;
     let (cert_path, key_path) = (dir.join(SERVER_CERT), dir.join(SERVER_KEY));
     refuse_existing(&[&cert_path, &key_path], force)?;
     let issued = ca.issue_server(hosts, days)?;
@@ -254,6 +278,17 @@ pub fn issue_device(
     name: Option<&str>,
     force: bool,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
+    issue_device_with_key(dir, &dir.join(CA_KEY), device, name, force)
+}
+
+/// `pki issue-device --ca-key PATH`.
+pub fn issue_device_with_key(
+    dir: &Path,
+    ca_key: &Path,
+    device: &DeviceCertificate,
+    name: Option<&str>,
+    force: bool,
+) -> Result<(PathBuf, PathBuf), PkiError> {
     let name = name.unwrap_or("device");
     let safe = !name.is_empty()
         && name
@@ -266,7 +301,7 @@ pub fn issue_device(
             message: format!("{name:?}: use letters, digits, '-', '_', '.', '@' only"),
         });
     }
-    let ca = CertificateAuthority::load(dir)?;
+    let ca = CertificateAuthority::load_with_key(dir, ca_key)?;
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}-key.pem"));
     refuse_existing(&[&cert_path, &key_path], force)?;
@@ -279,6 +314,21 @@ pub fn issue_device(
         force,
     )?;
     Ok((cert_path, key_path))
+}
+
+/// SHA-256 fingerprint (hex) of the first certificate in a PEM file: what the deny-list
+/// of revoked device certificates holds.
+pub fn fingerprint(cert_path: &Path) -> Result<String, PkiError> {
+    let pem = fs::read(cert_path).map_err(io_err(cert_path))?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| PkiError::Invalid {
+            field: "cert",
+            message: format!("{}: no certificate in the file", cert_path.display()),
+        })?
+        .map_err(io_err(cert_path))?;
+    use sha2::Digest;
+    Ok(hex::encode(sha2::Sha256::digest(der.as_ref())))
 }
 
 fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), PkiError> {

@@ -76,7 +76,7 @@ pub async fn serve(
                     tracing::warn!(peer = %peer, reason = %reason, "client certificate rejected")
                 }
                 PeerIdentity::Device(device) => {
-                    tracing::debug!(peer = %peer, email = %device.email, "device connected")
+                    tracing::debug!(peer = %peer, certificate = %hex::encode(&device.fingerprint[..8]), "device connected")
                 }
                 PeerIdentity::Anonymous => tracing::debug!(peer = %peer, "client connected"),
             }

@@ -1,4 +1,5 @@
-//! Storage behind a trait, with sled as the embedded default.
+//! Storage behind a trait, with sled as the embedded default and PostgreSQL
+//! ([`postgres::PgStore`]) for a survey served by several replicas.
 //!
 //! Referential rules (unique email, meters and devices owned by exactly one household,
 //! measurement uuids unique per meter) are enforced here in the application layer, with
@@ -21,10 +22,13 @@ use uuid::Uuid;
 
 use crate::model::{ConsentError, DeviceStatus, Household, Measurement, MeasurementData, ObisCode};
 
+pub mod postgres;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("email {0} is already registered for another household")]
-    EmailTaken(String),
+    /// Carries no email: the error reaches logs, and the stores only know the index key.
+    #[error("the email is already registered for another household")]
+    EmailTaken,
     #[error("{kind} {uuid} already exists")]
     DuplicateId { kind: &'static str, uuid: Uuid },
     #[error("household {0} does not exist")]
@@ -39,6 +43,37 @@ pub enum StoreError {
     Database(#[from] sled::Error),
     #[error("stored record is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(::postgres::Error),
+    #[error("no PostgreSQL connection: {0}")]
+    NoConnection(String),
+    #[error("database TLS: {0}")]
+    TlsSetup(String),
+    #[error(
+        "the database schema is version {database}, newer than the {known} this program knows"
+    )]
+    SchemaTooNew { database: i32, known: i32 },
+    #[error(transparent)]
+    Vault(#[from] crate::privacy::vault::VaultError),
+    #[error(transparent)]
+    Sealing(#[from] crate::privacy::crypto::SealError),
+    #[error(transparent)]
+    Ledger(#[from] crate::privacy::ledger::LedgerError),
+}
+
+impl StoreError {
+    /// Whether the backend cannot serve right now (I/O error, lost connection, full disk,
+    /// a key vault or revocation ledger that cannot be read or written), as opposed to a
+    /// refused or malformed request: the process is then unhealthy.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(_) | StoreError::NoConnection(_) => true,
+            StoreError::Postgres(e) => postgres::is_unavailable(e),
+            StoreError::Vault(e) => e.is_unavailable(),
+            StoreError::Ledger(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
 }
 
 /// Result of storing one batch of measurements.
@@ -46,6 +81,14 @@ pub enum StoreError {
 pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,
+}
+
+/// An entry of the device certificate deny-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// SHA-256 of the certificate's DER encoding.
+    pub fingerprint: [u8; 32],
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// Position in a meter's measurement series, for paging: strictly after this point.
@@ -93,14 +136,29 @@ pub trait Store: Send + Sync + 'static {
     fn create_household(&self, household: &Household) -> Result<(), StoreError>;
     fn household(&self, id: Uuid) -> Result<Option<Household>, StoreError>;
     fn households(&self) -> Result<Vec<Household>, StoreError>;
-    fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError>;
-    /// Replaces `expected` by `new` in one transaction, keeping the email index in step
-    /// (a removed user frees the email). Fails with `HouseholdChanged` if the stored
-    /// household is no longer `expected`, so callers can re-read and retry.
+    /// The household whose [`Household::email_index_key`] is exactly `key`. Under
+    /// [`crate::privacy::SealedStore`] callers pass the key of the email itself and the
+    /// sealed store looks up its keyed digest.
+    fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError>;
+    /// Replaces `expected` by `new` in one transaction, keeping the indexes in step: a
+    /// removed user frees the email; added meters and devices are indexed (`DuplicateId`
+    /// if another household has the uuid), removed ones stay reserved to this household so
+    /// their measurements can never be attributed to another one. Fails with
+    /// `HouseholdChanged` if the stored household is no longer `expected`, so callers can
+    /// re-read and retry.
     fn replace_household(&self, expected: &Household, new: &Household) -> Result<(), StoreError>;
     /// The household a client certificate (by SHA-256 fingerprint) was last seen for.
     fn certificate_binding(&self, fingerprint: &[u8; 32]) -> Result<Option<Uuid>, StoreError>;
     fn bind_certificate(&self, fingerprint: &[u8; 32], household: Uuid) -> Result<(), StoreError>;
+    /// Adds a device certificate (by SHA-256 fingerprint) to the deny-list every replica
+    /// checks at the TLS handshake; revoking twice keeps the first time.
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The deny-list: every revoked certificate with the time it was revoked.
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError>;
     /// Health bookkeeping; not flushed on its own (it rides on the next flush).
     fn record_device_activity(
@@ -127,13 +185,15 @@ pub trait Store: Send + Sync + 'static {
 
 /// sled-backed store. Trees:
 /// - `households`: household uuid → household JSON
-/// - `emails`: lowercase email → household uuid
+/// - `emails`: [`Household::email_index_key`] (the keyed email digest under sealing) →
+///   household uuid
 /// - `meters`, `devices`: uuid → household uuid
 /// - `device_status`: device uuid → status JSON
 /// - `measurements`: `m` ‖ meter ‖ time ‖ measurement uuid → data points, and beside it
 ///   `u` ‖ measurement uuid → meter ‖ time (idempotency index); one tree so a batch and
 ///   its index entries are written by one atomic `apply_batch`
 /// - `certificates`: SHA-256 of a device certificate → household uuid
+/// - `revoked_certificates`: SHA-256 of a revoked device certificate → time (RFC 3339)
 ///
 /// Measurement batches do not use sled transactions (which serialize every operation of
 /// the database). Instead batches hold a shared write gate that household updates hold
@@ -151,6 +211,7 @@ pub struct SledStore {
     device_status: sled::Tree,
     measurements: sled::Tree,
     certificates: sled::Tree,
+    revoked_certificates: sled::Tree,
     write_gate: RwLock<()>,
     meter_stripes: Vec<Mutex<()>>,
     /// Writes applied so far, and how many of them a completed flush covers.
@@ -173,6 +234,7 @@ impl SledStore {
             device_status: db.open_tree("device_status")?,
             measurements: db.open_tree("measurements")?,
             certificates: db.open_tree("certificates")?,
+            revoked_certificates: db.open_tree("revoked_certificates")?,
             db,
             write_gate: RwLock::new(()),
             meter_stripes: (0..METER_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -229,6 +291,33 @@ impl SledStore {
         self.db.flush()?;
         self.flushed.fetch_max(covered, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+impl SledStore {
+    /// Every certificate binding (for copying a survey to another store).
+    pub fn certificate_bindings(&self) -> Result<Vec<([u8; 32], Uuid)>, StoreError> {
+        self.certificates
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let fingerprint: [u8; 32] = key.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt(serde::de::Error::custom("certificate key length"))
+                })?;
+                Ok((fingerprint, uuid_value(&value)?))
+            })
+            .collect()
+    }
+
+    /// Every device's status (for copying a survey to another store).
+    pub fn device_statuses(&self) -> Result<Vec<(Uuid, DeviceStatus)>, StoreError> {
+        self.device_status
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((uuid_value(&key)?, serde_json::from_slice(&value)?))
+            })
+            .collect()
     }
 }
 
@@ -308,7 +397,7 @@ fn decode_measurement(key: &[u8], value: &[u8]) -> Result<Measurement, StoreErro
 /// sled leaf is copied on each write to it).
 const DATA_FORMAT: u8 = 1;
 
-fn encode_data(data: &MeasurementData) -> Vec<u8> {
+pub(crate) fn encode_data(data: &MeasurementData) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 14 * data.0.len());
     out.push(DATA_FORMAT);
     for (code, value) in &data.0 {
@@ -363,8 +452,28 @@ fn unwrap_tx<T>(result: TransactionResult<T, StoreError>) -> Result<T, StoreErro
     })
 }
 
-fn email_key(email: &str) -> Vec<u8> {
-    email.to_lowercase().into_bytes()
+/// The uuids in `new` that are not in `old`.
+fn added_ids(old: impl Iterator<Item = Uuid>, new: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let old: BTreeSet<Uuid> = old.collect();
+    new.filter(|id| !old.contains(id)).collect()
+}
+
+/// Indexes `ids` for `household`; a uuid that another household holds is a `DuplicateId`.
+/// One the household held before (a meter removed and added again) is its own.
+fn reserve_ids(
+    index: &TransactionalTree,
+    ids: &[Uuid],
+    household: Uuid,
+    kind: &'static str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for uuid in ids {
+        if let Some(owner) = index.insert(uuid.as_bytes(), household.as_bytes())? {
+            if owner.as_ref() != household.as_bytes() {
+                return abort(StoreError::DuplicateId { kind, uuid: *uuid });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn tx_household(
@@ -391,9 +500,9 @@ impl Store for SledStore {
                             uuid: id,
                         });
                     }
-                    if let Some(email) = household.email() {
-                        if emails.insert(email_key(email), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(email.to_owned()));
+                    if let Some(key) = household.email_index_key() {
+                        if emails.insert(key.as_bytes(), id.as_bytes())?.is_some() {
+                            return abort(StoreError::EmailTaken);
                         }
                     }
                     for device in &household.measurement_devices {
@@ -445,9 +554,9 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn household_by_email(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+    fn household_by_email(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
         self.emails
-            .get(email_key(email))?
+            .get(key.as_bytes())?
             .map(|v| uuid_value(&v))
             .transpose()
     }
@@ -456,29 +565,39 @@ impl Store for SledStore {
         let id = expected.id;
         let value = serde_json::to_vec(new)?;
         let gate = self.exclusive();
+        let added_devices = added_ids(
+            expected.measurement_devices.iter().map(|d| d.uuid),
+            new.measurement_devices.iter().map(|d| d.uuid),
+        );
+        let added_meters = added_ids(
+            expected.meters.iter().map(|m| m.uuid),
+            new.meters.iter().map(|m| m.uuid),
+        );
         unwrap_tx(
-            (&self.households, &self.emails).transaction(|(households, emails)| {
-                let current = tx_household(households, id)?;
-                if &current != expected {
-                    return abort(StoreError::HouseholdChanged(id));
-                }
-                let old_email = expected.email().map(email_key);
-                let new_email = new.email().map(email_key);
-                if old_email != new_email {
-                    if let Some(old) = &old_email {
-                        emails.remove(old.as_slice())?;
+            (&self.households, &self.emails, &self.meters, &self.devices).transaction(
+                |(households, emails, meters, devices)| {
+                    let current = tx_household(households, id)?;
+                    if &current != expected {
+                        return abort(StoreError::HouseholdChanged(id));
                     }
-                    if let Some(new_key) = &new_email {
-                        if emails.insert(new_key.as_slice(), id.as_bytes())?.is_some() {
-                            return abort(StoreError::EmailTaken(
-                                new.email().unwrap_or_default().to_owned(),
-                            ));
+                    let old_email = expected.email_index_key();
+                    let new_email = new.email_index_key();
+                    if old_email != new_email {
+                        if let Some(old) = &old_email {
+                            emails.remove(old.as_bytes())?;
+                        }
+                        if let Some(new_key) = &new_email {
+                            if emails.insert(new_key.as_bytes(), id.as_bytes())?.is_some() {
+                                return abort(StoreError::EmailTaken);
+                            }
                         }
                     }
-                }
-                households.insert(id.as_bytes(), value.as_slice())?;
-                Ok(())
-            }),
+                    reserve_ids(devices, &added_devices, id, "measurement device")?;
+                    reserve_ids(meters, &added_meters, id, "meter")?;
+                    households.insert(id.as_bytes(), value.as_slice())?;
+                    Ok(())
+                },
+            ),
         )?;
         self.applied.fetch_add(1, Ordering::SeqCst);
         drop(gate);
@@ -500,6 +619,43 @@ impl Store for SledStore {
             Some(household.as_bytes()),
         )?;
         Ok(())
+    }
+
+    fn revoke_certificate(
+        &self,
+        fingerprint: &[u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _ = self.revoked_certificates.compare_and_swap(
+            fingerprint,
+            None as Option<&[u8]>,
+            Some(at.to_rfc3339().as_bytes()),
+        )?;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        self.commit()
+    }
+
+    fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        self.revoked_certificates
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let corrupt = || {
+                    StoreError::Corrupt(serde::de::Error::custom(
+                        "revoked certificate entry of unknown format",
+                    ))
+                };
+                let fingerprint: [u8; 32] = key.as_ref().try_into().map_err(|_| corrupt())?;
+                let at = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .ok_or_else(corrupt)?;
+                Ok(RevokedCertificate {
+                    fingerprint,
+                    revoked_at: at.with_timezone(&Utc),
+                })
+            })
+            .collect()
     }
 
     fn device_status(&self, device: Uuid) -> Result<DeviceStatus, StoreError> {
@@ -720,6 +876,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             anonymized_at: None,
+            sealed: None,
         }
     }
 
@@ -820,7 +977,7 @@ mod tests {
         store.create_household(&h).unwrap();
         assert!(matches!(
             store.create_household(&household("A@example.org")),
-            Err(StoreError::EmailTaken(_))
+            Err(StoreError::EmailTaken)
         ));
         let mut anonymized = h.clone();
         anonymized.user = None;

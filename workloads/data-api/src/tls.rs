@@ -25,6 +25,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::model::Scope;
+use crate::privacy::DenyList;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -85,6 +86,8 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 pub struct TlsSetup {
     pub server_config: Arc<rustls::ServerConfig>,
     pub client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Revoked device certificates, refused at the handshake.
+    pub deny_list: Arc<DenyList>,
 }
 
 impl TlsSetup {
@@ -106,17 +109,24 @@ impl TlsSetup {
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .allow_unauthenticated()
                 .build()?;
+        let deny_list = Arc::new(DenyList::default());
         let deferred = Arc::new(DeferredClientVerifier {
             inner: client_verifier.clone(),
+            deny_list: deny_list.clone(),
         });
         let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(deferred)
             .with_single_cert(chain, key)?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A resumed session would skip the client certificate check, and with it the
+        // deny-list; devices connect once per report cycle, so resumption saves nothing.
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server_config.send_tls13_tickets = 0;
         Ok(TlsSetup {
             server_config: Arc::new(server_config),
             client_verifier,
+            deny_list,
         })
     }
 
@@ -126,6 +136,10 @@ impl TlsSetup {
         else {
             return PeerIdentity::Anonymous;
         };
+        // Again here, in case a deny-list entry arrived between handshake and judgement.
+        if self.deny_list.denies(end_entity.as_ref()) {
+            return PeerIdentity::Rejected(REVOKED.into());
+        }
         if let Err(e) =
             self.client_verifier
                 .verify_client_cert(end_entity, intermediates, UnixTime::now())
@@ -138,6 +152,9 @@ impl TlsSetup {
         }
     }
 }
+
+/// Why a revoked certificate is refused.
+pub const REVOKED: &str = "the client certificate has been revoked";
 
 fn describe_rejection(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
@@ -158,11 +175,13 @@ fn describe_rejection(e: &rustls::Error) -> String {
     }
 }
 
-/// Accepts any certificate during the handshake (the client still has to prove it holds
-/// the key) and leaves the chain decision to [`TlsSetup::identify`].
+/// Refuses revoked certificates during the handshake, so a revoked device cannot complete
+/// a single request; accepts any other certificate (the client still has to prove it
+/// holds the key) and leaves the chain decision to [`TlsSetup::identify`].
 #[derive(Debug)]
 struct DeferredClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    deny_list: Arc<DenyList>,
 }
 
 impl ClientCertVerifier for DeferredClientVerifier {
@@ -180,10 +199,15 @@ impl ClientCertVerifier for DeferredClientVerifier {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.deny_list.denies(end_entity.as_ref()) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -60,7 +60,7 @@ pub fn user(prefix: &str, user: &User) -> Result<(), FieldError> {
     if !is_email(&user.email) {
         return Err(FieldError::new(
             format!("{prefix}.email"),
-            format!("{:?} is not an email address", user.email),
+            "is not an email address",
         ));
     }
     Ok(())

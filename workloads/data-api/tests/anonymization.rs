@@ -1,7 +1,8 @@
 //! Property tests of anonymization on revocation (sections 3.1.4, 4.4.2): for random
 //! households and densities the displaced location lies within [d_min, d_max] of
 //! equation 3.1 on the WGS 84 geodesic, contact details and address are gone, PV systems
-//! are normalized, and every measurement is still exported under the household.
+//! are normalized, and every measurement is still exported under the household (on sled
+//! and on PostgreSQL).
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -12,11 +13,32 @@ use data_api::consent;
 use data_api::export::{write_measurements, ExportFilter, ExportFormat};
 use data_api::model::*;
 use data_api::nuts::NutsIndex;
+use data_api::privacy::ledger::RevocationLedger;
+use data_api::privacy::{DenyList, FileKeyVault, KeyVault, Privacy, SealedStore};
+use data_api::store::postgres::PgStore;
 use data_api::store::{SledStore, Store};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use serde_json::{json, Value};
+use system_tests::postgres::Postgres;
 use uuid::Uuid;
+
+/// The store as `serve` builds it: the backend under sealing, with a vault and a ledger
+/// in `dir`.
+fn sealed_store<S: Store>(backend: S, dir: &std::path::Path) -> (SealedStore<S>, Privacy) {
+    let vault: std::sync::Arc<dyn KeyVault> =
+        std::sync::Arc::new(FileKeyVault::open(&dir.join("keys")).unwrap());
+    let store = SealedStore::new(
+        backend,
+        vault.clone(),
+        RevocationLedger::open(&dir.join("revocations")).unwrap(),
+    );
+    let privacy = Privacy {
+        vault,
+        deny_list: std::sync::Arc::new(DenyList::default()),
+    };
+    (store, privacy)
+}
 
 fn location() -> impl Strategy<Value = Location> {
     // Anywhere but the immediate pole caps, where a 20 km circle wraps around the pole.
@@ -103,6 +125,7 @@ fn household(location: Location, pv_systems: Vec<PhotovoltaicSystem>) -> Househo
         created_at: now,
         updated_at: now,
         anonymized_at: None,
+        sealed: None,
     }
 }
 
@@ -188,64 +211,162 @@ fn district_index(rho: f64) -> NutsIndex {
     .unwrap()
 }
 
+/// One revocation case: the inputs the properties below draw.
+#[derive(Debug, Clone)]
+struct RevocationCase {
+    inside: bool,
+    offset: (f64, f64),
+    rho: f64,
+    pv: Vec<PhotovoltaicSystem>,
+    count: usize,
+    seed: u64,
+}
+
+fn revocation_case() -> impl Strategy<Value = RevocationCase> {
+    (
+        any::<bool>(),
+        (0.01f64..0.99, 0.01f64..0.99),
+        density(),
+        proptest::collection::vec(pv_system(), 0..3),
+        1usize..40,
+        any::<u64>(),
+    )
+        .prop_map(|(inside, offset, rho, pv, count, seed)| RevocationCase {
+            inside,
+            offset,
+            rho,
+            pv,
+            count,
+            seed,
+        })
+}
+
+/// The full revocation path on a real store: bounds from the household's district (or
+/// the most conservative ones outside every district), anonymized record persisted,
+/// measurements still exported, under the household's export pseudonyms.
+fn revocation_keeps_measurements_exported(
+    store: &dyn Store,
+    privacy: &Privacy,
+    case: RevocationCase,
+) -> Result<(), TestCaseError> {
+    let RevocationCase {
+        inside,
+        offset,
+        rho,
+        pv,
+        count,
+        seed,
+    } = case;
+    let location = if inside {
+        Location {
+            latitude: 50.0 + offset.0,
+            longitude: 10.0 + offset.1,
+        }
+    } else {
+        Location {
+            latitude: -30.0 - offset.0,
+            longitude: 140.0 + offset.1,
+        }
+    };
+    let expected_bounds = if inside {
+        DistanceBounds::for_density(rho)
+    } else {
+        DistanceBounds::MOST_CONSERVATIVE
+    };
+    let nuts = district_index(rho);
+    let before = household(location, pv);
+    store.create_household(&before).unwrap();
+    consent::grant(store, before.id).unwrap();
+    let measurements: Vec<Measurement> = (0..count)
+        .map(|i| Measurement {
+            uuid: Uuid::new_v4(),
+            meter: before.meters[i % 2].uuid,
+            measured_at: Utc
+                .timestamp_opt(1_790_000_000 + 900 * i as i64, 0)
+                .unwrap(),
+            data: MeasurementData(vec![("0100010800ff".parse().unwrap(), i as f64)]),
+        })
+        .collect();
+    store.ingest(before.id, &measurements).unwrap();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (after, report) = consent::revoke(store, &nuts, before.id, &mut rng).unwrap();
+    prop_assert_eq!(report.bounds, expected_bounds);
+    prop_assert_eq!(report.district.is_some(), inside);
+    let stored = store.household(before.id).unwrap().unwrap();
+    prop_assert_eq!(&stored, &after);
+    prop_assert_eq!(stored.consent.state, ConsentState::Revoked);
+    check_anonymized(&before, &stored, expected_bounds)?;
+    prop_assert_eq!(
+        store
+            .household_by_email(&before.email_index_key().unwrap())
+            .unwrap(),
+        None
+    );
+
+    let mut lines = Vec::new();
+    write_measurements(
+        store,
+        privacy,
+        &ExportFilter::default(),
+        ExportFormat::JsonLines,
+        &mut |chunk| {
+            lines.extend_from_slice(&chunk);
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    let exported: Vec<Value> = String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    prop_assert_eq!(exported.len(), count);
+    let uuids: HashSet<String> = exported
+        .iter()
+        .map(|l| l["uuid"].as_str().unwrap().to_owned())
+        .collect();
+    let pseudonyms = privacy.export_pseudonyms(&stored).unwrap();
+    let expected: HashSet<String> = measurements
+        .iter()
+        .map(|m| pseudonyms.of("measurement", m.uuid).to_string())
+        .collect();
+    prop_assert_eq!(uuids, expected);
+    let household_id = pseudonyms.of("household", before.id).to_string();
+    prop_assert!(exported
+        .iter()
+        .all(|l| l["household"].as_str() == Some(household_id.as_str())));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// The full revocation path on a real store: bounds from the household's district (or
-    /// the most conservative ones outside every district), anonymized record persisted,
-    /// measurements still exported under the household's id.
     #[test]
-    fn revocation_keeps_measurements_exported(
-        inside in any::<bool>(),
-        offset in (0.01f64..0.99, 0.01f64..0.99),
-        rho in density(),
-        pv in proptest::collection::vec(pv_system(), 0..3),
-        count in 1usize..40,
-        seed in any::<u64>(),
-    ) {
-        let location = if inside {
-            Location { latitude: 50.0 + offset.0, longitude: 10.0 + offset.1 }
-        } else {
-            Location { latitude: -30.0 - offset.0, longitude: 140.0 + offset.1 }
-        };
-        let expected_bounds = if inside { DistanceBounds::for_density(rho) } else { DistanceBounds::MOST_CONSERVATIVE };
-        let nuts = district_index(rho);
+    fn revocation_keeps_measurements_exported_on_sled(case in revocation_case()) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let before = household(location, pv);
-        store.create_household(&before).unwrap();
-        consent::grant(&store, before.id).unwrap();
-        let measurements: Vec<Measurement> = (0..count)
-            .map(|i| Measurement {
-                uuid: Uuid::new_v4(),
-                meter: before.meters[i % 2].uuid,
-                measured_at: Utc.timestamp_opt(1_790_000_000 + 900 * i as i64, 0).unwrap(),
-                data: MeasurementData(vec![("0100010800ff".parse().unwrap(), i as f64)]),
-            })
-            .collect();
-        store.ingest(before.id, &measurements).unwrap();
-
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let (after, report) = consent::revoke(&store, &nuts, before.id, &mut rng).unwrap();
-        prop_assert_eq!(report.bounds, expected_bounds);
-        prop_assert_eq!(report.district.is_some(), inside);
-        let stored = store.household(before.id).unwrap().unwrap();
-        prop_assert_eq!(&stored, &after);
-        prop_assert_eq!(stored.consent.state, ConsentState::Revoked);
-        check_anonymized(&before, &stored, expected_bounds)?;
-        prop_assert_eq!(store.household_by_email(&before.user.as_ref().unwrap().email).unwrap(), None);
-
-        let mut lines = Vec::new();
-        write_measurements(&store, &ExportFilter::default(), ExportFormat::JsonLines, &mut |chunk| {
-            lines.extend_from_slice(&chunk);
-            ControlFlow::Continue(())
-        }).unwrap();
-        let exported: Vec<Value> = String::from_utf8(lines).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        prop_assert_eq!(exported.len(), count);
-        let uuids: HashSet<String> = exported.iter().map(|l| l["uuid"].as_str().unwrap().to_owned()).collect();
-        let expected: HashSet<String> = measurements.iter().map(|m| m.uuid.to_string()).collect();
-        prop_assert_eq!(uuids, expected);
-        let household_id = before.id.to_string();
-        prop_assert!(exported.iter().all(|l| l["household"].as_str() == Some(household_id.as_str())));
+        let (store, privacy) = sealed_store(SledStore::open(&dir.path().join("db"), 8 << 20).unwrap(), dir.path());
+        revocation_keeps_measurements_exported(&store, &privacy, case)?;
     }
+}
+
+/// The same property on PostgreSQL: one server for the run, a fresh database per case.
+#[test]
+fn revocation_keeps_measurements_exported_on_postgres() {
+    let server = Postgres::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let databases = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&revocation_case(), |case| {
+            let n = databases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = server.create_database(&format!("case{n}"));
+            let dir = tempfile::tempdir().unwrap();
+            let (store, privacy) = sealed_store(PgStore::open(&url, 2).unwrap(), dir.path());
+            revocation_keeps_measurements_exported(&store, &privacy, case)
+        })
+        .unwrap();
 }

@@ -1,6 +1,6 @@
 //! The Data API over real mutual TLS on a loopback port: the authorization matrix over
 //! every endpoint, consent transitions, the ingest contract with the meter reader,
-//! registration and corrections, and the data set export.
+//! registration and corrections, and the data set export; each on sled and on PostgreSQL.
 
 mod common;
 
@@ -12,6 +12,16 @@ use data_api::pki::{CertificateAuthority, DeviceCertificate};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
+
+crate::on_both_stores!(
+    authorization_matrix_covers_every_endpoint,
+    consent_transitions_are_one_way,
+    revocation_anonymizes_and_measurements_stay_exported,
+    ingest_follows_the_meter_reader_contract,
+    registration_corrections_and_export_filters,
+    racing_consent_requests_succeed_once,
+    corrections_add_and_remove_pv_systems,
+);
 
 #[derive(Clone, Copy, Debug)]
 enum Role {
@@ -144,7 +154,6 @@ fn staff_endpoints(h: &Registered) -> Vec<StaffEndpoint> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix_covers_every_endpoint() {
     let server = TestServer::start().await;
     let alice = server.register("alice@example.org").await;
@@ -417,7 +426,6 @@ async fn authorization_matrix_covers_every_endpoint() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_transitions_are_one_way() {
     let server = TestServer::start().await;
     let h = server.register("erika@example.org").await;
@@ -567,7 +575,6 @@ async fn consent_transitions_are_one_way() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_anonymizes_and_measurements_stay_exported() {
     let server = TestServer::start().await;
     let h = server.register("anna@example.org").await;
@@ -686,13 +693,21 @@ async fn revocation_anonymizes_and_measurements_stay_exported() {
         .text()
         .await
         .unwrap();
-    let exported: HashSet<String> = export
+    let lines: Vec<Value> = export
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .inspect(|l| assert_eq!(l["household"], h.id.as_str()))
+        .collect();
+    // Every measurement is exported, under pseudonyms: the database's ids link to no
+    // export taken before the revocation.
+    let pseudonym = lines[0]["household"].as_str().unwrap().to_owned();
+    assert_ne!(pseudonym, h.id);
+    assert!(lines.iter().all(|l| l["household"] == pseudonym.as_str()));
+    let exported: HashSet<String> = lines
+        .iter()
         .map(|l| l["uuid"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(exported, uuids);
+    assert_eq!(exported.len(), uuids.len());
+    assert!(exported.is_disjoint(&uuids));
     let households = researcher
         .get(server.url("/management/export/households?format=jsonl"))
         .bearer_auth(RESEARCHER_TOKEN)
@@ -702,11 +717,11 @@ async fn revocation_anonymizes_and_measurements_stay_exported() {
         .text()
         .await
         .unwrap();
-    assert!(households.contains(&h.id) && !households.contains("anna@example.org"));
+    assert!(households.contains(&pseudonym) && !households.contains(&h.id));
+    assert!(!households.contains("anna@example.org"));
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_follows_the_meter_reader_contract() {
     let server = TestServer::start().await;
     let h = server.register("max@example.org").await;
@@ -719,7 +734,10 @@ async fn ingest_follows_the_meter_reader_contract() {
     let post = |body: Value| {
         device
             .post(server.url("/household/meter/measurement"))
-            .header("X-Component-Versions", "meter-reader=0.1.0,sml=1.04")
+            .header(
+                "X-Component-Versions",
+                "meter-reader=0.1.0,sml-decoder=0.1.0,motey-agent=0.9.1",
+            )
             .json(&body)
             .send()
     };
@@ -856,7 +874,7 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     assert_eq!(
         devices["measurement_devices"][0]["component_versions"],
-        json!({"meter-reader": "0.1.0", "sml": "1.04"})
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert!(devices["measurement_devices"][0]["last_activity"].is_string());
     let overview: Value = server
@@ -871,8 +889,8 @@ async fn ingest_follows_the_meter_reader_contract() {
         .unwrap();
     let entry = &overview["households"][0];
     assert_eq!(
-        entry["measurement_devices"][0]["component_versions"]["sml"],
-        "1.04"
+        entry["measurement_devices"][0]["component_versions"],
+        json!({"meter-reader": "0.1.0", "sml-decoder": "0.1.0", "motey-agent": "0.9.1"})
     );
     assert_eq!(
         entry["meters"][0]["last_measurement"],
@@ -965,7 +983,6 @@ async fn ingest_follows_the_meter_reader_contract() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_corrections_and_export_filters() {
     let server = TestServer::start().await;
     let researcher = server.anonymous();
@@ -1145,9 +1162,11 @@ async fn registration_corrections_and_export_filters() {
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 20, "10 measurements × 2 data points");
+    let pseudonym = rows[0].split(',').next().unwrap();
+    assert_ne!(pseudonym, b.id);
     assert!(rows
         .iter()
-        .all(|r| r.starts_with(&b.id) && r.contains(",ELECTRICITY,MT681,")));
+        .all(|r| r.starts_with(pseudonym) && r.contains(",ELECTRICITY,MT681,")));
     assert!(
         rows[0].ends_with(",2026-11-23T10:10:00Z,0100010800ff,12355.6"),
         "{}",
@@ -1181,7 +1200,6 @@ async fn registration_corrections_and_export_filters() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_consent_requests_succeed_once() {
     let server = TestServer::start().await;
     let h = server.register("race@example.org").await;
@@ -1230,7 +1248,6 @@ async fn racing_consent_requests_succeed_once() {
 
 /// FR-07: a forgotten PV system is added, one listed by mistake removed; a new one needs
 /// every attribute, and its generation meter must be a PV-GENERATION meter.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrections_add_and_remove_pv_systems() {
     let server = TestServer::start().await;
     let h = server.register("pv@example.org").await;
@@ -1301,5 +1318,141 @@ async fn corrections_add_and_remove_pv_systems() {
         (status, err["field"].as_str()),
         (400, Some("pv_systems[0].uuid"))
     );
+    server.stop().await;
+}
+
+/// FR-07: meters and measurement devices are added, changed and removed with located
+/// errors; a meter a PV system names, a meter with measurements and a device that still
+/// reads a meter stay (409 naming what holds them); uuids are unique across households.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_add_change_and_remove_meters_and_devices() {
+    let server = TestServer::start().await;
+    let h = server.register("meters@example.org").await;
+    let other = server.register("other@example.org").await;
+    let patch = |body: Value| {
+        server
+            .anonymous()
+            .patch(server.url(&format!("/management/household/{}", h.id)))
+            .bearer_auth(RESEARCHER_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let refused = |body: Value| async move { error_of(patch(body).await.unwrap()).await };
+
+    // A new meter needs what registration needs; errors name the entry.
+    let (status, err) =
+        refused(json!({"meters": [{"uuid": h.meters[0], "model": "DD3"}, {"model": "EHZ"}]})).await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("meters[1].type")),
+        "{err}"
+    );
+    let (status, err) = refused(json!({"meters": [{"type": "ELECTRICITY", "model": "EHZ",
+        "measurement_device": other.device}]}))
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("meters[0].measurement_device"))
+    );
+    // Uuids are unique across households.
+    let (status, err) = refused(json!({"meters": [{"add": true, "uuid": other.meters[0],
+        "type": "ELECTRICITY", "model": "EHZ"}]}))
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("duplicate_id"), Some("meters[0].uuid"))
+    );
+
+    // A second device with a chosen uuid, a meter it reads, the first meter corrected.
+    let second = uuid::Uuid::new_v4().to_string();
+    let response = patch(json!({
+        "measurement_devices": [{"add": true, "uuid": second, "name": "pi-2", "scopes": ["measurement-write"]}],
+        "meters": [{"uuid": h.meters[0], "model": "DD3"},
+                   {"type": "ELECTRICITY", "model": "EASY", "measurement_device": second}]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let view: Value = response.json().await.unwrap();
+    let meters = view["meters"].as_array().unwrap();
+    assert_eq!(meters.len(), 3, "{view}");
+    assert_eq!(meters[0]["model"], "DD3");
+    assert_eq!(meters[2]["measurement_device"], second.as_str());
+    assert_eq!(view["measurement_devices"][1]["name"], "pi-2");
+    let added = meters[2]["uuid"].as_str().unwrap().to_owned();
+
+    // The device still reads a meter; the PV system names the generation meter.
+    let (status, err) =
+        refused(json!({"measurement_devices": [{"uuid": second, "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (
+            409,
+            Some("device_in_use"),
+            Some("measurement_devices[0].uuid")
+        )
+    );
+    assert!(err["message"].as_str().unwrap().contains(&added), "{err}");
+    let pv = h.body["pv_systems"][0]["uuid"].as_str().unwrap().to_owned();
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[1], "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("meter_in_use"), Some("meters[0].uuid"))
+    );
+    assert!(err["message"].as_str().unwrap().contains(&pv), "{err}");
+
+    // A meter with measurements is part of the data set.
+    let device = server.device_all_scopes("meters@example.org");
+    assert_eq!(
+        device
+            .post(server.url("/household/consent"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let upload = device
+        .post(server.url("/household/meter/measurement"))
+        .json(&json!({"measurements": [measurement(&h.meters[0], 1)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200);
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[0], "remove": true}]})).await;
+    assert_eq!(
+        (status, err["error"].as_str(), err["field"].as_str()),
+        (409, Some("meter_has_measurements"), Some("meters[0].uuid"))
+    );
+
+    // One correction removes the PV system with its generation meter, and the new meter
+    // with the device that read it.
+    let response = patch(json!({
+        "pv_systems": [{"uuid": pv, "remove": true}],
+        "meters": [{"uuid": h.meters[1], "remove": true}, {"uuid": added, "remove": true}],
+        "measurement_devices": [{"uuid": second, "remove": true}]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["meters"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["measurement_devices"].as_array().unwrap().len(), 1);
+    assert_eq!(view["pv_systems"], json!([]));
+    // The last meter stays: a household has at least one.
+    let (status, err) = refused(json!({"meters": [{"uuid": h.meters[0], "remove": true}]})).await;
+    assert_eq!((status, err["field"].as_str()), (400, Some("meters")));
+
+    // A removed meter's uuid stays with its household: no other one can take it.
+    let taken = server
+        .anonymous()
+        .patch(server.url(&format!("/management/household/{}", other.id)))
+        .bearer_auth(RESEARCHER_TOKEN)
+        .json(&json!({"meters": [{"add": true, "uuid": added, "type": "ELECTRICITY", "model": "EHZ"}]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(taken).await;
+    assert_eq!((status, err["error"].as_str()), (409, Some("duplicate_id")));
     server.stop().await;
 }

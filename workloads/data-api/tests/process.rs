@@ -5,94 +5,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::served::{data_api, read, Served, BIN};
 use common::{client_with_identity, measurement, registration};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_data-api");
-
-fn data_api(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().expect("run data-api")
-}
-
-/// A running `data-api serve`; killed with SIGKILL when dropped.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Served {
-    fn start(db: &Path, pki: &Path) -> Served {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--init-missing",
-            ])
-            .arg("--db")
-            .arg(db)
-            .arg("--pki-dir")
-            .arg(pki)
-            .env("RUST_LOG", "info")
-            .env_remove("DATA_API_RESEARCHER_TOKEN")
-            .env_remove("DATA_API_ADMIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn data-api serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keeps draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                    if entry["fields"]["message"] == "listening" {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(
-                                entry["fields"]["addr"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                            );
-                        }
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("data-api serve did not report its address");
-        Served { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{}{}", self.addr, path)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 #[test]
 fn pki_commands_are_idempotent_and_refuse_to_overwrite() {
@@ -254,7 +174,6 @@ async fn acknowledged_measurements_survive_kill_9() {
         .json()
         .await
         .unwrap();
-    let household = created["id"].as_str().unwrap().to_owned();
     let meter = created["meters"][0]["uuid"].as_str().unwrap().to_owned();
     assert_eq!(
         device
@@ -322,26 +241,7 @@ async fn acknowledged_measurements_survive_kill_9() {
     assert!(acknowledged.len() >= 40 * 50);
 
     let server = Served::start(&db, &pki);
-    let export = anonymous
-        .get(server.url(&format!(
-            "/management/export/measurements?format=jsonl&household={household}"
-        )))
-        .bearer_auth(&researcher_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stored: Vec<String> = export
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["uuid"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let stored = stored_measurements(&server, &device, &meter).await;
     let unique: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(unique.len(), stored.len(), "a measurement was stored twice");
     let missing: Vec<&String> = acknowledged.difference(&unique).collect();
@@ -366,19 +266,9 @@ async fn acknowledged_measurements_survive_kill_9() {
         let total = outcome["accepted"].as_u64().unwrap() + outcome["duplicates"].as_u64().unwrap();
         assert_eq!(total, 50, "{outcome}");
     }
-    let after = anonymous
-        .get(server.url(&format!(
-            "/management/export/measurements?format=jsonl&household={household}"
-        )))
-        .bearer_auth(&researcher_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines = after.lines().count();
-    let unique_after: HashSet<&str> = after.lines().collect();
+    let after = stored_measurements(&server, &device, &meter).await;
+    let lines = after.len();
+    let unique_after: HashSet<&String> = after.iter().collect();
     assert_eq!(lines, unique_after.len());
     assert_eq!(
         lines,
@@ -395,4 +285,33 @@ async fn acknowledged_measurements_survive_kill_9() {
                 })
                 .sum::<usize>()
     );
+}
+
+/// The uuids of a meter's stored measurements as its device reads them (exports carry
+/// pseudonyms instead), page by page.
+async fn stored_measurements(
+    server: &Served,
+    device: &reqwest::Client,
+    meter: &str,
+) -> Vec<String> {
+    let mut uuids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = server.url(&format!("/household/meter/{meter}/measurement?limit=1000"));
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = device.get(url).send().await.unwrap().json().await.unwrap();
+        uuids.extend(
+            page["measurements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["uuid"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return uuids,
+        }
+    }
 }

@@ -10,6 +10,28 @@ use crate::store::Measurement;
 /// Largest batch the Data API accepts.
 pub const MAX_BATCH: usize = 1000;
 
+/// Environment variable in which the Motey agent that started the container names its
+/// version; the reader passes it on when it is set.
+pub const AGENT_VERSION_ENV: &str = "MOTEY_AGENT_VERSION";
+
+/// The `X-Component-Versions` header (FR-09): this reader, its SML decoder (the crate's
+/// own [`crate::sml`] module, built with it) and the agent, if it named its version.
+pub fn component_versions(agent: Option<&str>) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut header = format!("meter-reader={version},sml-decoder={version}");
+    let agent = agent.map(str::trim).filter(|v| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.chars()
+                .all(|c| c.is_ascii_graphic() && c != '=' && c != ',')
+    });
+    if let Some(agent) = agent {
+        header.push_str(",motey-agent=");
+        header.push_str(agent);
+    }
+    header
+}
+
 /// Failures talking to the Data API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -106,6 +128,8 @@ struct ErrorBody {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// The `X-Component-Versions` header sent with every request.
+    versions: String,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ApiError> {
@@ -146,16 +170,14 @@ impl ApiClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            versions: component_versions(std::env::var(AGENT_VERSION_ENV).ok().as_deref()),
         })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{}", self.base, path))
-            .header(
-                "X-Component-Versions",
-                concat!("meter-reader=", env!("CARGO_PKG_VERSION"), ",sml=1.04"),
-            )
+            .header("X-Component-Versions", &self.versions)
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
@@ -224,6 +246,21 @@ impl ApiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn component_versions_name_what_runs() {
+        let own = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            component_versions(None),
+            format!("meter-reader={own},sml-decoder={own}")
+        );
+        assert_eq!(
+            component_versions(Some(" 0.9.1 ")),
+            format!("meter-reader={own},sml-decoder={own},motey-agent=0.9.1")
+        );
+        // A value that would break the header's name=version list is left out.
+        assert_eq!(component_versions(Some("1,x=2")), component_versions(None));
+    }
 
     #[test]
     fn forbidden_answers_name_the_consent() {

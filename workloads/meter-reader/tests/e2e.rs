@@ -81,7 +81,11 @@ async fn pty_meter_to_data_api_with_right_values() {
         "--interval-ms",
         "250",
     ]);
-    let _reader = start_reader(&rig.setup(&api, format!("{METER}=serial://{pty}"), vec![]));
+    let _reader = start_reader(&rig.setup(
+        &api,
+        format!("{METER}=serial://{pty}"),
+        vec![("MOTEY_AGENT_VERSION", "0.9.1".into())],
+    ));
     wait_for(60, "three measurements at the Data API", || {
         api.measurements().len() >= 3
     })
@@ -105,8 +109,13 @@ async fn pty_meter_to_data_api_with_right_values() {
         );
         assert!(m["data"].as_array().unwrap().len() == 3, "{m}");
     }
+    // FR-09: what runs, and the agent's version as the agent named it.
     let versions = api.with(|s| s.component_versions.clone()).unwrap();
-    assert!(versions.starts_with("meter-reader="), "{versions}");
+    let own = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        versions,
+        format!("meter-reader={own},sml-decoder={own},motey-agent=0.9.1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

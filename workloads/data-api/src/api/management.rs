@@ -14,13 +14,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::correction::RegistrationUpdate;
 use super::participant::parse_time;
-use super::{parse_json, read_body, ApiError, ApiQuery, AppState};
+use super::{admit, parse_json, read_body, ApiError, ApiQuery, AppState};
 use crate::auth::{Researcher, Role, Staff};
 use crate::export::{self, ExportFilter, ExportFormat};
 use crate::model::{
-    all_scopes, Address, Consent, ConsentState, Household, Location, MeasurementDevice, Metadata,
-    Meter, MeterModel, MeterType, PhotovoltaicSystem, Scope, User,
+    all_scopes, optional_whole_number, whole_number, Address, Consent, ConsentState, Household,
+    Location, MeasurementDevice, Metadata, Meter, MeterModel, MeterType, PhotovoltaicSystem, Scope,
+    User,
 };
 use crate::store::{Store, StoreError};
 use crate::validate::{self, FieldError};
@@ -66,7 +68,7 @@ pub struct MeterRegistration {
     pub meter_type: MeterType,
     pub model: MeterModel,
     /// Index into `measurement_devices`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub measurement_device: usize,
 }
 
@@ -78,7 +80,7 @@ pub struct PvRegistration {
     pub tilt: f64,
     pub installation_date: NaiveDate,
     /// Index into `meters`; must be a PV-GENERATION meter.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub generation_meter: Option<usize>,
 }
 
@@ -169,6 +171,7 @@ impl Registration {
             created_at: now,
             updated_at: now,
             anonymized_at: None,
+            sealed: None,
         })
     }
 }
@@ -206,245 +209,6 @@ fn unique_ids(devices: &[MeasurementDevice], meters: &[Meter]) -> Result<(), Fie
         }
     }
     Ok(())
-}
-
-/// FR-07: corrections. Present sections replace the stored ones; meters, PV systems and
-/// devices are addressed by uuid and only the given attributes change. PV systems can
-/// also be added (an entry without uuid) and removed (`"remove": true`); meters and
-/// devices cannot, as measurements and certificates refer to them.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistrationUpdate {
-    #[serde(default)]
-    pub user: Option<User>,
-    #[serde(default)]
-    pub address: Option<Address>,
-    #[serde(default)]
-    pub location: Option<Location>,
-    #[serde(default)]
-    pub metadata: Option<Metadata>,
-    #[serde(default)]
-    pub measurement_devices: Vec<DeviceUpdate>,
-    #[serde(default)]
-    pub meters: Vec<MeterUpdate>,
-    #[serde(default)]
-    pub pv_systems: Vec<PvUpdate>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceUpdate {
-    pub uuid: Uuid,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub scopes: Option<Vec<Scope>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeterUpdate {
-    pub uuid: Uuid,
-    #[serde(default, rename = "type")]
-    pub meter_type: Option<MeterType>,
-    #[serde(default)]
-    pub model: Option<MeterModel>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PvUpdate {
-    /// The stored PV system to change; without one the entry adds a PV system (a
-    /// participant may have forgotten one), which then needs every attribute.
-    #[serde(default)]
-    pub uuid: Option<Uuid>,
-    /// Removes the stored PV system (one listed by mistake).
-    #[serde(default)]
-    pub remove: bool,
-    #[serde(default)]
-    pub nominal_power: Option<f64>,
-    #[serde(default)]
-    pub azimuth: Option<f64>,
-    #[serde(default)]
-    pub tilt: Option<f64>,
-    #[serde(default)]
-    pub installation_date: Option<NaiveDate>,
-    #[serde(default)]
-    pub generation_meter: Option<Uuid>,
-}
-
-impl RegistrationUpdate {
-    fn apply(&self, h: &mut Household, now: DateTime<Utc>) -> Result<(), ApiError> {
-        if h.anonymized_at.is_some() {
-            return Err(ApiError::conflict(
-                "household_anonymized",
-                "the household was anonymized after consent revocation; its details can no longer be changed",
-            ));
-        }
-        if let Some(user) = &self.user {
-            let mut user = user.clone();
-            user.email = user.email.trim().to_lowercase();
-            validate::user("user", &user)?;
-            h.user = Some(user);
-        }
-        if let Some(address) = &self.address {
-            validate::address("address", address)?;
-            h.address = Some(address.clone());
-        }
-        if let Some(location) = &self.location {
-            validate::location("location", location)?;
-            h.location = Some(*location);
-        }
-        if let Some(metadata) = &self.metadata {
-            validate::metadata("metadata", metadata)?;
-            h.metadata = Some(metadata.clone());
-        }
-        for (i, update) in self.measurement_devices.iter().enumerate() {
-            let device = h
-                .measurement_devices
-                .iter_mut()
-                .find(|d| d.uuid == update.uuid)
-                .ok_or_else(|| {
-                    unknown(
-                        format!("measurement_devices[{i}].uuid"),
-                        "measurement device",
-                        update.uuid,
-                    )
-                })?;
-            if let Some(name) = &update.name {
-                device.name = Some(name.clone());
-            }
-            if let Some(scopes) = &update.scopes {
-                if scopes.is_empty() {
-                    return Err(ApiError::invalid_field(
-                        format!("measurement_devices[{i}].scopes"),
-                        "a device needs at least one scope",
-                    ));
-                }
-                device.scopes = scopes.clone();
-            }
-        }
-        for (i, update) in self.meters.iter().enumerate() {
-            let meter = h
-                .meters
-                .iter_mut()
-                .find(|m| m.uuid == update.uuid)
-                .ok_or_else(|| unknown(format!("meters[{i}].uuid"), "meter", update.uuid))?;
-            if let Some(t) = update.meter_type {
-                meter.meter_type = t;
-            }
-            if let Some(model) = update.model {
-                meter.model = model;
-            }
-        }
-        for (i, update) in self.pv_systems.iter().enumerate() {
-            let prefix = format!("pv_systems[{i}]");
-            validate::pv_specification(
-                &prefix,
-                update.nominal_power,
-                update.azimuth,
-                update.tilt,
-                update.installation_date,
-            )?;
-            if let Some(meter) = update.generation_meter {
-                match h.meter(meter) {
-                    Some(m) if m.meter_type == MeterType::PvGeneration => {}
-                    _ => {
-                        return Err(ApiError::invalid_field(
-                            format!("{prefix}.generation_meter"),
-                            format!("{meter} is not a PV-GENERATION meter of this household"),
-                        ))
-                    }
-                }
-            }
-            let Some(uuid) = update.uuid else {
-                if update.remove {
-                    return Err(ApiError::invalid_field(
-                        format!("{prefix}.uuid"),
-                        "name the PV system to remove",
-                    ));
-                }
-                h.pv_systems.push(update.new_pv_system(&prefix)?);
-                continue;
-            };
-            let position = h
-                .pv_systems
-                .iter()
-                .position(|p| p.uuid == uuid)
-                .ok_or_else(|| unknown(format!("{prefix}.uuid"), "PV system", uuid))?;
-            if update.remove {
-                h.pv_systems.remove(position);
-                continue;
-            }
-            let pv = &mut h.pv_systems[position];
-            if let Some(p) = update.nominal_power {
-                pv.nominal_power = p;
-            }
-            if let Some(a) = update.azimuth {
-                pv.azimuth = a;
-            }
-            if let Some(t) = update.tilt {
-                pv.tilt = t;
-            }
-            if let Some(d) = update.installation_date {
-                pv.installation_date = Some(d);
-                pv.installation_year = d.year();
-            }
-            if let Some(m) = update.generation_meter {
-                pv.generation_meter = Some(m);
-            }
-        }
-        // A generation meter that was re-typed must not stay linked to a PV system. The
-        // error names the PV system's entry in this request if it has one.
-        for (i, pv) in h.pv_systems.iter().enumerate() {
-            if let Some(meter) = pv.generation_meter {
-                if h.meter(meter).map(|m| m.meter_type) != Some(MeterType::PvGeneration) {
-                    let entry = self
-                        .pv_systems
-                        .iter()
-                        .position(|u| u.uuid == Some(pv.uuid))
-                        .unwrap_or(i);
-                    return Err(ApiError::invalid_field(
-                        format!("pv_systems[{entry}].generation_meter"),
-                        format!("meter {meter} is no longer a PV-GENERATION meter"),
-                    ));
-                }
-            }
-        }
-        h.updated_at = now;
-        Ok(())
-    }
-}
-
-impl PvUpdate {
-    /// A PV system added by a correction: every attribute but the generation meter is
-    /// required, as at registration.
-    fn new_pv_system(&self, prefix: &str) -> Result<PhotovoltaicSystem, ApiError> {
-        let required = |name: &str| {
-            ApiError::invalid_field(format!("{prefix}.{name}"), "required for a new PV system")
-        };
-        let installation_date = self
-            .installation_date
-            .ok_or_else(|| required("installation_date"))?;
-        Ok(PhotovoltaicSystem {
-            uuid: Uuid::new_v4(),
-            nominal_power: self
-                .nominal_power
-                .ok_or_else(|| required("nominal_power"))?,
-            azimuth: self.azimuth.ok_or_else(|| required("azimuth"))?,
-            tilt: self.tilt.ok_or_else(|| required("tilt"))?,
-            installation_date: Some(installation_date),
-            installation_year: installation_date.year(),
-            generation_meter: self.generation_meter,
-        })
-    }
-}
-
-fn unknown(field: String, kind: &str, uuid: Uuid) -> ApiError {
-    ApiError::invalid_field(
-        field,
-        format!("{kind} {uuid} is not part of this household"),
-    )
 }
 
 #[derive(Serialize)]
@@ -676,9 +440,10 @@ impl HouseholdView {
 /// FR-06.
 pub async fn create_household(
     State(state): State<AppState>,
-    _: Researcher,
+    researcher: Result<Researcher, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (_, body) = admit(researcher, body).await?;
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let registration: Registration = parse_json(&bytes)?;
     let household = registration.into_household(Utc::now())?;
@@ -777,10 +542,11 @@ pub async fn get_household(
 /// FR-07.
 pub async fn update_household(
     State(state): State<AppState>,
-    _: Researcher,
+    researcher: Result<Researcher, ApiError>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<HouseholdView>, ApiError> {
+    let (_, body) = admit(researcher, body).await?;
     let id = household_id(&id)?;
     let bytes = read_body(body, MAX_MANAGEMENT_BODY).await?;
     let update: RegistrationUpdate = parse_json(&bytes)?;
@@ -796,10 +562,11 @@ pub async fn update_household(
                 })?;
                 let mut next = current.clone();
                 update.apply(&mut next, Utc::now())?;
+                update.check_against_store(store)?;
                 match store.replace_household(&current, &next) {
                     Ok(()) => return Ok(HouseholdView::build(store, next, true, clock)?),
                     Err(StoreError::HouseholdChanged(_)) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(update.locate_duplicate(e)),
                 }
             }
             Err(ApiError::conflict(
@@ -864,13 +631,14 @@ pub async fn export_measurements(
         .household
         .as_deref()
         .map(|list| {
+            // Exactly as the OpenAPI document states it: hyphenated uuids, commas.
             list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    Uuid::parse_str(s).map_err(|_| {
-                        ApiError::invalid_field("household", format!("{s:?} is not a UUID"))
-                    })
+                .map(|s| match Uuid::parse_str(s) {
+                    Ok(uuid) if s.len() == 36 => Ok(uuid),
+                    _ => Err(ApiError::invalid_field(
+                        "household",
+                        format!("{s:?} is not a hyphenated UUID"),
+                    )),
                 })
                 .collect::<Result<HashSet<Uuid>, _>>()
         })
@@ -880,7 +648,8 @@ pub async fn export_measurements(
         to: parse_time("to", params.to.as_deref())?,
         households,
     };
-    let body = export::measurements_body(state.store.clone(), filter, format);
+    let body =
+        export::measurements_body(state.store.clone(), state.privacy.clone(), filter, format);
     tracing::info!(format = ?format, "measurement export started");
     Ok(export_response(format, "measurements", body))
 }
@@ -898,8 +667,10 @@ pub async fn export_households(
     ApiQuery(params): ApiQuery<HouseholdExportParams>,
 ) -> Result<Response, ApiError> {
     let format = export_format(params.format.as_deref())?;
-    let households = state.blocking(|store| Ok(store.households()?)).await?;
-    let bytes = export::households(&households, format);
+    let privacy = state.privacy.clone();
+    let bytes = state
+        .blocking(move |store| Ok(export::households(&store.households()?, &privacy, format)?))
+        .await?;
     Ok(export_response(format, "households", Body::from(bytes)))
 }
 

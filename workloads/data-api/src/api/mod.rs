@@ -2,15 +2,19 @@
 //! calling device, researcher and admin endpoints under `/management`. Every error is a
 //! JSON body `{"error": code, "message": text, "field": path | null}`.
 
+mod certificates;
+mod correction;
 mod management;
+mod openapi;
 mod participant;
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::Tokens;
+use crate::health::{Availability, StoreHealth};
 use crate::nuts::NutsIndex;
 use crate::store::{Store, StoreError};
 use crate::validate::FieldError;
@@ -28,10 +33,14 @@ pub use management::HouseholdView;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Export pseudonyms and the certificate deny-list.
+    pub privacy: Arc<crate::privacy::Privacy>,
     pub tokens: Arc<Tokens>,
     pub nuts: Arc<NutsIndex>,
     /// The devices' expected report cycle; device health flags silence beyond two.
     pub report_interval: std::time::Duration,
+    /// Whether the store still works, as the requests find it (`/health`).
+    pub health: Arc<StoreHealth>,
 }
 
 impl AppState {
@@ -94,15 +103,65 @@ pub fn router(state: AppState) -> Router {
             get(management::export_households),
         )
         .route("/management/session", get(management::session))
+        .route(
+            "/management/certificate/revoked",
+            get(certificates::list).post(certificates::revoke),
+        )
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi_document))
         .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.health.clone(),
+            track_store,
+        ))
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+/// Marks the answers of a failed store and learns from every answer whether the store
+/// works: a failure makes the process unhealthy, a successful write healthy again.
+async fn track_store(
+    State(health): State<Arc<StoreHealth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let writes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let response = next.run(request).await;
+    if let Some(StoreUnavailable(error)) = response.extensions().get() {
+        health.failed(error.clone());
+    } else if writes && response.status().is_success() {
+        health.wrote();
+    }
+    response
+}
+
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+/// Liveness for the supervisor: 503 while the store fails (the process exits if it does
+/// not recover within the retry window).
+async fn health(State(state): State<AppState>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    match state.health.availability() {
+        Availability::Available => {
+            Json(serde_json::json!({"status": "ok", "version": version})).into_response()
+        }
+        Availability::Unavailable { for_, error } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "store_unavailable",
+                "version": version,
+                "error": error,
+                "unavailable_seconds": for_.as_secs_f64(),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -116,6 +175,13 @@ async fn method_not_allowed() -> ApiError {
         "this endpoint does not support the method",
     )
 }
+
+/// The error code of an answer the store could not give.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+
+/// Set on the answers of a failed store, with the store's error.
+#[derive(Debug, Clone)]
+struct StoreUnavailable(String);
 
 /// An error answer. Refusals (401/403) are logged as warnings with their reason.
 #[derive(Debug)]
@@ -182,7 +248,7 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::EmailTaken(_) => {
+            StoreError::EmailTaken => {
                 ApiError::conflict("email_taken", e.to_string()).with_field("user.email")
             }
             StoreError::DuplicateId { .. } => ApiError::conflict("duplicate_id", e.to_string()),
@@ -196,7 +262,20 @@ impl From<StoreError> for ApiError {
             StoreError::MeasurementOfOtherMeter { index, .. } => {
                 ApiError::invalid_field(format!("measurements[{index}].uuid"), e.to_string())
             }
-            StoreError::Database(_) | StoreError::Corrupt(_) => {
+            _ if e.is_unavailable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                STORE_UNAVAILABLE,
+                e.to_string(),
+            ),
+            StoreError::Database(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Postgres(_)
+            | StoreError::NoConnection(_)
+            | StoreError::TlsSetup(_)
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Vault(_)
+            | StoreError::Sealing(_)
+            | StoreError::Ledger(_) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::internal("storage failure")
             }
@@ -248,6 +327,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.code == STORE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            response
+                .extensions_mut()
+                .insert(StoreUnavailable(self.message.clone()));
+        }
         if self.status == StatusCode::UNAUTHORIZED && self.code.ends_with("token") {
             response
                 .headers_mut()
@@ -295,8 +382,23 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(collected.freeze())
 }
 
+/// The caller, or its refusal once the body it is still sending has been read: the client
+/// then gets to read the refusal instead of a connection closed under its upload.
+pub async fn admit<T>(caller: Result<T, ApiError>, body: Body) -> Result<(T, Body), ApiError> {
+    match caller {
+        Ok(caller) => Ok((caller, body)),
+        Err(refusal) => {
+            let _ = read_body(body, 0).await;
+            Err(refusal)
+        }
+    }
+}
+
 /// Deserializes JSON, naming the failing field path in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        records_are_objects(&value, "body")?;
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -314,6 +416,44 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     Ok(value)
+}
+
+/// The management bodies' records (the body, `user`, `address`, `location`, `metadata`
+/// and the entries of lists) must be JSON objects: serde would also read a record from a
+/// list of its fields' values, which no client means.
+fn records_are_objects(value: &serde_json::Value, path: &str) -> Result<(), ApiError> {
+    use serde_json::Value;
+    const RECORDS: [&str; 4] = ["user", "address", "location", "metadata"];
+    let not_an_object = |path: &str| ApiError::invalid_field(path, "must be a JSON object");
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                let inner = if path == "body" {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if RECORDS.contains(&key.as_str()) && field.is_array() {
+                    return Err(not_an_object(&inner));
+                }
+                records_are_objects(field, &inner)?;
+            }
+            Ok(())
+        }
+        Value::Array(_) if path == "body" => Err(not_an_object(path)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let inner = format!("{path}[{i}]");
+                if item.is_array() {
+                    return Err(not_an_object(&inner));
+                }
+                records_are_objects(item, &inner)?;
+            }
+            Ok(())
+        }
+        _ if path == "body" => Err(not_an_object(path)),
+        _ => Ok(()),
+    }
 }
 
 /// Query string extractor whose errors are JSON like every other error.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
+use super::{admit, read_body, ApiError, ApiQuery, AppState, MAX_BATCH, MAX_BODY_BYTES};
 use crate::auth::Participant;
 use crate::consent;
 use crate::model::{Consent, Measurement, MeasurementData, ObisCode, Scope};
@@ -90,17 +90,23 @@ pub async fn measurement_devices(
     p: Participant,
 ) -> Result<Json<Value>, ApiError> {
     p.require(Scope::Household)?;
-    let mut devices = Vec::new();
-    for d in &p.household.measurement_devices {
-        let status = state.store.device_status(d.uuid)?;
-        devices.push(DeviceView {
-            uuid: d.uuid,
-            name: d.name.clone(),
-            scopes: d.scopes.clone(),
-            component_versions: status.component_versions,
-            last_activity: status.last_activity,
-        });
-    }
+    let household = p.household;
+    let devices = state
+        .blocking(move |store| {
+            let mut devices = Vec::new();
+            for d in &household.measurement_devices {
+                let status = store.device_status(d.uuid)?;
+                devices.push(DeviceView {
+                    uuid: d.uuid,
+                    name: d.name.clone(),
+                    scopes: d.scopes.clone(),
+                    component_versions: status.component_versions,
+                    last_activity: status.last_activity,
+                });
+            }
+            Ok(devices)
+        })
+        .await?;
     Ok(Json(json!({ "measurement_devices": devices })))
 }
 
@@ -109,16 +115,22 @@ pub async fn meters(
     p: Participant,
 ) -> Result<Json<Value>, ApiError> {
     p.require(Scope::Household)?;
-    let mut meters = Vec::new();
-    for m in &p.household.meters {
-        meters.push(json!({
-            "uuid": m.uuid,
-            "type": m.meter_type,
-            "model": m.model,
-            "measurement_device": m.measurement_device,
-            "last_measurement": state.store.last_measurement(m.uuid)?,
-        }));
-    }
+    let household = p.household;
+    let meters = state
+        .blocking(move |store| {
+            let mut meters = Vec::new();
+            for m in &household.meters {
+                meters.push(json!({
+                    "uuid": m.uuid,
+                    "type": m.meter_type,
+                    "model": m.model,
+                    "measurement_device": m.measurement_device,
+                    "last_measurement": store.last_measurement(m.uuid)?,
+                }));
+            }
+            Ok(meters)
+        })
+        .await?;
     Ok(Json(json!({ "meters": meters })))
 }
 
@@ -190,7 +202,9 @@ pub async fn meter_measurements(
         after,
         limit,
     };
-    let page = state.store.series(meter, &query)?;
+    let page = state
+        .blocking(move |store| Ok(store.series(meter, &query)?))
+        .await?;
     Ok(Json(json!({
         "measurements": page.measurements,
         "next_cursor": page.next.map(|c| c.encode()),
@@ -202,9 +216,10 @@ pub async fn meter_measurements(
 /// before the answer; uuids already stored for the same meter are counted as duplicates.
 pub async fn post_measurements(
     State(state): State<AppState>,
-    p: Participant,
+    p: Result<Participant, ApiError>,
     body: Body,
 ) -> Result<Json<IngestOutcome>, ApiError> {
+    let (p, body) = admit(p, body).await?;
     p.require(Scope::MeasurementWrite)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let batch = parse_batch(&bytes)?;

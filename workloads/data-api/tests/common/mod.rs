@@ -1,6 +1,8 @@
-//! Shared test fixtures: a real Data API on a loopback port with its own CA, and HTTPS
-//! clients with and without client certificates.
+//! Shared test fixtures: a real Data API on a loopback port with its own CA, on sled or
+//! on a real PostgreSQL server, and HTTPS clients with and without client certificates.
 #![allow(dead_code)]
+
+pub mod served;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,17 +12,55 @@ use data_api::model::Scope;
 use data_api::nuts::NutsIndex;
 use data_api::pki::{self, CertificateAuthority, DeviceCertificate};
 use data_api::tls::TlsSetup;
-use data_api::ServeOptions;
+use data_api::{PostgresOptions, ServeOptions};
 use serde_json::{json, Value};
+use system_tests::postgres::Postgres;
 use tokio::sync::oneshot;
 
 pub const RESEARCHER_TOKEN: &str = "researcher-token-0123456789";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
+/// The store a [`TestServer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+tokio::task_local! {
+    /// The backend of the servers a test starts: set by [`on_both_stores!`].
+    pub static BACKEND: Backend;
+}
+
+/// Runs each named `async fn` test twice, on sled and on PostgreSQL: the functions are
+/// plain `async fn name()` and start their servers with [`TestServer::start`].
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                $crate::common::BACKEND
+                    .scope($crate::common::Backend::Sled, super::$name())
+                    .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::common::BACKEND
+                    .scope($crate::common::Backend::Postgres, super::$name())
+                    .await
+            }
+        }
+    )*};
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub ca: CertificateAuthority,
+    /// The PostgreSQL server when the backend is PostgreSQL (stopped after the Data API).
+    pub postgres: Option<Postgres>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -62,14 +102,32 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Sled);
+        let postgres = match backend {
+            Backend::Sled => None,
+            Backend::Postgres => Some(
+                tokio::task::spawn_blocking(Postgres::start)
+                    .await
+                    .expect("PostgreSQL"),
+            ),
+        };
         let options = ServeOptions {
             db_path: dir.path().join("db"),
+            // A database on a server has no directory to keep them beside.
+            key_vault: postgres.as_ref().map(|_| dir.path().join("keys")),
+            revocation_ledger: postgres.as_ref().map(|_| dir.path().join("revocations")),
             cache_capacity: 32 << 20,
+            postgres: postgres.as_ref().map(|pg| PostgresOptions {
+                url: pg.url(),
+                pool_size: 8,
+                ca: None,
+            }),
             tls,
             researcher_token: Some(RESEARCHER_TOKEN.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             nuts,
             report_interval: data_api::DEFAULT_REPORT_INTERVAL,
+            store_retry: data_api::health::DEFAULT_STORE_RETRY,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -83,6 +141,7 @@ impl TestServer {
             addr,
             dir,
             ca,
+            postgres,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -140,6 +199,13 @@ impl TestServer {
                 .collect(),
             body,
         }
+    }
+
+    /// Stops the server and hands over its directory (database, key vault, ledger).
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        self.stop().await;
+        dir
     }
 
     pub async fn stop(mut self) {

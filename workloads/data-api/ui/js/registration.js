@@ -89,12 +89,20 @@ function modelOf(household) {
 
 function showForm(page, { model, announce, go, household }) {
   const editing = Boolean(household);
-  /** Stored PV systems the researcher removed, sent with the next correction. */
-  let removedPv = [];
+  /** Stored devices, meters and PV systems the researcher removed, sent with the next correction. */
+  let removed = noneRemoved();
   const removePv = (current, index) => {
     const [gone] = current.pv_systems.splice(index, 1);
-    if (gone?.uuid) removedPv.push(gone.uuid);
+    if (gone?.uuid) removed.pv_systems.push(gone.uuid);
   };
+  const removeStored = (list, current, index, remove) => {
+    const gone = current[list][index];
+    remove(current, index);
+    if (gone?.uuid && !gone.added) removed[list].push(gone.uuid);
+  };
+  // A device added by a correction gets its uuid here, so that meters added with it can
+  // name it in the same request.
+  const newDevice = () => (editing ? { uuid: crypto.randomUUID(), added: true } : {});
   const anonymized = Boolean(household?.anonymized);
   const summary = h('div', { class: 'errors', id: 'form-errors', role: 'alert', tabindex: '-1', hidden: true });
   const saved = h('p', { class: 'notice', id: 'saved', role: 'status', hidden: true });
@@ -155,12 +163,12 @@ function showForm(page, { model, announce, go, household }) {
     section('Measurement devices', 'measurement_devices', [
       h('p', { class: 'hint' }, editing ? 'The headless devices installed in the household. Their certificates carry the participant’s email.' : 'The headless devices to install in the household; one is usual.'),
       lists.devices,
-      editing ? null : h('button', { type: 'button', class: 'secondary', id: 'add-device', onclick: () => change((m) => m.measurement_devices.push({ name: '', scopes: [...SCOPES] })) }, 'Add a device'),
+      h('button', { type: 'button', class: 'secondary', id: 'add-device', onclick: () => change((m) => m.measurement_devices.push({ ...newDevice(), name: '', scopes: [...SCOPES] })) }, 'Add a device'),
     ]),
     section('Meters', 'meters', [
-      h('p', { class: 'hint' }, 'Electricity and generation meters, each read by one device through its probe.'),
+      h('p', { class: 'hint' }, editing ? 'Electricity and generation meters, each read by one device through its probe. A new meter can be added, one listed by mistake removed; a meter with measurements stays, they are part of the data set.' : 'Electricity and generation meters, each read by one device through its probe.'),
       lists.meters,
-      editing ? null : h('button', { type: 'button', class: 'secondary', id: 'add-meter', onclick: () => change((m) => m.meters.push({ type: 'PV-GENERATION', model: 'EHZ', measurement_device: 0 })) }, 'Add a meter'),
+      h('button', { type: 'button', class: 'secondary', id: 'add-meter', onclick: () => change((m) => m.meters.push({ type: 'PV-GENERATION', model: 'EHZ', measurement_device: 0 })) }, 'Add a meter'),
     ]),
     section('Photovoltaic systems', 'pv_systems', [
       h('p', { class: 'hint' }, editing ? 'Nominal power, orientation, installation date and the generation meter of each PV system. A forgotten PV system can be added, one listed by mistake removed.' : 'Nominal power, orientation, installation date and the generation meter of each PV system.'),
@@ -184,8 +192,8 @@ function showForm(page, { model, announce, go, household }) {
     fill(
       lists.devices,
       model.measurement_devices.map((device, i) =>
-        row(`measurement_devices[${i}]`, `Device ${i + 1}`, editing || model.measurement_devices.length === 1 ? null : () => change((m) => removeDevice(m, i)), [
-          editing ? h('p', { class: 'uuid' }, 'uuid ', h('code', {}, device.uuid)) : null,
+        row(`measurement_devices[${i}]`, `Device ${i + 1}`, model.measurement_devices.length === 1 ? null : () => change((m) => removeStored('measurement_devices', m, i, removeDevice)), [
+          editing ? h('p', { class: 'uuid' }, device.added ? 'new, uuid ' : 'uuid ', h('code', {}, device.uuid)) : null,
           field({ path: `measurement_devices[${i}].name`, label: 'Name', value: device.name, maxlength: 200, hint: 'Where it is installed, e.g. “basement”.' }),
           h(
             'fieldset',
@@ -201,16 +209,14 @@ function showForm(page, { model, announce, go, household }) {
     fill(
       lists.meters,
       model.meters.map((meter, i) =>
-        row(`meters[${i}]`, `Meter ${i + 1}`, editing || model.meters.length === 1 ? null : () => change((m) => removeMeter(m, i)), [
-          editing ? h('p', { class: 'uuid' }, 'uuid ', h('code', {}, meter.uuid)) : null,
+        row(`meters[${i}]`, `Meter ${i + 1}`, model.meters.length === 1 ? null : () => change((m) => removeStored('meters', m, i, removeMeter)), [
+          editing ? h('p', { class: 'uuid' }, meter.uuid ? 'uuid ' : 'new: its uuid is assigned on saving', meter.uuid ? h('code', {}, meter.uuid) : null) : null,
           h(
             'div',
             { class: 'grid triple' },
             field({ path: `meters[${i}].type`, label: 'Type', options: METER_TYPES, value: meter.type }),
             field({ path: `meters[${i}].model`, label: 'Model', options: METER_MODELS, value: meter.model }),
-            editing
-              ? h('div', { class: 'field' }, h('span', { class: 'label' }, 'Device'), h('p', { class: 'value' }, deviceOptions[meter.measurement_device]?.[1] ?? '–'))
-              : field({ path: `meters[${i}].measurement_device`, label: 'Read by', options: deviceOptions, value: meter.measurement_device }),
+            field({ path: `meters[${i}].measurement_device`, label: 'Read by', options: deviceOptions, value: meter.measurement_device }),
           ),
         ]),
       ),
@@ -273,11 +279,11 @@ function showForm(page, { model, announce, go, household }) {
     submit.disabled = true;
     try {
       if (editing) {
-        const answer = await api.correct(household.id, update(model, removedPv));
+        const answer = await api.correct(household.id, update(model, removed));
         household = answer;
-        // New PV systems got their uuids, removed ones are gone.
+        // New devices, meters and PV systems got their uuids, removed ones are gone.
         model = modelOf(answer);
-        removedPv = [];
+        removed = noneRemoved();
         renderLists();
         page.querySelector('#facts')?.replaceWith(facts(household));
         showMessage(saved, `Saved at ${new Date().toLocaleTimeString()}.`);
@@ -477,6 +483,7 @@ function read(form, previous, editing) {
     },
     measurement_devices: previous.measurement_devices.map((device, i) => ({
       uuid: device.uuid,
+      added: device.added,
       name: text(form, `measurement_devices[${i}].name`),
       scopes: SCOPES.filter((scope) => checked(form, `measurement_devices[${i}].scopes.${scope}`)),
     })),
@@ -484,7 +491,7 @@ function read(form, previous, editing) {
       uuid: meter.uuid,
       type: control(form, `meters[${i}].type`)?.value || meter.type,
       model: control(form, `meters[${i}].model`)?.value || meter.model,
-      measurement_device: editing ? meter.measurement_device : Number(control(form, `meters[${i}].measurement_device`)?.value || 0),
+      measurement_device: Number(control(form, `meters[${i}].measurement_device`)?.value || 0),
     })),
     pv_systems: previous.pv_systems.map((pv, i) => {
       const meter = control(form, `pv_systems[${i}].generation_meter`)?.value ?? '';
@@ -580,20 +587,37 @@ function registration(model) {
   };
 }
 
+function noneRemoved() {
+  return { measurement_devices: [], meters: [], pv_systems: [] };
+}
+
 /**
  * PATCH /management/household/{id}: every section, items by uuid in the form's order (so
- * the Data API's field paths match the form's); PV systems without uuid are added, the
- * removed ones follow at the end.
+ * the Data API's field paths match the form's); devices added here carry the uuid the
+ * form gave them (`add`), meters and PV systems without uuid are added, the removed ones
+ * follow at the end.
  */
-function update(model, removedPv) {
+function update(model, removed) {
   const meterUuid = (index) => model.meters[index]?.uuid;
+  const gone = (list) => removed[list].map((uuid) => ({ uuid, remove: true }));
   return {
     user: model.user,
     address: model.address,
     location: model.location,
     metadata: model.metadata,
-    measurement_devices: model.measurement_devices.map((d) => ({ uuid: d.uuid, name: d.name, scopes: d.scopes })),
-    meters: model.meters.map((m) => ({ uuid: m.uuid, type: m.type, model: m.model })),
+    measurement_devices: [
+      ...model.measurement_devices.map((d) => ({ ...(d.added ? { add: true } : {}), uuid: d.uuid, name: d.name, scopes: d.scopes })),
+      ...gone('measurement_devices'),
+    ],
+    meters: [
+      ...model.meters.map((m) => ({
+        ...(m.uuid ? { uuid: m.uuid } : {}),
+        type: m.type,
+        model: m.model,
+        measurement_device: model.measurement_devices[m.measurement_device]?.uuid,
+      })),
+      ...gone('meters'),
+    ],
     pv_systems: [
       ...model.pv_systems.map((p) => ({
         ...(p.uuid ? { uuid: p.uuid } : {}),
@@ -603,7 +627,7 @@ function update(model, removedPv) {
         installation_date: p.installation_date,
         ...(p.generation_meter === '' ? {} : { generation_meter: meterUuid(p.generation_meter) }),
       })),
-      ...removedPv.map((uuid) => ({ uuid, remove: true })),
+      ...gone('pv_systems'),
     ],
   };
 }
