@@ -489,7 +489,8 @@ impl Default for Survey {
 pub struct DataApi {
     process: Option<Process>,
     pub port: u16,
-    db: PathBuf,
+    /// A sled directory or a `postgres://` connection string.
+    db: std::ffi::OsString,
     pki: PathBuf,
     log: PathBuf,
     binary: PathBuf,
@@ -504,14 +505,32 @@ impl DataApi {
 
     /// Starts the server with further `serve` flags, e.g. `--report-interval 2`.
     pub async fn start_with(survey: &Survey, extra_args: &[&str]) -> DataApi {
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        DataApi::start_on(survey, survey.dir.path().join("db").into(), extra_args).await
+    }
+
+    /// Starts the server on a PostgreSQL database (`postgres://...`), with its key vault
+    /// and revocation ledger in the survey's directory.
+    pub async fn start_on_postgres(survey: &Survey, url: &str) -> DataApi {
+        let keys = survey.dir.path().join("keys");
+        let extra_args = vec![
+            "--key-vault".to_owned(),
+            keys.join("vault").display().to_string(),
+            "--revocation-ledger".to_owned(),
+            keys.join("revocations").display().to_string(),
+        ];
+        DataApi::start_on(survey, url.into(), extra_args).await
+    }
+
+    async fn start_on(survey: &Survey, db: std::ffi::OsString, extra_args: Vec<String>) -> DataApi {
         let mut api = DataApi {
             process: None,
             port: free_port(),
-            db: survey.dir.path().join("db"),
+            db,
             pki: survey.pki_dir(),
             log: survey.log_file("data-api.log"),
             binary: survey.binaries.data_api.clone(),
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_args,
             starts: 0,
         };
         api.restart().await;

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use reqwest::Method;
 use serde_json::Value;
+use system_tests::postgres::Postgres;
 use system_tests::survey::{
     obis_value, registration, DataApi, DeviceIdentity, MeterReader, Participant, ReaderSetup,
     Survey, PATIENCE,
@@ -82,8 +83,21 @@ fn uuids(measurements: &[Value]) -> Vec<String> {
 async fn consent_gates_the_chain_from_probe_to_data_api() {
     let survey = Survey::new();
     let api = DataApi::start(&survey).await;
-    let household = register(&survey, &api, "erika@example.org").await;
-    let participant = Participant::new(&survey, &api, &household.device);
+    consent_gates_the_chain(&survey, &api).await;
+}
+
+/// The same chain with the Data API on PostgreSQL (personal details sealed there too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_gates_the_chain_from_probe_to_data_api_on_postgres() {
+    let survey = Survey::new();
+    let postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let api = DataApi::start_on_postgres(&survey, &postgres.url()).await;
+    consent_gates_the_chain(&survey, &api).await;
+}
+
+async fn consent_gates_the_chain(survey: &Survey, api: &DataApi) {
+    let household = register(survey, api, "erika@example.org").await;
+    let participant = Participant::new(survey, api, &household.device);
 
     // The household's two meters: consumption from the grid, and the PV system feeding in.
     let (_grid_meter, grid_pty) = survey.start_sim(&[
@@ -111,8 +125,8 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
         "4711",
     ]);
     let setup = reader_setup(
-        &survey,
-        &api,
+        survey,
+        api,
         &household,
         vec![
             (
@@ -126,7 +140,7 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
         ],
         vec![],
     );
-    let mut reader = MeterReader::start(&survey, &setup);
+    let mut reader = MeterReader::start(survey, &setup);
 
     // NOT_GRANTED: cycles pass, the reader asks the real Data API and measures nothing.
     wait_for("measurement cycles without consent", PATIENCE, || {
@@ -140,9 +154,9 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
         .measurements(&household.consumption)
         .await
         .is_empty());
-    assert!(api.export(&survey, &household.id).await.is_empty());
+    assert!(api.export(survey, &household.id).await.is_empty());
     // The device's requests were recorded with its component versions (FR-09).
-    let overview = api.researcher_get(&survey, "/management/household").await;
+    let overview = api.researcher_get(survey, "/management/household").await;
     let listed = overview["households"]
         .as_array()
         .expect("household list")
@@ -232,11 +246,11 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
     );
     // Taken after those cycles, so that no request from before the revocation is
     // still under way.
-    let activity_at_revocation = device_activity(&api, &survey, &household.id).await;
+    let activity_at_revocation = device_activity(api, survey, &household.id).await;
 
     // For good: a restarted reader does not ask again and does not measure.
     reader.process.kill9();
-    let reader = MeterReader::start(&survey, &setup);
+    let reader = MeterReader::start(survey, &setup);
     wait_for(
         "the restarted reader to report the revocation",
         PATIENCE,
@@ -254,7 +268,7 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
         "measured after restart"
     );
     assert_eq!(
-        device_activity(&api, &survey, &household.id).await,
+        device_activity(api, survey, &household.id).await,
         activity_at_revocation,
         "the revoked device still talks to the Data API"
     );
@@ -270,7 +284,7 @@ async fn consent_gates_the_chain_from_probe_to_data_api() {
     let exported = stored(&participant, &household).await;
     assert_eq!(
         exported.len(),
-        api.export(&survey, &household.id).await.len(),
+        api.export(survey, &household.id).await.len(),
         "the data set holds them all"
     );
     let exported_uuids: HashSet<String> = uuids(&exported).into_iter().collect();
