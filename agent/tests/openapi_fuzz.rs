@@ -59,7 +59,12 @@ async fn fuzz(base: &str, token: Option<&str>) {
     // YAML bodies written as YAML 1.2, which the agent reads (see the hooks file).
     .env("PYTHONPATH", repo_root().join("agent/tests"))
     .env("SCHEMATHESIS_HOOKS", "openapi_fuzz_hooks")
-    .args(["--exclude-path", "/v1/decommission"]);
+    .args(["--exclude-path", "/v1/decommission"])
+    // DELETE /v1/services/{id} terminates a service and answers 202 Accepted: the service
+    // and its history stay readable, TERMINATING and then TERMINATED, as the document
+    // says. The use-after-free check assumes a DELETE that removes the resource at once;
+    // it is the only check left out.
+    .args(["--exclude-checks", "use_after_free"]);
     if let Some(token) = token {
         run = run.header(&format!("Authorization: Bearer {token}"));
     }
