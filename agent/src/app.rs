@@ -773,6 +773,9 @@ async fn peer_front(config: &Config, server: &PeerServer) -> Result<u16, crate::
         handshake_timeout: Duration::from_secs(config.zeromq.idle_timeout_secs),
         max_connections: config.zeromq.max_connections,
         max_connections_per_address: config.zeromq.max_connections_per_address,
+        // Version 2 seals a message in frames of at most 64 KiB, so 256 KiB is ample, and
+        // all connections together can make the crate reserve at most 64 MiB.
+        zmtp_max_frame: Some(256 * 1024),
     };
     let backend = SocketAddr::new(
         if listen.is_ipv6() {

@@ -29,6 +29,10 @@ pub struct Front {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// For a ZMTP server: the largest frame a client may declare. The `zeromq` crate
+    /// reserves a frame's declared length before its bytes arrive (a declared 32 TiB
+    /// aborted the agent), so the front closes a connection that declares more.
+    pub zmtp_max_frame: Option<u64>,
 }
 
 impl std::fmt::Debug for Front {
@@ -83,11 +87,14 @@ async fn accept_loop(listener: TcpListener, front: Front, caps: Arc<Caps>, backe
         };
         let acceptor = acceptor.clone();
         let handshake_timeout = front.handshake_timeout;
+        let frames = front.zmtp_max_frame.map(ZmtpFrames::new);
         tokio::spawn(async move {
             let _admitted = admitted;
             let relayed = match acceptor {
-                Some(acceptor) => relay_tls(stream, &acceptor, handshake_timeout, backend).await,
-                None => relay(stream, backend).await,
+                Some(acceptor) => {
+                    relay_tls(stream, &acceptor, handshake_timeout, backend, frames).await
+                }
+                None => relay(stream, backend, frames).await,
             };
             if let Err(reason) = relayed {
                 tracing::debug!(%remote, reason, "{name}: connection ended");
@@ -101,27 +108,158 @@ async fn relay_tls(
     acceptor: &TlsAcceptor,
     handshake_timeout: Duration,
     backend: SocketAddr,
+    frames: Option<ZmtpFrames>,
 ) -> Result<(), String> {
     let tls = tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
         .await
         .map_err(|_| "no TLS handshake in time".to_owned())?
         .map_err(|error| format!("TLS handshake: {error}"))?;
-    relay(tls, backend).await
+    relay(tls, backend, frames).await
 }
 
-async fn relay<S>(mut stream: S, backend: SocketAddr) -> Result<(), String>
+async fn relay<S>(stream: S, backend: SocketAddr, frames: Option<ZmtpFrames>) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut upstream = TcpStream::connect(backend)
         .await
         .map_err(|error| format!("server on loopback: {error}"))?;
     // Requests and replies are small and wait for each other: no Nagle delay.
     let _ = upstream.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut stream, &mut upstream)
-        .await
-        .map(|_| ())
-        .map_err(|error| error.to_string())
+    let Some(mut frames) = frames else {
+        let mut stream = stream;
+        return tokio::io::copy_bidirectional(&mut stream, &mut upstream)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string());
+    };
+    let (mut from_client, mut to_client) = tokio::io::split(stream);
+    let (mut from_server, mut to_server) = upstream.into_split();
+    let inbound = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = from_client
+                .read(&mut buffer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(());
+            }
+            frames.feed(&buffer[..n]).map_err(|declared| {
+                format!("a frame of {declared} bytes declared, over the limit")
+            })?;
+            to_server
+                .write_all(&buffer[..n])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    };
+    let outbound = async {
+        tokio::io::copy(&mut from_server, &mut to_client)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    };
+    // Either side ending ends the connection.
+    tokio::select! {
+        ended = inbound => ended,
+        ended = outbound => ended,
+    }
+}
+
+/// Follows the frames of a ZMTP 3 stream (a 64-byte greeting, then frames of a flags
+/// byte, a 1- or 8-byte length and a body) only far enough to read each declared length.
+#[derive(Debug)]
+struct ZmtpFrames {
+    max: u64,
+    state: FrameState,
+}
+
+#[derive(Debug)]
+enum FrameState {
+    Greeting {
+        left: usize,
+    },
+    Flags,
+    Length {
+        long: bool,
+        read: usize,
+        bytes: [u8; 8],
+    },
+    Body {
+        left: u64,
+    },
+}
+
+const ZMTP_GREETING: usize = 64;
+const ZMTP_LONG: u8 = 0x02;
+
+impl ZmtpFrames {
+    fn new(max: u64) -> ZmtpFrames {
+        ZmtpFrames {
+            max,
+            state: FrameState::Greeting {
+                left: ZMTP_GREETING,
+            },
+        }
+    }
+
+    /// Takes the next bytes the client sent; `Err(declared length)` for a frame over the
+    /// limit.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), u64> {
+        while !data.is_empty() {
+            match &mut self.state {
+                FrameState::Greeting { left } => {
+                    let taken = (*left).min(data.len());
+                    *left -= taken;
+                    data = &data[taken..];
+                    if *left == 0 {
+                        self.state = FrameState::Flags;
+                    }
+                }
+                FrameState::Flags => {
+                    self.state = FrameState::Length {
+                        long: data[0] & ZMTP_LONG != 0,
+                        read: 0,
+                        bytes: [0; 8],
+                    };
+                    data = &data[1..];
+                }
+                FrameState::Length { long, read, bytes } => {
+                    let width = if *long { 8 } else { 1 };
+                    let taken = (width - *read).min(data.len());
+                    bytes[*read..*read + taken].copy_from_slice(&data[..taken]);
+                    *read += taken;
+                    data = &data[taken..];
+                    if *read == width {
+                        let declared = if *long {
+                            u64::from_be_bytes(*bytes)
+                        } else {
+                            u64::from(bytes[0])
+                        };
+                        if declared > self.max {
+                            return Err(declared);
+                        }
+                        self.state = if declared == 0 {
+                            FrameState::Flags
+                        } else {
+                            FrameState::Body { left: declared }
+                        };
+                    }
+                }
+                FrameState::Body { left } => {
+                    let taken = (*left).min(data.len() as u64);
+                    *left -= taken;
+                    data = &data[taken as usize..];
+                    if *left == 0 {
+                        self.state = FrameState::Flags;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Connections open, in all and per remote address.
@@ -183,6 +321,34 @@ impl Drop for Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn greeting() -> Vec<u8> {
+        let mut greeting = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+        greeting.resize(ZMTP_GREETING, 0);
+        greeting
+    }
+
+    #[test]
+    fn frames_under_the_limit_pass_in_any_split_and_a_larger_declared_one_does_not() {
+        let mut stream = greeting();
+        stream.extend_from_slice(&[0x04, 3, b'a', b'b', b'c']); // a short command
+        stream.push(0x02); // a long frame of 300 bytes
+        stream.extend_from_slice(&300u64.to_be_bytes());
+        stream.resize(stream.len() + 300, b'x');
+        stream.extend_from_slice(&[0x00, 0]); // an empty frame
+        for split in [1, 7, 64, 1000] {
+            let mut frames = ZmtpFrames::new(300);
+            for piece in stream.chunks(split) {
+                assert_eq!(frames.feed(piece), Ok(()), "split {split}");
+            }
+        }
+        let mut frames = ZmtpFrames::new(299);
+        assert_eq!(frames.feed(&stream), Err(300));
+        let mut huge = greeting();
+        huge.push(0x02);
+        huge.extend_from_slice(&(1u64 << 45).to_be_bytes());
+        assert_eq!(ZmtpFrames::new(1 << 20).feed(&huge), Err(1 << 45));
+    }
 
     #[test]
     fn caps_hold_in_all_and_per_address_and_come_back_when_dropped() {

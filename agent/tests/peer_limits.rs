@@ -417,6 +417,28 @@ async fn connections_over_the_cap_of_one_address_are_closed_while_others_get_in(
 }
 
 #[tokio::test]
+async fn a_frame_declared_larger_than_memory_closes_its_connection_not_the_agent() {
+    let agent = AgentProcess::start_without_images("huge-frame", &[]).await;
+    let at = address(&peer_endpoint(&agent));
+    let mut stream = connect_from("127.0.0.1", at).await;
+    let mut claim = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    claim.resize(64, 0);
+    claim.push(0x02); // a long frame of 32 TiB
+    claim.extend_from_slice(&(1u64 << 45).to_be_bytes());
+    claim.extend_from_slice(b"xxxxxxxxxx");
+    let _ = stream.write_all(&claim).await;
+    assert!(closed_at_once(&mut stream).await, "the connection was kept");
+    let health = support::client()
+        .get(agent.url("/health"))
+        .send()
+        .await
+        .expect("the agent still answers");
+    assert!(health.status().is_success());
+    let mut other = connect_from("127.0.0.1", at).await;
+    assert!(greeted(&mut other).await, "the peer port still serves");
+}
+
+#[tokio::test]
 async fn a_thousand_garbage_messages_write_a_few_warnings() {
     let agent = AgentProcess::start_without_images("garbage", &[]).await;
     let mut socket = ReqSocket::new();

@@ -161,6 +161,7 @@ pub async fn start(settings: BrokerSettings) -> Result<EmbeddedBroker, BrokerErr
             handshake_timeout: CONNECT_TIMEOUT,
             max_connections: settings.max_connections,
             max_connections_per_address: settings.max_connections_per_address,
+            zmtp_max_frame: None,
         })
     } else {
         None
