@@ -33,6 +33,21 @@ pub fn private_tree(path: &Path) -> std::io::Result<usize> {
     Ok(loosened)
 }
 
+/// Writes a newly generated secret (and a newline) into a file that must not exist yet,
+/// readable by its owner only from the start, and flushed to disk.
+pub fn write_new_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
 fn tighten(path: &Path, mode: u32) -> std::io::Result<bool> {
     // Never follow a link planted in the tree to chmod something outside it.
     let metadata = std::fs::symlink_metadata(path)?;

@@ -7,8 +7,7 @@
 //! with `mac` = HMAC-SHA256(cluster key, `motey-noise-static-v2` ‖ static public key (32
 //! bytes) ‖ node id (UTF-8)).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -124,24 +123,13 @@ fn load_or_generate_static_key(data_dir: &Path) -> Result<[u8; 32], PeerError> {
             let mut private = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut private);
             std::fs::create_dir_all(data_dir).map_err(|e| key_error(e.to_string()))?;
-            write_private(&path, &hex::encode(private)).map_err(|e| key_error(e.to_string()))?;
+            crate::private_fs::write_new_secret(&path, &hex::encode(private))
+                .map_err(|e| key_error(e.to_string()))?;
             tracing::info!(path = %path.display(), "generated this node's peer static key");
             Ok(private)
         }
         Err(error) => Err(key_error(error.to_string())),
     }
-}
-
-fn write_private(path: &PathBuf, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
 }
 
 #[cfg(test)]

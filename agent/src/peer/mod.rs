@@ -31,7 +31,6 @@ pub mod noise;
 mod server;
 mod session_trust;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use client::{endpoints_of, CallError, PeerClient, Requester};
@@ -87,7 +86,8 @@ pub fn load_or_generate_key(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let secret = ClusterKey::generate_secret();
             std::fs::create_dir_all(data_dir).map_err(|e| key_error(e.to_string()))?;
-            write_private(&path, &secret).map_err(|e| key_error(e.to_string()))?;
+            crate::private_fs::write_new_secret(&path, &secret)
+                .map_err(|e| key_error(e.to_string()))?;
             let key = ClusterKey::from_secret(&secret);
             tracing::warn!(
                 path = %path.display(),
@@ -99,18 +99,6 @@ pub fn load_or_generate_key(
         }
         Err(error) => Err(key_error(error.to_string())),
     }
-}
-
-fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
 }
 
 #[cfg(test)]
