@@ -403,21 +403,11 @@ impl PeerDirectory {
             tracing::debug!(%node, epoch, known = entry.epoch, "ignoring the last will of another connection");
             return;
         }
-        if entry.state == PeerState::Gone {
-            return;
-        }
-        let reason = "its connection to the broker broke (last will)".to_owned();
-        tracing::warn!(%node, %reason, "node gone");
-        entry.state = PeerState::Gone;
-        entry.reason = Some(reason.clone());
-        let mut info = entry.info.clone();
-        info.last_seen = entry.last_seen;
-        self.persist(&info);
-        let _ = self.events.send(PeerEvent::Gone {
-            node: node.clone(),
-            reason,
-        });
-        drop(inner);
+        self.mark_gone(
+            node,
+            entry,
+            "its connection to the broker broke (last will)",
+        );
     }
 
     /// The node's certificate was revoked: it is gone, whatever it announces, so that the
@@ -427,21 +417,25 @@ impl PeerDirectory {
         let Some(entry) = inner.peers.get_mut(node) else {
             return;
         };
+        self.mark_gone(node, entry, "its certificate was revoked");
+    }
+
+    /// Marks a peer gone for `reason` (unless it is already), keeps that and tells the
+    /// subscribers; the caller holds the directory's lock.
+    fn mark_gone(&self, node: &NodeId, entry: &mut Entry, reason: &str) {
         if entry.state == PeerState::Gone {
             return;
         }
-        let reason = "its certificate was revoked".to_owned();
         tracing::warn!(%node, %reason, "node gone");
         entry.state = PeerState::Gone;
-        entry.reason = Some(reason.clone());
+        entry.reason = Some(reason.to_owned());
         let mut info = entry.info.clone();
         info.last_seen = entry.last_seen;
         self.persist(&info);
         let _ = self.events.send(PeerEvent::Gone {
             node: node.clone(),
-            reason,
+            reason: reason.to_owned(),
         });
-        drop(inner);
     }
 
     /// This node (re)connected to the broker: silence counts from now on.
