@@ -245,6 +245,23 @@ impl AgentProcess {
     }
 
     /// Waits until the service reaches `state`; returns the service.
+    /// Waits until `peer` is alive in this agent's `GET /v1/nodes`.
+    pub async fn wait_sees_alive(&self, peer: &AgentProcess) {
+        system_tests::wait_for(
+            &format!("{} to see {} alive", self.node_id, peer.node_id),
+            Duration::from_secs(60),
+            || async {
+                let (_, nodes) = self.get("/v1/nodes").await;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["id"] == peer.node_id.as_str() && n["state"] == "alive")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_for_state(&self, id: &str, state: &str) -> Value {
         let path = format!("/v1/services/{id}");
         let mut last = Value::Null;
@@ -360,19 +377,7 @@ pub async fn joined_cluster(test: &str, env: &[(&str, &str)], edges: usize) -> J
         joined.push(AgentProcess::start_prepared(node_id, dir, &edge_env).await);
     }
     for edge in &joined {
-        system_tests::wait_for(
-            "the joined node to be known",
-            Duration::from_secs(60),
-            || async {
-                let (_, nodes) = ca.get("/v1/nodes").await;
-                nodes
-                    .as_array()?
-                    .iter()
-                    .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
-                    .then_some(())
-            },
-        )
-        .await;
+        ca.wait_sees_alive(edge).await;
     }
     JoinedCluster { ca, edges: joined }
 }
@@ -419,18 +424,6 @@ pub async fn owner_and_probe_edge(
         .output()
         .unwrap();
     assert!(added.status.success(), "{added:?}");
-    system_tests::wait_for(
-        "the edge node to be known",
-        Duration::from_secs(60),
-        || async {
-            let (_, nodes) = owner.get("/v1/nodes").await;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["id"] == edge.node_id.as_str() && n["state"] == "alive")
-                .then_some(())
-        },
-    )
-    .await;
+    owner.wait_sees_alive(&edge).await;
     (owner, edge)
 }
